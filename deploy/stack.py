@@ -1,0 +1,324 @@
+"""The local real stack: Apache Kafka (KRaft, one node) and Redis, run natively on 127.0.0.1.
+
+No Docker engine is needed. The broker is plain Java: Maven resolves the Kafka jars from Maven
+Central into a cache outside the repository once, and later starts reuse them. Redis is Debian's
+redis-server with AOF persistence. `up` is idempotent, `down` leaves nothing running.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+from typing import Literal
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).resolve().parent
+Component = Literal["kafka", "redis"]
+FsyncPolicy = Literal["always", "everysec", "no"]
+
+
+class StackError(RuntimeError):
+    """The local stack could not be installed, started or reached."""
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """Where the stack lives and listens. Defaults keep clear of the standard ports."""
+
+    home: Path = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sagestream"
+    kafka_version: str = "4.1.1"
+    kafka_port: int = 19092
+    controller_port: int = 19093
+    kafka_heap: str = "512m"
+    redis_port: int = 16379
+    appendfsync: FsyncPolicy = "everysec"
+    start_timeout_s: float = 90.0
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / f"stack-{self.kafka_port}-{self.redis_port}"
+
+    @property
+    def kafka_libs(self) -> Path:
+        return self.home / "kafka" / self.kafka_version / "libs"
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis_port}/0"
+
+
+@dataclass(frozen=True)
+class ComponentStatus:
+    name: Component
+    running: bool
+    pid: int | None
+    address: str
+    version: str
+
+    def line(self) -> str:
+        state = f"running (pid {self.pid})" if self.running else "stopped"
+        return f"{self.name:<6} {state:<22} {self.address:<22} {self.version}"
+
+
+# ---------------------------------------------------------------------------------------------
+# installation
+
+
+def ensure_kafka_jars(cfg: StackConfig) -> Path:
+    """Resolve the broker jars with Maven into the cache, once per Kafka version."""
+    libs = cfg.kafka_libs
+    marker = libs / ".complete"
+    if marker.exists():
+        return libs
+    if shutil.which("mvn") is None or shutil.which("java") is None:
+        raise StackError("Kafka needs Java 17+ and Maven on PATH (apt-get install maven openjdk-17-jre)")
+    log.info("resolving Apache Kafka %s with Maven into %s (first run only)", cfg.kafka_version, libs)
+    libs.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        "mvn", "-q", "-B", "-f", str(HERE / "kafka" / "pom.xml"),
+        "dependency:copy-dependencies", f"-DoutputDirectory={libs}",
+        "-DincludeScope=runtime", f"-Dkafka.version={cfg.kafka_version}",
+    ]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise StackError(f"Maven could not resolve Kafka {cfg.kafka_version}:\n{done.stdout[-2000:]}")
+    marker.write_text(cfg.kafka_version)
+    return libs
+
+
+def ensure_redis_server() -> str:
+    """Return the redis-server binary, installing Debian's package when it is missing."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise StackError("redis-server is missing: install Debian's redis-server package")
+    log.info("installing Debian's redis-server (first run only)")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "redis-server"]):
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+        if done.returncode != 0:
+            raise StackError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
+    # Debian's package starts its own service on 6379; ours runs on its own port, so stop that one.
+    subprocess.run(["service", "redis-server", "stop"], capture_output=True, check=False)
+    return shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+# ---------------------------------------------------------------------------------------------
+# processes
+
+
+def _pid_file(cfg: StackConfig, name: Component) -> Path:
+    return cfg.run_dir / f"{name}.pid"
+
+
+def _read_pid(cfg: StackConfig, name: Component) -> int | None:
+    try:
+        pid = int(_pid_file(cfg, name).read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    return pid if _alive(pid) else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of ours still answers kill(0); it is not running
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _spawn(cfg: StackConfig, name: Component, cmd: list[str]) -> int:
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    with open(cfg.run_dir / f"{name}.log", "ab") as out:
+        proc = subprocess.Popen(  # noqa: S603 - fixed argv built from our own config
+            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, cwd=cfg.run_dir,
+        )  # fmt: skip
+    _pid_file(cfg, name).write_text(str(proc.pid))
+    return proc.pid
+
+
+def _render(template: Path, target: Path, **fields: object) -> Path:
+    target.write_text(Template(template.read_text()).substitute(**{k: str(v) for k, v in fields.items()}))
+    return target
+
+
+def _start_kafka(cfg: StackConfig) -> int:
+    libs = ensure_kafka_jars(cfg)
+    data = cfg.run_dir / "kafka-data"
+    data.mkdir(parents=True, exist_ok=True)
+    props = _render(
+        HERE / "kafka" / "server.properties", cfg.run_dir / "server.properties",
+        port=cfg.kafka_port, controller_port=cfg.controller_port, log_dir=data,
+    )  # fmt: skip
+    java = ["java", f"-Xmx{cfg.kafka_heap}", f"-Xms{cfg.kafka_heap}", "-XX:+UseG1GC",
+            f"-Dlog4j2.configurationFile={HERE / 'kafka' / 'log4j2.properties'}",
+            "-cp", f"{libs}/*"]  # fmt: skip
+    if not (data / "meta.properties").exists():
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        fmt = java + ["kafka.tools.StorageTool", "format", "--standalone",
+                      "--cluster-id", cluster_id, "--config", str(props)]  # fmt: skip
+        done = subprocess.run(fmt, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise StackError(f"formatting the KRaft log dir failed:\n{done.stdout}{done.stderr}")
+    return _spawn(cfg, "kafka", java + ["kafka.Kafka", str(props)])
+
+
+def _start_redis(cfg: StackConfig) -> int:
+    binary = ensure_redis_server()
+    data = cfg.run_dir / "redis-data"
+    data.mkdir(parents=True, exist_ok=True)
+    conf = _render(
+        HERE / "redis" / "redis.conf", cfg.run_dir / "redis.conf",
+        port=cfg.redis_port, data_dir=data, pid_file=cfg.run_dir / "redis.server.pid",
+        appendfsync=cfg.appendfsync,
+    )  # fmt: skip
+    return _spawn(cfg, "redis", [binary, str(conf)])
+
+
+# ---------------------------------------------------------------------------------------------
+# readiness
+
+
+def _kafka_ready(cfg: StackConfig) -> bool:
+    """The port answering is not enough: the broker must serve a metadata request."""
+    if not _port_open(cfg.kafka_port):
+        return False
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers, request_timeout_ms=3000)
+    except KafkaError:
+        return False
+    try:
+        return bool(admin.describe_cluster().get("brokers"))
+    except KafkaError:
+        return False
+    finally:
+        admin.close()
+
+
+def _redis_ready(cfg: StackConfig) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis(port=cfg.redis_port, socket_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def _wait(cfg: StackConfig, name: Component, pid: int) -> None:
+    ready = _kafka_ready if name == "kafka" else _redis_ready
+    deadline = time.monotonic() + cfg.start_timeout_s
+    while time.monotonic() < deadline:
+        if ready(cfg):
+            return
+        if not _alive(pid):
+            tail = (cfg.run_dir / f"{name}.log").read_text(errors="replace")[-3000:]
+            raise StackError(f"{name} exited while starting; last log lines:\n{tail}")
+        time.sleep(0.3)
+    raise StackError(f"{name} did not answer within {cfg.start_timeout_s:.0f}s; see {cfg.run_dir}")
+
+
+# ---------------------------------------------------------------------------------------------
+# the commands
+
+
+def up(cfg: StackConfig) -> list[ComponentStatus]:
+    """Start whatever is not running and wait until both answer. Safe to call twice."""
+    starters = {"kafka": _start_kafka, "redis": _start_redis}
+    for name in ("redis", "kafka"):
+        pid = _read_pid(cfg, name)  # type: ignore[arg-type]
+        port = cfg.redis_port if name == "redis" else cfg.kafka_port
+        if pid is None:
+            if _port_open(port):
+                raise StackError(f"port {port} is taken by a process this stack did not start")
+            pid = starters[name](cfg)
+            log.info("started %s (pid %d)", name, pid)
+        _wait(cfg, name, pid)  # type: ignore[arg-type]
+    return status(cfg)
+
+
+def stop(cfg: StackConfig, name: Component, sig: signal.Signals = signal.SIGTERM) -> None:
+    """Stop one component; SIGKILL models a crash (the reliability tests use it)."""
+    pid = _read_pid(cfg, name)
+    if pid is None:
+        return
+    os.killpg(pid, sig)
+    deadline = time.monotonic() + 30
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _alive(pid):
+        os.killpg(pid, signal.SIGKILL)
+        time.sleep(0.2)
+    _reap(pid)
+    _pid_file(cfg, name).unlink(missing_ok=True)
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def down(cfg: StackConfig) -> None:
+    """Stop Kafka first (it may still be writing), then Redis. Data stays for the next `up`."""
+    for name in ("kafka", "redis"):
+        stop(cfg, name)  # type: ignore[arg-type]
+
+
+def purge(cfg: StackConfig) -> None:
+    """Stop everything and delete the stack's data (the jar cache is kept)."""
+    down(cfg)
+    shutil.rmtree(cfg.run_dir, ignore_errors=True)
+
+
+def _redis_version() -> str:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        return "not installed"
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False).stdout
+    version = next((p for p in out.split() if p.startswith("v=")), "v=?")
+    return f"redis {version[2:]}"
+
+
+def status(cfg: StackConfig) -> list[ComponentStatus]:
+    kafka_pid, redis_pid = _read_pid(cfg, "kafka"), _read_pid(cfg, "redis")
+    installed = (cfg.kafka_libs / ".complete").exists()
+    return [
+        ComponentStatus(
+            "kafka", kafka_pid is not None, kafka_pid, cfg.bootstrap_servers,
+            f"kafka {cfg.kafka_version} (KRaft)" + ("" if installed else ", not installed"),
+        ),
+        ComponentStatus("redis", redis_pid is not None, redis_pid, cfg.redis_url, _redis_version()),
+    ]  # fmt: skip
