@@ -1,0 +1,1 @@
+"""sagestream's application layer: settings, the event contract, stream runtimes, CLI, metrics."""

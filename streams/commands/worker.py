@@ -1,0 +1,47 @@
+"""`sagestream worker`: the ingest stream processor."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+
+from streams.commands.common import settings_of
+from streams.limits import RunLimits
+from streams.metrics import IngestMetrics
+from streams.topics import ensure_topics
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser("worker", help="consume engagements into the Redis state")
+    parser.add_argument("--runtime", choices=["faust", "batch"], default="faust",
+                        help="faust agent, or the aiokafka batch loop over the same core")  # fmt: skip
+    parser.add_argument("--max-events", type=int, help="stop after this many records")
+    parser.add_argument("--until-idle", type=float, metavar="SECONDS",
+                        help="stop when no record arrived for this long (burst mode)")  # fmt: skip
+    parser.add_argument("--stats", type=Path, help="write run statistics (JSON) here on exit")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_of(args)
+    ensure_topics(settings)
+    limits = RunLimits(max_events=args.max_events, until_idle_s=args.until_idle)
+    metrics = IngestMetrics()
+    if args.runtime == "batch":
+        from streams.batch_runtime import BatchRuntime
+
+        metrics.serve(settings.metrics.host, settings.metrics.port)
+        stats = asyncio.run(BatchRuntime(settings, metrics, limits).run())
+        events, seconds = stats.events, stats.seconds
+        code = 0
+    else:
+        from streams.faust_app import FaustRuntime
+
+        runtime = FaustRuntime(settings, metrics, limits)
+        code = runtime.run()
+        events, seconds = runtime.processed, runtime.busy_seconds
+    if args.stats:
+        args.stats.write_text(json.dumps({"events": events, "seconds": seconds}))
+    return code

@@ -1,0 +1,55 @@
+"""Prometheus metrics of the worker, on a registry of its own (no module globals)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from streams.events import REASONS
+
+NAMESPACE = "sagestream"
+BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
+SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+EXTRA_REASONS = ("key_mismatch", "empty_value")
+
+
+class IngestMetrics:
+    """What an operator needs to see the ingest path: flow, rejections, latency, lag, backlog."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r, ns = self.registry, NAMESPACE
+        self.consumed = Counter("events_consumed", "Records read", ["topic"], namespace=ns, registry=r)
+        self.applied = Counter("events_applied", "Events applied to state", namespace=ns, registry=r)
+        self.replayed = Counter(
+            "events_replayed", "Events skipped as already applied (replays)", namespace=ns, registry=r
+        )
+        self.invalid = Counter(
+            "events_invalid", "Records rejected, by reason", ["reason"], namespace=ns, registry=r
+        )
+        self.dead_lettered = Counter(
+            "events_dead_lettered", "Records written to a DLQ", ["topic"], namespace=ns, registry=r
+        )
+        self.batch_size = Histogram(
+            "batch_size", "Records per batch", buckets=BATCH_BUCKETS, namespace=ns, registry=r
+        )
+        self.apply_seconds = Histogram(
+            "state_apply_seconds", "Seconds to apply one batch to Redis",
+            buckets=SECONDS_BUCKETS, namespace=ns, registry=r,
+        )  # fmt: skip
+        self.retries = Counter(
+            "transient_retries", "Retries after transient errors", ["step"], namespace=ns, registry=r
+        )
+        self.lag = Gauge(
+            "consumer_lag", "Log end offset minus next offset to process",
+            ["topic", "partition"], namespace=ns, registry=r,
+        )  # fmt: skip
+        self.dirty_backlog = Gauge(
+            "dirty_backlog", "Entities waiting to be re-encoded", ["kind"], namespace=ns, registry=r
+        )
+        for reason in (*sorted(REASONS), *EXTRA_REASONS):
+            self.invalid.labels(reason=reason)
+
+    def serve(self, host: str, port: int) -> None:
+        """Expose /metrics; port 0 means no endpoint (tests, benchmarks)."""
+        if port:
+            start_http_server(port, addr=host, registry=self.registry)

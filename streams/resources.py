@@ -1,0 +1,55 @@
+"""Clients built from settings, inside the running event loop. Every runtime wires the core here."""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaProducer
+
+from state import RedisState
+from streams.dlq import KafkaDeadLetterSink
+from streams.ingest import IngestCore
+from streams.metrics import IngestMetrics
+from streams.settings import RedisSettings, Settings
+
+
+def redis_client(settings: RedisSettings) -> aioredis.Redis:
+    return aioredis.Redis.from_url(
+        settings.url,
+        username=settings.username,
+        password=settings.password.get_secret_value() if settings.password else None,
+        ssl=settings.tls or None,  # only pass when set: a redis:// URL with ssl=False is fine
+        ssl_ca_certs=str(settings.tls_ca_file) if settings.tls_ca_file else None,
+        health_check_interval=30,
+        socket_timeout=10,
+        socket_connect_timeout=5,
+    )
+
+
+def producer(settings: Settings) -> AIOKafkaProducer:
+    """acks=all and idempotence: a dead letter that the broker acknowledged is not lost."""
+    return AIOKafkaProducer(
+        **settings.kafka.aiokafka_kwargs(), acks="all", enable_idempotence=True, linger_ms=5
+    )
+
+
+@dataclass
+class Wired:
+    core: IngestCore
+    state: RedisState
+    redis: aioredis.Redis
+
+
+async def wire_core(settings: Settings, metrics: IngestMetrics, stack: AsyncExitStack) -> Wired:
+    """Connect Redis and the DLQ producer, and close them when `stack` closes."""
+    client = redis_client(settings.redis)
+    stack.push_async_callback(client.aclose)
+    await client.ping()
+    dlq_producer = producer(settings)
+    await dlq_producer.start()
+    stack.push_async_callback(dlq_producer.stop)
+    state = RedisState(client, settings.state, prefix=settings.redis.key_prefix)
+    sink = KafkaDeadLetterSink(dlq_producer, settings.topics.dlq_suffix)
+    return Wired(IngestCore(state, sink, metrics, settings.ingest), state, client)

@@ -1,0 +1,158 @@
+"""One typed settings object, built once at the entry point and passed down.
+
+Values come from, highest first: environment variables (`SAGESTREAM_`, nested with `__`, e.g.
+`SAGESTREAM_KAFKA__BOOTSTRAP_SERVERS`), then an optional TOML file (`--config` or
+`SAGESTREAM_CONFIG_FILE`), then the defaults below. Secrets are `SecretStr`: they print as stars
+in logs and reprs, and URLs that carry a password are refused so one cannot leak that way.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from deploy.stack import StackConfig
+from state import StateConfig
+
+CONFIG_FILE_ENV = "SAGESTREAM_CONFIG_FILE"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _refuse_password_in_url(url: str) -> str:
+    if urlsplit(url).password:
+        raise ValueError("put the password in its own setting (…__PASSWORD), not in the URL")
+    return url
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = "127.0.0.1:19092"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    client_id: str = "sagestream"
+    group_id: str = "sagestream-ingest"
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Connection options shared by kafka-python and aiokafka (their names agree)."""
+        kwargs: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "security_protocol": self.security_protocol,
+            "client_id": self.client_id,
+        }
+        if self.sasl_mechanism:
+            kwargs["sasl_mechanism"] = self.sasl_mechanism
+            kwargs["sasl_plain_username"] = self.sasl_username
+            kwargs["sasl_plain_password"] = (
+                self.sasl_password.get_secret_value() if self.sasl_password else None
+            )
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            value = getattr(self, name)
+            if value is not None:
+                kwargs[name] = str(value)
+        return kwargs
+
+    def aiokafka_kwargs(self) -> dict[str, Any]:
+        """aiokafka takes an SSL context where kafka-python takes file names."""
+        kwargs = self.client_kwargs()
+        files = {name: kwargs.pop(name) for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+                 if name in kwargs}  # fmt: skip
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            kwargs["ssl_context"] = create_ssl_context(
+                cafile=files.get("ssl_cafile"),
+                certfile=files.get("ssl_certfile"),
+                keyfile=files.get("ssl_keyfile"),
+            )
+        return kwargs
+
+
+class TopicSettings(_Section):
+    engagements: str = "engagements"
+    items: str = "items"
+    partitions: int = Field(default=4, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+    dlq_suffix: str = ".dlq"
+
+    def dlq(self, topic: str) -> str:
+        return f"{topic}{self.dlq_suffix}"
+
+
+class RedisSettings(_Section):
+    url: str = "redis://127.0.0.1:16379/0"
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: bool = False
+    tls_ca_file: Path | None = None
+    key_prefix: str = "ss"
+
+    _check_url = field_validator("url")(_refuse_password_in_url)
+
+
+class QdrantSettings(_Section):
+    url: str | None = None
+    path: Path = Path("var/qdrant")
+    api_key: SecretStr | None = None
+
+    _check_url = field_validator("url")(_refuse_password_in_url)
+
+
+class IngestSettings(_Section):
+    batch_max: int = Field(default=2000, ge=1)
+    batch_within_s: float = Field(default=0.25, gt=0)
+    retry_initial_s: float = Field(default=0.2, gt=0)
+    retry_max_s: float = Field(default=5.0, gt=0)
+
+
+class MetricsSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=9464, ge=0, le=65535)  # 0 turns the endpoint off
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SAGESTREAM_", env_nested_delimiter="__", frozen=True, extra="forbid"
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    topics: TopicSettings = TopicSettings()
+    redis: RedisSettings = RedisSettings()
+    qdrant: QdrantSettings = QdrantSettings()
+    state: StateConfig = StateConfig()
+    ingest: IngestSettings = IngestSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    stack: StackConfig = StackConfig()
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment beats the file, so a deployment can override one value of a shared file.
+        return env_settings, init_settings
+
+    @classmethod
+    def load(cls, path: Path | None = None, **overrides: Any) -> Settings:
+        """Read the optional TOML file, then let the environment override it."""
+        path = path or (Path(os.environ[CONFIG_FILE_ENV]) if CONFIG_FILE_ENV in os.environ else None)
+        values: dict[str, Any] = tomllib.loads(path.read_text()) if path else {}
+        values.update(overrides)
+        return cls(**values)
