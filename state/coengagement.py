@@ -1,0 +1,263 @@
+"""Pure-Python reference of the co-engagement rules that `lua/apply_batch.lua` runs in Redis.
+
+Two users: the offline trainer builds neighbour lists with exactly the logic of the stream, and
+the tests use it as the oracle for the Lua script. One `CoEngagementGraph` is one shard, i.e. all
+events of one Kafka partition; `merge_neighbours` combines shards the way `RedisState` readers do.
+Every float expression is written in the same order as in the Lua script so both agree to the
+last bits (only libm's exp/pow can differ, by an ulp).
+
+Rules, per event, in order (the Lua script documents the same list):
+1. append (item, action, ts) to the user's sequence, keep the last `seq_len`; bump the user
+   version; keep the user's newest ts (`ts_max`).
+2. item degree +1 and item version +1.
+3. an event older than the user's `ts_max - max_event_age_s` stops here: it is in the sequence
+   (so every event's effect is present exactly once) but adds no pairs and no context entry.
+4. pair the item with the user's previous `max_pairs` sequence entries, newest first, skipping
+   self pairs, items already paired by this event, and entries more than `pair_horizon_s` away
+   (either direction, so late-arriving events still pair). Weight sqrt(aw(a1)*aw(a2)) * event
+   weight (1 when absent); the increment on i's list for j is damped by (1+deg_j)^-hub_alpha and
+   symmetrically for j's list; j's version bumps.
+5. a save with a context pairs with the context's last `context_len` saves (same weight rule,
+   action "save", no horizon: decay ages them), then joins that context list.
+6. weights use forward decay: stored as w*exp(lambda*(ts - t0_item)), t0 is the first ts the
+   item's list saw; a factor above `REBASE_LIMIT` rebases the list first.
+7. at the end of a slice every touched list keeps its top `k_max` (ties: the lexicographically
+   smallest member goes first, as Redis ranks them).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from state.config import CONTEXT_ACTION, REBASE_LIMIT, StateConfig
+from state.exceptions import InvalidBatchError
+
+
+class EventLike(Protocol):
+    """What the state needs from a decoded engagement event (read-only attributes)."""
+
+    @property
+    def user_id(self) -> str: ...
+    @property
+    def item_id(self) -> str: ...
+    @property
+    def action(self) -> str: ...
+    @property
+    def ts(self) -> float: ...
+    @property
+    def weight(self) -> float | None: ...
+    @property
+    def context_id(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class SeqEntry:
+    """One action in a user's sequence."""
+
+    item_id: str
+    action: str
+    ts: float
+
+
+@dataclass
+class _UserState:
+    version: int = 0
+    ts_max: float | None = None
+
+
+@dataclass
+class _ItemState:
+    version: int = 0
+    degree: int = 0
+    t0: float | None = None
+
+
+def decayed(scores: Mapping[str, float], t0: float, lam: float, now: float) -> dict[str, float]:
+    """Read weights at `now` from forward-decayed stored scores."""
+    factor = math.exp(-lam * (now - t0))
+    return {member: score * factor for member, score in scores.items()}
+
+
+def top_k(weights: Mapping[str, float], k: int) -> list[tuple[str, float]]:
+    """Highest weights first; ties by id so results are deterministic."""
+    ranked = sorted(weights.items(), key=lambda kv: (-kv[1], kv[0]))
+    return ranked[: max(k, 0)]
+
+
+def sum_shards(parts: Iterable[Mapping[str, float]]) -> dict[str, float]:
+    """Sum one item's read weights over shards, in the order given."""
+    total: dict[str, float] = {}
+    for part in parts:
+        for member, weight in part.items():
+            total[member] = total.get(member, 0.0) + weight
+    return total
+
+
+class CoEngagementGraph:
+    """One shard of user sequences and co-engagement neighbour lists, in memory."""
+
+    def __init__(self, config: StateConfig) -> None:
+        self._cfg = config
+        self._lam = config.decay_lambda
+        self._seqs: dict[str, list[SeqEntry]] = {}
+        self._users: dict[str, _UserState] = {}
+        self._items: dict[str, _ItemState] = {}
+        self._nbs: dict[str, dict[str, float]] = {}
+        self._contexts: dict[str, list[tuple[str, float]]] = {}
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def add(self, event: EventLike) -> None:
+        """Apply one event as a slice of its own (its touched lists are trimmed right away)."""
+        self.add_many([event])
+
+    def add_many(self, events: Iterable[EventLike]) -> None:
+        """Apply events in slices of `slice_size`; slice ends trim, as in `RedisState.apply`."""
+        chunk: list[EventLike] = []
+        for event in events:
+            chunk.append(event)
+            if len(chunk) == self._cfg.slice_size:
+                self._apply_slice(chunk)
+                chunk = []
+        if chunk:
+            self._apply_slice(chunk)
+
+    def _apply_slice(self, events: Sequence[EventLike]) -> None:
+        touched: set[str] = set()
+        for event in events:
+            self._apply_event(event, touched)
+        for item_id in sorted(touched):
+            self._trim(item_id)
+
+    def _apply_event(self, event: EventLike, touched: set[str]) -> None:
+        if event.action not in self._cfg.action_weights:
+            raise InvalidBatchError(f"unknown action {event.action!r}")
+        prev, too_old = self._user_step(event)
+        item = self._items.setdefault(event.item_id, _ItemState())
+        item.degree += 1
+        item.version += 1
+        if too_old:
+            return
+        ev_weight = 1.0 if event.weight is None else float(event.weight)
+        seen: set[str] = set()
+        for entry in reversed(prev):
+            if entry.item_id == event.item_id or entry.item_id in seen:
+                continue
+            if abs(event.ts - entry.ts) > self._cfg.pair_horizon_s:
+                continue
+            seen.add(entry.item_id)
+            self._pair(event, entry.item_id, entry.action, ev_weight, touched)
+        if event.context_id is not None and event.action == CONTEXT_ACTION:
+            self._context_step(event, event.context_id, ev_weight, seen, touched)
+
+    def _user_step(self, event: EventLike) -> tuple[list[SeqEntry], bool]:
+        seq = self._seqs.setdefault(event.user_id, [])
+        prev = seq[-self._cfg.max_pairs :]
+        seq.append(SeqEntry(event.item_id, event.action, float(event.ts)))
+        if len(seq) > self._cfg.seq_len:
+            del seq[: len(seq) - self._cfg.seq_len]
+        user = self._users.setdefault(event.user_id, _UserState())
+        user.version += 1
+        too_old = user.ts_max is not None and event.ts < user.ts_max - self._cfg.max_event_age_s
+        if user.ts_max is None or event.ts > user.ts_max:
+            user.ts_max = float(event.ts)
+        return prev, too_old
+
+    def _context_step(
+        self, event: EventLike, context_id: str, ev_weight: float, seen: set[str], touched: set[str]
+    ) -> None:
+        saves = self._contexts.setdefault(context_id, [])
+        for other, _ts in reversed(saves[-self._cfg.context_len :]):
+            if other == event.item_id or other in seen:
+                continue
+            seen.add(other)
+            self._pair(event, other, CONTEXT_ACTION, ev_weight, touched)
+        saves.append((event.item_id, float(event.ts)))
+        if len(saves) > self._cfg.context_len:
+            del saves[: len(saves) - self._cfg.context_len]
+
+    def _pair(
+        self, event: EventLike, other: str, other_action: str, ev_weight: float, touched: set[str]
+    ) -> None:
+        weights = self._cfg.action_weights
+        base = math.sqrt(weights[event.action] * weights[other_action]) * ev_weight
+        self._add_edge(event.item_id, other, base, event.ts)
+        self._add_edge(other, event.item_id, base, event.ts)
+        self._items.setdefault(other, _ItemState()).version += 1
+        touched.add(event.item_id)
+        touched.add(other)
+
+    def _add_edge(self, item_id: str, other: str, base: float, ts: float) -> None:
+        """Add `base`, hub-damped by the other's degree and forward-decayed, to item's list."""
+        other_state = self._items.get(other)
+        degree = other_state.degree if other_state is not None else 0
+        damp = (1 + degree) ** (-self._cfg.hub_alpha)
+        state = self._items.setdefault(item_id, _ItemState())
+        scores = self._nbs.setdefault(item_id, {})
+        if state.t0 is None:
+            state.t0 = float(ts)
+        elif math.exp(self._lam * (ts - state.t0)) > REBASE_LIMIT:
+            factor = math.exp(-self._lam * (ts - state.t0))
+            for member in scores:
+                scores[member] = scores[member] * factor
+            state.t0 = float(ts)
+        growth = math.exp(self._lam * (ts - state.t0))
+        scores[other] = scores.get(other, 0.0) + base * damp * growth
+
+    def _trim(self, item_id: str) -> None:
+        scores = self._nbs.get(item_id, {})
+        excess = len(scores) - self._cfg.k_max
+        if excess <= 0:
+            return
+        for member, _score in sorted(scores.items(), key=lambda kv: (kv[1], kv[0]))[:excess]:
+            del scores[member]
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def sequence(self, user_id: str) -> list[SeqEntry]:
+        """The user's stored actions, oldest first."""
+        return list(self._seqs.get(user_id, []))
+
+    def user_version(self, user_id: str) -> int:
+        user = self._users.get(user_id)
+        return user.version if user is not None else 0
+
+    def item_version(self, item_id: str) -> int:
+        item = self._items.get(item_id)
+        return item.version if item is not None else 0
+
+    def item_degree(self, item_id: str) -> int:
+        item = self._items.get(item_id)
+        return item.degree if item is not None else 0
+
+    def item_t0(self, item_id: str) -> float | None:
+        """The forward-decay origin of the item's list (moves forward on a rebase)."""
+        item = self._items.get(item_id)
+        return item.t0 if item is not None else None
+
+    def read_weights(self, item_id: str, now: float) -> dict[str, float]:
+        """Every stored neighbour of the item with its weight decayed to `now`."""
+        t0 = self.item_t0(item_id)
+        scores = self._nbs.get(item_id)
+        if t0 is None or not scores:
+            return {}
+        return decayed(scores, t0, self._lam, now)
+
+    def neighbours(self, item_id: str, k: int, now: float) -> list[tuple[str, float]]:
+        """The item's top-k neighbours in this shard, weights decayed to `now`."""
+        return top_k(self.read_weights(item_id, now), k)
+
+
+def merge_neighbours(
+    graphs: Iterable[CoEngagementGraph], item_id: str, k: int, now: float
+) -> list[tuple[str, float]]:
+    """Merge one item's lists over shards: sum weights per neighbour, then take the top k.
+
+    Each shard keeps only its own top `k_max`, so a neighbour just below the cut in every shard is
+    missing from the merge although its summed weight could rank it in; with user-partitioned
+    traffic an item's strong neighbours are strong in most shards, and the loss is in the tail.
+    """
+    return top_k(sum_shards(graph.read_weights(item_id, now) for graph in graphs), k)

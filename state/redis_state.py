@@ -1,0 +1,268 @@
+"""Redis state store: user sequences, sharded co-engagement lists, watermarks and dirty marks.
+
+Every write is one Lua script call on one shard (one Kafka partition's hash tag), so it is
+atomic, idempotent through the watermark, and valid on Redis Cluster. Reads that span shards
+(item neighbours, item versions, backlog) pipeline one request per shard.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import resources
+
+import orjson
+import redis.asyncio as aioredis
+from redis import exceptions as redis_errors
+
+from state import keys
+from state.coengagement import EventLike, SeqEntry, decayed, sum_shards, top_k
+from state.config import CONTEXT_ACTION, REBASE_LIMIT, StateConfig
+from state.exceptions import InvalidBatchError, StateError, StateUnavailableError
+from state.keys import DirtyKind, ShardKeys
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """What one `apply` did: events applied, events skipped as replays, the partition's watermark.
+
+    `watermark` is -1 when the partition has never had an event applied.
+    """
+
+    applied: int
+    skipped: int
+    watermark: int
+
+
+def _load_lua(name: str) -> str:
+    return resources.files("state").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+
+
+def _text(value: bytes | str) -> str:
+    """Replies are bytes or str depending on the client's decode_responses; accept both."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@contextmanager
+def _redis_errors(what: str) -> Iterator[None]:
+    """Map redis-py errors onto the package's errors: transient ones say "retry"."""
+    try:
+        yield
+    except (redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
+        raise StateUnavailableError(f"{what}: redis unavailable: {exc}") from exc
+    except redis_errors.RedisError as exc:
+        raise StateError(f"{what}: {exc}") from exc
+
+
+class RedisState:
+    """Async access to the state of the engagements stream, sharded by Kafka partition."""
+
+    def __init__(self, client: aioredis.Redis, config: StateConfig, prefix: str = "ss") -> None:
+        self._client = client
+        self._cfg = config
+        self._prefix = keys.check_prefix(prefix)
+        self._lam = config.decay_lambda
+        self._apply_script = client.register_script(_load_lua(keys.SCRIPT_APPLY))
+        self._read_dirty_script = client.register_script(_load_lua(keys.SCRIPT_READ_DIRTY))
+        self._clear_dirty_script = client.register_script(_load_lua(keys.SCRIPT_CLEAR_DIRTY))
+        self._apply_args = self._static_apply_args(config)
+        self._known_shards: set[str] = set()
+
+    @staticmethod
+    def _static_apply_args(config: StateConfig) -> list[str]:
+        """ARGV[1..12] of the apply script; floats as repr so Lua reads the exact same doubles."""
+        numbers: list[float] = [
+            config.seq_len,
+            config.k_max,
+            config.decay_lambda,
+            config.pair_horizon_s,
+            config.max_pairs,
+            config.max_event_age_s,
+            config.hub_alpha,
+            config.context_len,
+            REBASE_LIMIT,
+        ]
+        weights = orjson.dumps(dict(config.action_weights)).decode()
+        return [keys.lua_layout(), *(repr(n) for n in numbers), weights, CONTEXT_ACTION]
+
+    def _shard(self, topic: str, partition: int) -> ShardKeys:
+        return ShardKeys(self._prefix, keys.shard_tag(topic, partition))
+
+    # -- writes ---------------------------------------------------------------------------
+
+    async def apply(
+        self, topic: str, partition: int, batch: Sequence[tuple[int, EventLike]]
+    ) -> ApplyResult:
+        """Apply (offset, event) pairs of one partition, in offset order, one script per slice.
+
+        Each slice is atomic; after a failure the earlier slices stay applied and their offsets
+        are in the watermark, so retrying the whole batch re-applies only what is missing.
+        """
+        shard = self._shard(topic, partition)
+        if not batch:
+            current = await self.watermark(topic, partition)
+            return ApplyResult(0, 0, -1 if current is None else current)
+        await self._register_shard(shard)
+        applied = skipped = 0
+        watermark = -1
+        size = self._cfg.slice_size
+        for start in range(0, len(batch), size):
+            result = await self._apply_slice(shard, batch[start : start + size])
+            applied += result.applied
+            skipped += result.skipped
+            watermark = result.watermark
+        return ApplyResult(applied, skipped, watermark)
+
+    async def _register_shard(self, shard: ShardKeys) -> None:
+        """Make the shard visible to readers before its first write (idempotent SADD)."""
+        if shard.tag in self._known_shards:
+            return
+        with _redis_errors("register shard"):
+            await self._client.sadd(keys.shards_key(self._prefix), shard.tag)
+        self._known_shards.add(shard.tag)
+
+    async def _apply_slice(
+        self, shard: ShardKeys, events: Sequence[tuple[int, EventLike]]
+    ) -> ApplyResult:
+        rows = [
+            [off, ev.user_id, ev.item_id, ev.action, ev.ts, ev.weight, ev.context_id]
+            for off, ev in events
+        ]
+        try:
+            payload = orjson.dumps(rows).decode()
+        except TypeError as exc:  # a field of a type JSON cannot carry
+            raise InvalidBatchError(f"cannot encode batch: {exc}") from exc
+        return await self._run_apply(shard, payload)
+
+    async def _run_apply(self, shard: ShardKeys, payload: str) -> ApplyResult:
+        """One apply script call with an already-encoded batch (tests feed malformed ones)."""
+        with _redis_errors("apply"):
+            try:
+                reply = await self._apply_script(
+                    keys=[shard.watermark()], args=[*self._apply_args, payload]
+                )
+            except redis_errors.ResponseError as exc:
+                raise InvalidBatchError(f"apply refused on shard {shard.tag}: {exc}") from exc
+        applied, skipped, watermark = reply
+        return ApplyResult(int(applied), int(skipped), int(_text(watermark)))
+
+    # -- reads: one shard ---------------------------------------------------------------------
+
+    async def watermark(self, topic: str, partition: int) -> int | None:
+        """Highest applied offset of the partition, or None before its first apply."""
+        with _redis_errors("watermark"):
+            raw = await self._client.get(self._shard(topic, partition).watermark())
+        return None if raw is None else int(_text(raw))
+
+    async def user_sequence(self, topic: str, partition: int, user_id: str) -> list[SeqEntry]:
+        """The user's stored actions, oldest first."""
+        with _redis_errors("user_sequence"):
+            raw = await self._client.lrange(self._shard(topic, partition).sequence(user_id), 0, -1)
+        entries = []
+        for value in raw:
+            item_id, action, ts = _text(value).split(keys.ENTRY_SEP)
+            entries.append(SeqEntry(item_id, action, float(ts)))
+        return entries
+
+    async def user_version(self, topic: str, partition: int, user_id: str) -> int:
+        """Bumped once per applied event of the user; 0 for an unknown user."""
+        key = self._shard(topic, partition).user(user_id)
+        with _redis_errors("user_version"):
+            raw = await self._client.hget(key, keys.FIELD_VERSION)
+        return 0 if raw is None else int(_text(raw))
+
+    # -- reads: all shards ------------------------------------------------------------------
+
+    async def _shards(self) -> list[ShardKeys]:
+        with _redis_errors("shards"):
+            tags = await self._client.smembers(keys.shards_key(self._prefix))
+        return [ShardKeys(self._prefix, _text(tag)) for tag in sorted(_text(t) for t in tags)]
+
+    async def item_neighbours(self, item_id: str, k: int, now: float) -> list[tuple[str, float]]:
+        """The item's top-k neighbours, weights summed over shards and decayed to `now`.
+
+        Approximate by design: see `state.coengagement.merge_neighbours`.
+        """
+        shards = await self._shards()
+        if not shards:
+            return []
+        with _redis_errors("item_neighbours"):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for shard in shards:
+                    pipe.zrange(shard.neighbours(item_id), 0, -1, withscores=True)
+                    pipe.hget(shard.item(item_id), keys.FIELD_T0)
+                replies = await pipe.execute()
+        parts = []
+        for flat, raw_t0 in zip(replies[0::2], replies[1::2], strict=True):
+            if raw_t0 is None or not flat:
+                continue
+            scores = {_text(member): float(score) for member, score in flat}
+            parts.append(decayed(scores, float(_text(raw_t0)), self._lam, now))
+        return top_k(sum_shards(parts), k)
+
+    async def item_version(self, item_id: str) -> int:
+        """Sum of the item's per-shard versions: grows with every change in any shard."""
+        shards = await self._shards()
+        if not shards:
+            return 0
+        with _redis_errors("item_version"):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for shard in shards:
+                    pipe.hget(shard.item(item_id), keys.FIELD_VERSION)
+                replies = await pipe.execute()
+        return sum(int(_text(raw)) for raw in replies if raw is not None)
+
+    async def dirty_backlog(self) -> dict[str, int]:
+        """Number of pending dirty marks per kind over all shards (for a gauge)."""
+        shards = await self._shards()
+        backlog: dict[str, int] = dict.fromkeys(keys.DIRTY_KINDS, 0)
+        if not shards:
+            return backlog
+        with _redis_errors("dirty_backlog"):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for shard in shards:
+                    for kind in keys.DIRTY_KINDS:
+                        pipe.zcard(shard.dirty(kind))
+                replies = await pipe.execute()
+        for index, count in enumerate(replies):
+            backlog[keys.DIRTY_KINDS[index % len(keys.DIRTY_KINDS)]] += int(count)
+        return backlog
+
+    # -- dirty marks ------------------------------------------------------------------------
+
+    async def dirty(
+        self, topic: str, partition: int, kind: DirtyKind, limit: int
+    ) -> list[tuple[str, float]]:
+        """Up to `limit` oldest marks (entity id, first dirty ts) of one shard.
+
+        Not a pure read: it resets the marks' "dirtied again" flags, which is what lets
+        `clear_dirty` keep a mark that was dirtied after this call.
+        """
+        if limit < 1:
+            return []
+        shard = self._shard(topic, partition)
+        with _redis_errors("dirty"):
+            flat = await self._read_dirty_script(
+                keys=[shard.dirty(kind), shard.redirty(kind)], args=[limit]
+            )
+        return [(_text(flat[i]), float(_text(flat[i + 1]))) for i in range(0, len(flat), 2)]
+
+    async def clear_dirty(
+        self, topic: str, partition: int, kind: DirtyKind, marks: Sequence[tuple[str, float]]
+    ) -> int:
+        """Remove handled marks, unless their entity was dirtied again since `dirty` read them."""
+        if not marks:
+            return 0
+        shard = self._shard(topic, partition)
+        args: list[str] = []
+        for member, score in marks:
+            if not math.isfinite(score):
+                raise StateError(f"dirty mark score must be finite, got {score!r}")
+            args += [member, repr(float(score))]
+        with _redis_errors("clear_dirty"):
+            removed = await self._clear_dirty_script(
+                keys=[shard.dirty(kind), shard.redirty(kind)], args=args
+            )
+        return int(removed)
