@@ -344,6 +344,19 @@ def _decode_engagement(raw: bytes) -> Engagement | Rejection:
     return fast if fast is not None else _checked_engagement(raw)
 
 
+def valid_id(value: str) -> bool:
+    """Whether ``value`` is usable as an event, user, item or context id."""
+    return type(value) is str and _id_ok(value) is not None
+
+
+def engagement_from_object(obj: dict[str, Any]) -> Engagement | Rejection:
+    """Validate an already-parsed object (offline loaders) by the wire decoder's rules."""
+    try:
+        return _engagement(obj)
+    except _Invalid as exc:
+        return Rejection(exc.reason, exc.detail)
+
+
 def decode_engagement(raw: bytes) -> Engagement | Rejection:
     """Decode one engagement payload; never raises."""
     return _decode_engagement(raw)
