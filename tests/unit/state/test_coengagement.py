@@ -1,0 +1,239 @@
+"""The reference co-engagement rules (state.coengagement): also the Lua script's oracle."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from state import CoEngagementGraph, SeqEntry, StateConfig, merge_neighbours
+from state.exceptions import InvalidBatchError
+
+DAY = 86400.0
+
+
+@dataclass(frozen=True)
+class Ev:
+    user_id: str
+    item_id: str
+    action: str
+    ts: float
+    weight: float | None = None
+    context_id: str | None = None
+
+
+def graph(**overrides: object) -> CoEngagementGraph:
+    return CoEngagementGraph(StateConfig(**overrides))  # type: ignore[arg-type]
+
+
+def weight(g: CoEngagementGraph, item: str, other: str, now: float) -> float:
+    return dict(g.neighbours(item, 1000, now)).get(other, 0.0)
+
+
+def test_pair_weight_is_geometric_mean_of_actions_times_hub_damping() -> None:
+    g = graph()
+    g.add_many([Ev("u", "a", "save", 10.0), Ev("u", "b", "click", 20.0, weight=2.0)])
+    base = math.sqrt(3.0 * 1.0) * 2.0
+    # a's list, neighbour b: b's degree is 1 when the pair forms; likewise a's degree for b's list.
+    assert weight(g, "a", "b", 20.0) == pytest.approx(base * 2**-0.5, rel=1e-12)
+    assert weight(g, "b", "a", 20.0) == pytest.approx(base * 2**-0.5, rel=1e-12)
+    assert g.item_version("a") == 2  # its own event, then paired by b's event
+    assert g.item_version("b") == 1
+    assert g.user_version("u") == 2
+
+
+def test_self_pairs_are_skipped() -> None:
+    g = graph()
+    g.add_many([Ev("u", "a", "click", 1.0), Ev("u", "a", "save", 2.0)])
+    assert g.neighbours("a", 10, 2.0) == []
+    assert g.item_degree("a") == 2
+
+
+def test_horizon_limits_pairs_in_both_directions() -> None:
+    g = graph(pair_horizon_s=100.0)
+    g.add_many(
+        [
+            Ev("u", "a", "click", 1000.0),
+            Ev("u", "b", "click", 1100.0),  # exactly at the horizon: pairs
+            Ev("u", "c", "click", 1201.0),  # 101 s after b, 201 s after a: pairs with neither
+            Ev("u", "d", "click", 1150.0),  # late arrival: 51 s before c, 50 after b -> pairs both
+        ]
+    )
+    assert {m for m, _ in g.neighbours("a", 10, 1300.0)} == {"b"}
+    assert {m for m, _ in g.neighbours("c", 10, 1300.0)} == {"d"}
+    assert {m for m, _ in g.neighbours("d", 10, 1300.0)} == {"b", "c"}
+
+
+def test_only_the_last_max_pairs_entries_pair_and_each_neighbour_once() -> None:
+    g = graph(max_pairs=2)
+    g.add_many([Ev("u", i, "click", float(t)) for t, i in enumerate(["x", "y", "x", "z"])])
+    # z sees the last two entries (y, x); x pairs once although it is in the sequence twice
+    assert {m for m, _ in g.neighbours("z", 10, 10.0)} == {"x", "y"}
+    assert g.item_version("x") == 4  # two own events, paired by y's event and by z's (once)
+
+
+def test_too_old_event_is_in_the_sequence_but_adds_no_pairs() -> None:
+    g = graph()
+    g.add_many(
+        [
+            Ev("u", "a", "click", 10 * DAY),
+            Ev("u", "b", "click", 9 * DAY - 1),  # older than ts_max - 1 day
+            Ev("u", "c", "click", 10 * DAY + 5),
+        ]
+    )
+    assert [e.item_id for e in g.sequence("u")] == ["a", "b", "c"]
+    assert g.neighbours("b", 10, 10 * DAY) == []
+    assert {m for m, _ in g.neighbours("c", 10, 10 * DAY + 5)} == {"a"}
+    assert g.user_version("u") == 3
+    assert g.item_degree("b") == 1
+
+
+def test_hub_damping_shrinks_links_to_popular_items() -> None:
+    g = graph()
+    g.add_many([Ev(f"fan{n}", "hub", "click", 0.0) for n in range(15)])  # degree 15
+    g.add_many([Ev("u", "niche", "click", 1.0), Ev("u", "hub", "click", 2.0)])
+    g.add_many([Ev("v", "other", "click", 1.0), Ev("v", "niche", "click", 2.0)])
+    hub_link = weight(g, "niche", "hub", 2.0)
+    other_link = weight(g, "niche", "other", 2.0)
+    # hub had degree 16 when paired, other had degree 1
+    assert hub_link == pytest.approx(17**-0.5, rel=1e-12)
+    assert other_link == pytest.approx(2**-0.5, rel=1e-12)
+    assert hub_link < other_link
+
+
+def test_weight_halves_after_one_half_life() -> None:
+    g = graph(half_life_s=1000.0)
+    g.add_many([Ev("u", "a", "click", 0.0), Ev("u", "b", "click", 10.0)])
+    now = 500.0
+    assert weight(g, "a", "b", now + 1000.0) == pytest.approx(
+        weight(g, "a", "b", now) / 2, rel=1e-12
+    )
+
+
+def test_rebase_keeps_read_weights() -> None:
+    half_life = 100.0
+    g = graph(half_life_s=half_life, pair_horizon_s=1e9, max_event_age_s=1e9)
+    g.add_many([Ev("u", "a", "click", 0.0), Ev("u", "b", "click", 1.0)])
+    before = weight(g, "a", "b", 1.0)
+    later = 40 * half_life  # exp(lambda * 4000) = 2**40 > 1e9: a's list is rebased
+    g.add(Ev("v", "c", "click", later - 1.0))
+    g.add(Ev("v", "a", "click", later))
+    assert g.item_t0("a") == later
+    expected = before * 2 ** (-(later + 10.0 - 1.0) / half_life)
+    assert weight(g, "a", "b", later + 10.0) == pytest.approx(expected, rel=1e-9)
+
+
+def test_trim_keeps_top_k_max_at_slice_end() -> None:
+    g = graph(k_max=3, slice_size=1)
+    actions = ["save", "view", "click", "view", "save", "click"]
+    events = [Ev("u", f"i{n}", a, 6.0) for n, a in enumerate(actions)]
+    events.append(Ev("u", "hot", "save", 6.0))  # pairs with all six (max_pairs is 20)
+    g.add_many(events)
+    top = g.neighbours("hot", 10, 6.0)
+    # saves first; the two clicks tie and Redis drops the lowest rank (the smaller member) first
+    assert [m for m, _ in top] == ["i0", "i4", "i5"]
+
+
+def test_context_saves_pair_beyond_the_horizon() -> None:
+    g = graph(pair_horizon_s=60.0)
+    g.add_many(
+        [
+            Ev("u", "a", "save", 0.0, context_id="board"),
+            Ev("u", "x", "view", 1000.0, context_id="board"),  # not a save: no context pairs
+            Ev("u", "b", "save", 2000.0, context_id="board"),
+            Ev("u", "c", "save", 2000.0, context_id="other"),
+        ]
+    )
+    assert {m for m, _ in g.neighbours("b", 10, 2000.0)} == {"a", "c"}  # a by board, c by time
+    assert g.neighbours("x", 10, 2000.0) == []
+    base = math.sqrt(3.0 * 3.0)
+    assert weight(g, "b", "a", 2000.0) == pytest.approx(base * 2**-0.5, rel=1e-12)
+    assert weight(g, "b", "a", 2000.0 + 7 * DAY) == pytest.approx(base * 2**-1.5, rel=1e-12)
+
+
+def test_sequence_is_bounded_and_ordered() -> None:
+    g = graph(seq_len=3)
+    g.add_many([Ev("u", f"i{n}", "view", float(n)) for n in range(5)])
+    assert g.sequence("u") == [SeqEntry(f"i{n}", "view", float(n)) for n in (2, 3, 4)]
+
+
+def test_unknown_action_is_refused() -> None:
+    with pytest.raises(InvalidBatchError):
+        graph().add(Ev("u", "a", "like", 0.0))
+
+
+def test_merge_sums_shards() -> None:
+    one, two = graph(), graph()
+    one.add_many([Ev("u", "a", "click", 0.0), Ev("u", "b", "click", 1.0)])
+    two.add_many(
+        [Ev("v", "a", "click", 0.0), Ev("v", "b", "click", 1.0), Ev("v", "c", "view", 2.0)]
+    )
+    merged = dict(merge_neighbours([one, two], "a", 10, 5.0))
+    assert merged["b"] == pytest.approx(weight(one, "a", "b", 5.0) + weight(two, "a", "b", 5.0))
+    assert merged["c"] == pytest.approx(weight(two, "a", "c", 5.0))
+    assert list(merged) == ["b", "c"]
+
+
+# -- properties ------------------------------------------------------------------------------
+
+USERS = st.sampled_from(["u1", "u2", "u3"])
+ITEMS = st.sampled_from(["a", "b", "c", "d", "e", "f"])
+ACTIONS = st.sampled_from(["save", "click", "view"])
+
+
+@st.composite
+def event_lists(draw: st.DrawFn) -> list[Ev]:
+    steps = draw(st.lists(st.floats(-50.0, 400.0), min_size=1, max_size=60))
+    events, ts = [], 1000.0
+    for step in steps:
+        ts += step
+        ctx = draw(st.sampled_from([None, "b1", "b2"]))
+        w = draw(st.one_of(st.none(), st.floats(0.0, 5.0)))
+        events.append(Ev(draw(USERS), draw(ITEMS), draw(ACTIONS), ts, w, ctx))
+    return events
+
+
+@given(event_lists(), st.integers(1, 4), st.integers(1, 7))
+@settings(max_examples=150, deadline=None)
+def test_lists_stay_bounded_and_counts_add_up(
+    events: list[Ev], k_max: int, slice_size: int
+) -> None:
+    g = graph(k_max=k_max, slice_size=slice_size, seq_len=5)
+    g.add_many(events)
+    now = max(e.ts for e in events)
+    for item in {e.item_id for e in events}:
+        top = g.neighbours(item, 100, now)
+        assert len(top) <= k_max
+        assert all(w >= 0 for _, w in top)
+        assert item not in dict(top)
+        assert g.item_degree(item) == sum(e.item_id == item for e in events)
+    for user in {e.user_id for e in events}:
+        mine = [SeqEntry(e.item_id, e.action, e.ts) for e in events if e.user_id == user]
+        assert g.sequence(user) == mine[-5:]
+        assert g.user_version(user) == len(mine)
+
+
+@given(event_lists(), st.integers(1, 7))
+@settings(max_examples=150, deadline=None)
+def test_without_trimming_slicing_does_not_matter(events: list[Ev], slice_size: int) -> None:
+    whole, sliced = graph(k_max=1000), graph(k_max=1000, slice_size=slice_size)
+    whole.add_many(events)
+    sliced.add_many(events)
+    now = max(e.ts for e in events)
+    for item in {e.item_id for e in events}:
+        assert sliced.neighbours(item, 100, now) == whole.neighbours(item, 100, now)
+
+
+@given(event_lists())
+@settings(max_examples=150, deadline=None)
+def test_without_hub_damping_links_are_symmetric(events: list[Ev]) -> None:
+    g = graph(k_max=1000, hub_alpha=0.0, half_life_s=50.0)  # short half-life: rebases happen
+    g.add_many(events)
+    now = max(e.ts for e in events)
+    items = sorted({e.item_id for e in events})
+    for a in items:
+        for b, w in g.neighbours(a, 100, now):
+            assert weight(g, b, a, now) == pytest.approx(w, rel=1e-9, abs=1e-300)
