@@ -7,13 +7,13 @@ atomic, idempotent through the watermark, and valid on Redis Cluster. Reads that
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 
-import orjson
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
@@ -84,7 +84,7 @@ class RedisState:
             config.context_len,
             REBASE_LIMIT,
         ]
-        weights = orjson.dumps(dict(config.action_weights)).decode()
+        weights = json.dumps(dict(config.action_weights))
         return [keys.lua_layout(), *(repr(n) for n in numbers), weights, CONTEXT_ACTION]
 
     def _shard(self, topic: str, partition: int) -> ShardKeys:
@@ -131,8 +131,9 @@ class RedisState:
             for off, ev in events
         ]
         try:
-            payload = orjson.dumps(rows).decode()
-        except TypeError as exc:  # a field of a type JSON cannot carry
+            # allow_nan=False: a NaN or infinite ts or weight is refused, never sent as null
+            payload = json.dumps(rows, allow_nan=False, separators=(",", ":"))
+        except (TypeError, ValueError) as exc:
             raise InvalidBatchError(f"cannot encode batch: {exc}") from exc
         return await self._run_apply(shard, payload)
 
