@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ def _write(path: Path, text: str, encoding: str = "utf-8") -> Path:
 
 
 def _assert_time_ordered(dataset: Dataset) -> None:
-    assert all(a.ts <= b.ts for a, b in zip(dataset.events, dataset.events[1:], strict=False))
+    assert all(a.ts <= b.ts for a, b in pairwise(dataset.events))
 
 
 @pytest.fixture(scope="module")
