@@ -156,14 +156,23 @@ def _port_open(port: int) -> bool:
 
 
 def _spawn(cfg: StackConfig, name: Component, cmd: list[str]) -> int:
+    """Start a daemon in its own session, output to <run dir>/<name>.log; return its pid.
+
+    posix_spawn rather than Popen: the daemon outlives this process, and a Popen object that
+    is dropped while its child runs only produces warnings.
+    """
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    with open(cfg.run_dir / f"{name}.log", "ab") as out:
-        proc = subprocess.Popen(  # noqa: S603 - fixed argv built from our own config
-            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, cwd=cfg.run_dir,
-        )  # fmt: skip
-    _pid_file(cfg, name).write_text(str(proc.pid))
-    return proc.pid
+    binary = shutil.which(cmd[0]) or cmd[0]
+    log_path = str(cfg.run_dir / f"{name}.log")
+    actions = [
+        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_OPEN, 1, log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644),
+        (os.POSIX_SPAWN_DUP2, 1, 2),
+    ]
+    # Every path in the configs is absolute, so the daemon's working directory does not matter.
+    pid = os.posix_spawn(binary, cmd, dict(os.environ), file_actions=actions, setsid=True)
+    _pid_file(cfg, name).write_text(str(pid))
+    return pid
 
 
 def _render(template: Path, target: Path, **fields: object) -> Path:

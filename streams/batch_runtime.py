@@ -82,13 +82,16 @@ class BatchRuntime:
         idle_since = time.monotonic()
         within_ms = int(self.settings.ingest.batch_within_s * 1000)
         while not self._stopping.is_set():
-            fetched = await kafka.getmany(timeout_ms=within_ms, max_records=self.settings.ingest.batch_max)
+            fetched = await kafka.getmany(
+                timeout_ms=within_ms, max_records=self.settings.ingest.batch_max
+            )
             records = [
                 SourceRecord(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp)
                 for messages in fetched.values()
                 for m in messages
             ]
             if records:
+                self.stats.first_batch_at = self.stats.first_batch_at or time.monotonic()
                 outcome = await wired.core.process(records)
                 await self._commit(kafka, outcome)
                 self._count(len(records), kafka, outcome)
@@ -102,9 +105,7 @@ class BatchRuntime:
         self.stats.committed.update(outcome.next_offsets)
 
     def _count(self, n: int, kafka: AIOKafkaConsumer, outcome: BatchOutcome) -> None:
-        now = time.monotonic()
-        self.stats.first_batch_at = self.stats.first_batch_at or now
-        self.stats.last_batch_at = now
+        self.stats.last_batch_at = time.monotonic()
         self.stats.events += n
         self.stats.batches += 1
         for (topic, partition), next_offset in outcome.next_offsets.items():

@@ -91,6 +91,8 @@ class FaustRuntime:
 
     async def _process(self, wired: Wired, events: Sequence[EventT]) -> None:
         records = [_record(e) for e in events]
+        if self.first_batch_at is None:
+            self.first_batch_at = time.monotonic()
         try:
             outcome = await wired.core.process(records)
         except BaseException:
@@ -99,8 +101,6 @@ class FaustRuntime:
             os._exit(EXIT_FATAL)
         self.processed += len(records)
         self.last_batch_at = time.monotonic()
-        if self.first_batch_at is None:
-            self.first_batch_at = self.last_batch_at
         self._record_lag(outcome.next_offsets)
         if self.limits.max_events is not None and self.processed >= self.limits.max_events:
             self._stop("processed %d events", self.processed)

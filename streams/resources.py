@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
@@ -16,15 +17,21 @@ from streams.settings import RedisSettings, Settings
 
 
 def redis_client(settings: RedisSettings) -> aioredis.Redis:
+    """TLS is chosen by the URL scheme (rediss://); `tls = true` upgrades a redis:// URL."""
+    url = settings.url
+    extra: dict[str, Any] = {}
+    if settings.tls or url.startswith("rediss://"):
+        url = "rediss://" + url.removeprefix("redis://").removeprefix("rediss://")
+        if settings.tls_ca_file:
+            extra["ssl_ca_certs"] = str(settings.tls_ca_file)
     return aioredis.Redis.from_url(
-        settings.url,
+        url,
         username=settings.username,
         password=settings.password.get_secret_value() if settings.password else None,
-        ssl=settings.tls or None,  # only pass when set: a redis:// URL with ssl=False is fine
-        ssl_ca_certs=str(settings.tls_ca_file) if settings.tls_ca_file else None,
         health_check_interval=30,
         socket_timeout=10,
         socket_connect_timeout=5,
+        **extra,
     )
 
 

@@ -8,8 +8,10 @@ in logs and reprs, and URLs that carry a password are refused so one cannot leak
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -156,3 +158,25 @@ class Settings(BaseSettings):
         values: dict[str, Any] = tomllib.loads(path.read_text()) if path else {}
         values.update(overrides)
         return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as environment variables (one JSON value a section) for a child process."""
+        env: dict[str, str] = {}
+        for section in type(self).model_fields:
+            value = getattr(self, section)
+            if hasattr(value, "__dict__"):
+                fields = {k: _plain(v) for k, v in vars(value).items() if not k.startswith("_")}
+                env[f"SAGESTREAM_{section.upper()}"] = json.dumps(fields)
+            else:
+                env[f"SAGESTREAM_{section.upper()}"] = str(value)
+        return env
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, Path):
+        return str(value)
+    return value

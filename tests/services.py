@@ -32,10 +32,16 @@ class Services:
 
 
 def _docker_available() -> bool:
+    if not os.environ.get("DOCKER_HOST") and not os.path.exists("/var/run/docker.sock"):
+        return False  # no engine; asking the client anyway leaks its socket
     try:
         import docker
 
-        return bool(docker.from_env(timeout=3).ping())
+        client = docker.from_env(timeout=3)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
     except Exception:  # any failure means: no engine here
         return False
 

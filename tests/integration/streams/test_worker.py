@@ -1,0 +1,143 @@
+"""The ingest worker on the real Kafka and Redis: effects once, dead letters with headers, commits."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from state import RedisState
+from streams.generate import GeneratorConfig, generate_events, malformed_payloads
+from streams.produce import produce_engagements, produce_raw
+from streams.settings import Settings
+from streams.topics import ensure_topics
+from tests.integration.harness import (
+    Oracle,
+    committed_offsets,
+    end_offsets,
+    mismatches,
+    read_topic,
+    run_worker,
+    start_worker,
+)
+
+pytestmark = pytest.mark.integration
+log = logging.getLogger(__name__)
+
+SMALL = GeneratorConfig(users=150, items=300, communities=4, events=3000, seed=11)
+
+
+def produce_mixed(settings: Settings, cfg: GeneratorConfig, bad: int) -> list[tuple[bytes, str]]:
+    """Valid generated events with malformed payloads and one mis-keyed event in between."""
+    ensure_topics(settings)
+    events = list(generate_events(cfg))
+    half = len(events) // 2
+    produce_engagements(settings, events[:half])
+    malformed = malformed_payloads(seed=3, n=bad)
+    produce_raw(settings, [(b"u-bad", payload) for payload, _ in malformed], settings.topics.engagements)
+    mis_keyed = events[half]
+    produce_raw(settings, [(b"someone-else", _encode(mis_keyed))], settings.topics.engagements)
+    produce_engagements(settings, events[half + 1 :])
+    return [*malformed, (_encode(mis_keyed), "key_mismatch")]
+
+
+def _encode(event: object) -> bytes:
+    from streams.events import Engagement, encode_engagement
+
+    assert isinstance(event, Engagement)
+    return encode_engagement(event)
+
+
+async def state_of(settings: Settings, client: aioredis.Redis) -> RedisState:
+    return RedisState(client, settings.state, prefix=settings.redis.key_prefix)
+
+
+@pytest.mark.parametrize("runtime", ["faust", "batch"])
+async def test_every_valid_event_once_every_bad_one_dead_lettered(
+    runtime: str,
+    make_settings: Callable[..., Settings],
+    redis_client: aioredis.Redis,
+    tmp_path: Path,
+) -> None:
+    settings = make_settings()
+    expected_letters = produce_mixed(settings, SMALL, bad=40)
+
+    code = await asyncio.to_thread(
+        run_worker, settings, "--runtime", runtime, "--until-idle", "4", log=tmp_path / "w.log"
+    )
+    assert code == 0, (tmp_path / "w.log").read_text()[-3000:]
+
+    records = await asyncio.to_thread(read_topic, settings, settings.topics.engagements)
+    oracle = Oracle.from_records(settings, records)
+    assert oracle.valid_count == SMALL.events - 1  # the mis-keyed one is invalid
+    state = await state_of(settings, redis_client)
+    assert await mismatches(state, oracle, now=SMALL.start_ts + SMALL.span_s) == []
+
+    letters = await asyncio.to_thread(read_topic, settings, settings.topics.dlq(settings.topics.engagements))
+    assert len(letters) == len(expected_letters)
+    by_value = {payload: reason for payload, reason in expected_letters}
+    for letter in letters:
+        headers = {k: v.decode() for k, v in letter.headers}
+        assert headers["source.topic"] == settings.topics.engagements
+        source = next(r for r in records if r.partition == int(headers["source.partition"])
+                      and r.offset == int(headers["source.offset"]))  # fmt: skip
+        assert source.value == letter.value
+        assert headers["error.reason"] == by_value[letter.value]
+        assert headers["error.detail"]
+
+    ends = await asyncio.to_thread(end_offsets, settings, settings.topics.engagements)
+    assert await asyncio.to_thread(committed_offsets, settings) == ends
+    log.info("%s runtime: %d valid events applied once, %d dead-lettered, offsets %s",
+             runtime, oracle.valid_count, len(letters), ends)  # fmt: skip
+
+
+async def _wait_for_progress(state: RedisState, settings: Settings, minimum: int) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        marks = [await state.watermark(settings.topics.engagements, p) for p in range(4)]
+        if sum((m or 0) for m in marks) >= minimum:
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError("the worker made no progress")
+
+
+@pytest.mark.parametrize("runtime", ["faust", "batch"])
+async def test_kill_9_mid_stream_ends_in_the_uninterrupted_state(
+    runtime: str,
+    make_settings: Callable[..., Settings],
+    redis_client: aioredis.Redis,
+    tmp_path: Path,
+) -> None:
+    """I1: SIGKILL the worker at random points, several rounds; the end state equals the oracle."""
+    cfg = GeneratorConfig(users=400, items=800, communities=6, events=40_000, seed=5)
+    settings = make_settings(ingest={"batch_max": 500})
+    ensure_topics(settings)
+    produce_engagements(settings, generate_events(cfg))
+    state = await state_of(settings, redis_client)
+    kills = 0
+    for round_no, progress in enumerate((2_000, 12_000, 24_000)):
+        worker = start_worker(settings, "--runtime", runtime, log=tmp_path / f"w{round_no}.log")
+        try:
+            await _wait_for_progress(state, settings, progress)
+        finally:
+            worker.send_signal(signal.SIGKILL)
+            worker.wait()
+            kills += 1
+    code = await asyncio.to_thread(
+        run_worker, settings, "--runtime", runtime, "--until-idle", "4", log=tmp_path / "final.log"
+    )
+    assert code == 0
+
+    records = await asyncio.to_thread(read_topic, settings, settings.topics.engagements)
+    oracle = Oracle.from_records(settings, records)
+    diff = await mismatches(state, oracle, now=cfg.start_ts + cfg.span_s)
+    log.info("%s runtime: %d events, %d kill -9, %d mismatches", runtime, cfg.events, kills, len(diff))
+    assert diff == []
+    ends = await asyncio.to_thread(end_offsets, settings, settings.topics.engagements)
+    assert await asyncio.to_thread(committed_offsets, settings) == ends
