@@ -272,15 +272,6 @@ _loads = orjson.loads
 _NUMBERS = (int, float)  # matched with `type(x) in`, which excludes bool
 
 
-def _optionals_ok(weight: Any, context_id: Any, surface: Any) -> bool:
-    """Validity of the optional engagement fields, mirroring :func:`_engagement`."""
-    return (
-        (weight is None or (type(weight) in _NUMBERS and 0.0 < weight <= MAX_WEIGHT))
-        and (context_id is None or (type(context_id) is str and _id_ok(context_id) is not None))
-        and (surface is None or (type(surface) is str and 0 < len(surface) <= MAX_SURFACE_CHARS))
-    )
-
-
 def _fast_engagement(raw: bytes) -> Engagement | None:
     """Decode a valid engagement cheaply; None means "not obviously valid, ask the checked path".
 
@@ -317,10 +308,9 @@ def _fast_engagement(raw: bytes) -> Engagement | None:
         and action in ACTIONS
         and type(ts) in _NUMBERS
         and 0.0 <= ts <= MAX_TS  # type: ignore[operator]
-        and (
-            (weight is None and context_id is None and surface is None)
-            or _optionals_ok(weight, context_id, surface)
-        )
+        and (weight is None or (type(weight) in _NUMBERS and 0.0 < weight <= MAX_WEIGHT))
+        and (context_id is None or (type(context_id) is str and _id_ok(context_id) is not None))
+        and (surface is None or (type(surface) is str and 0 < len(surface) <= MAX_SURFACE_CHARS))
     )
     if not ok:
         return None
