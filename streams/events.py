@@ -287,13 +287,8 @@ def _fast_engagement(raw: bytes) -> Engagement | None:
     if type(obj) is not dict:
         return None
     get = obj.get
-    version, event_id, user_id, item_id = (
-        get("v", 1),
-        get("event_id"),
-        get("user_id"),
-        get("item_id"),
-    )
-    action, ts = get("action"), get("ts")
+    event_id, user_id, item_id = get("event_id"), get("user_id"), get("item_id")
+    version, action, ts = get("v", 1), get("action"), get("ts")
     weight, context_id, surface = get("weight"), get("context_id"), get("surface")
     ok = (
         type(version) is int
