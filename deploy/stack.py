@@ -8,6 +8,7 @@ redis-server with AOF persistence. `up` is idempotent, `down` leaves nothing run
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import os
 import shutil
@@ -86,17 +87,29 @@ def ensure_kafka_jars(cfg: StackConfig) -> Path:
     if marker.exists():
         return libs
     if shutil.which("mvn") is None or shutil.which("java") is None:
-        raise StackError("Kafka needs Java 17+ and Maven on PATH (apt-get install maven openjdk-17-jre)")
-    log.info("resolving Apache Kafka %s with Maven into %s (first run only)", cfg.kafka_version, libs)
+        raise StackError(
+            "Kafka needs Java 17+ and Maven on PATH (apt-get install maven openjdk-17-jre)"
+        )
+    log.info(
+        "resolving Apache Kafka %s with Maven into %s (first run only)", cfg.kafka_version, libs
+    )
     libs.mkdir(parents=True, exist_ok=True)
     cmd = [
-        "mvn", "-q", "-B", "-f", str(HERE / "kafka" / "pom.xml"),
-        "dependency:copy-dependencies", f"-DoutputDirectory={libs}",
-        "-DincludeScope=runtime", f"-Dkafka.version={cfg.kafka_version}",
-    ]  # fmt: skip
+        "mvn",
+        "-q",
+        "-B",
+        "-f",
+        str(HERE / "kafka" / "pom.xml"),
+        "dependency:copy-dependencies",
+        f"-DoutputDirectory={libs}",
+        "-DincludeScope=runtime",
+        f"-Dkafka.version={cfg.kafka_version}",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise StackError(f"Maven could not resolve Kafka {cfg.kafka_version}:\n{done.stdout[-2000:]}")
+        raise StackError(
+            f"Maven could not resolve Kafka {cfg.kafka_version}:\n{done.stdout[-2000:]}"
+        )
     marker.write_text(cfg.kafka_version)
     return libs
 
@@ -176,7 +189,9 @@ def _spawn(cfg: StackConfig, name: Component, cmd: list[str]) -> int:
 
 
 def _render(template: Path, target: Path, **fields: object) -> Path:
-    target.write_text(Template(template.read_text()).substitute(**{k: str(v) for k, v in fields.items()}))
+    target.write_text(
+        Template(template.read_text()).substitute(**{k: str(v) for k, v in fields.items()})
+    )
     return target
 
 
@@ -185,20 +200,37 @@ def _start_kafka(cfg: StackConfig) -> int:
     data = cfg.run_dir / "kafka-data"
     data.mkdir(parents=True, exist_ok=True)
     props = _render(
-        HERE / "kafka" / "server.properties", cfg.run_dir / "server.properties",
-        port=cfg.kafka_port, controller_port=cfg.controller_port, log_dir=data,
-    )  # fmt: skip
-    java = ["java", f"-Xmx{cfg.kafka_heap}", f"-Xms{cfg.kafka_heap}", "-XX:+UseG1GC",
-            f"-Dlog4j2.configurationFile={HERE / 'kafka' / 'log4j2.properties'}",
-            "-cp", f"{libs}/*"]  # fmt: skip
+        HERE / "kafka" / "server.properties",
+        cfg.run_dir / "server.properties",
+        port=cfg.kafka_port,
+        controller_port=cfg.controller_port,
+        log_dir=data,
+    )
+    java = [
+        "java",
+        f"-Xmx{cfg.kafka_heap}",
+        f"-Xms{cfg.kafka_heap}",
+        "-XX:+UseG1GC",
+        f"-Dlog4j2.configurationFile={HERE / 'kafka' / 'log4j2.properties'}",
+        "-cp",
+        f"{libs}/*",
+    ]
     if not (data / "meta.properties").exists():
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        fmt = java + ["kafka.tools.StorageTool", "format", "--standalone",
-                      "--cluster-id", cluster_id, "--config", str(props)]  # fmt: skip
+        fmt = [
+            *java,
+            "kafka.tools.StorageTool",
+            "format",
+            "--standalone",
+            "--cluster-id",
+            cluster_id,
+            "--config",
+            str(props),
+        ]
         done = subprocess.run(fmt, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise StackError(f"formatting the KRaft log dir failed:\n{done.stdout}{done.stderr}")
-    return _spawn(cfg, "kafka", java + ["kafka.Kafka", str(props)])
+    return _spawn(cfg, "kafka", [*java, "kafka.Kafka", str(props)])
 
 
 def _start_redis(cfg: StackConfig) -> int:
@@ -206,10 +238,13 @@ def _start_redis(cfg: StackConfig) -> int:
     data = cfg.run_dir / "redis-data"
     data.mkdir(parents=True, exist_ok=True)
     conf = _render(
-        HERE / "redis" / "redis.conf", cfg.run_dir / "redis.conf",
-        port=cfg.redis_port, data_dir=data, pid_file=cfg.run_dir / "redis.server.pid",
+        HERE / "redis" / "redis.conf",
+        cfg.run_dir / "redis.conf",
+        port=cfg.redis_port,
+        data_dir=data,
+        pid_file=cfg.run_dir / "redis.server.pid",
         appendfsync=cfg.appendfsync,
-    )  # fmt: skip
+    )
     return _spawn(cfg, "redis", [binary, str(conf)])
 
 
@@ -266,14 +301,14 @@ def up(cfg: StackConfig) -> list[ComponentStatus]:
     """Start whatever is not running and wait until both answer. Safe to call twice."""
     starters = {"kafka": _start_kafka, "redis": _start_redis}
     for name in ("redis", "kafka"):
-        pid = _read_pid(cfg, name)  # type: ignore[arg-type]
+        pid = _read_pid(cfg, name)
         port = cfg.redis_port if name == "redis" else cfg.kafka_port
         if pid is None:
             if _port_open(port):
                 raise StackError(f"port {port} is taken by a process this stack did not start")
             pid = starters[name](cfg)
             log.info("started %s (pid %d)", name, pid)
-        _wait(cfg, name, pid)  # type: ignore[arg-type]
+        _wait(cfg, name, pid)
     return status(cfg)
 
 
@@ -294,16 +329,14 @@ def stop(cfg: StackConfig, name: Component, sig: signal.Signals = signal.SIGTERM
 
 
 def _reap(pid: int) -> None:
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def down(cfg: StackConfig) -> None:
     """Stop Kafka first (it may still be writing), then Redis. Data stays for the next `up`."""
     for name in ("kafka", "redis"):
-        stop(cfg, name)  # type: ignore[arg-type]
+        stop(cfg, name)
 
 
 def purge(cfg: StackConfig) -> None:
@@ -326,8 +359,11 @@ def status(cfg: StackConfig) -> list[ComponentStatus]:
     installed = (cfg.kafka_libs / ".complete").exists()
     return [
         ComponentStatus(
-            "kafka", kafka_pid is not None, kafka_pid, cfg.bootstrap_servers,
+            "kafka",
+            kafka_pid is not None,
+            kafka_pid,
+            cfg.bootstrap_servers,
             f"kafka {cfg.kafka_version} (KRaft)" + ("" if installed else ", not installed"),
         ),
         ComponentStatus("redis", redis_pid is not None, redis_pid, cfg.redis_url, _redis_version()),
-    ]  # fmt: skip
+    ]

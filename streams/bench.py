@@ -64,10 +64,15 @@ def bench_settings(base: Settings, topic: str) -> Settings:
 
 async def consume_ceiling(settings: Settings, topic: str, events: int) -> float:
     consumer = AIOKafkaConsumer(
-        topic, **settings.kafka.aiokafka_kwargs(), group_id=f"ceiling-{uuid.uuid4().hex[:8]}",
-        enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=2000,
-        fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=8 * 1024 * 1024,
-    )  # fmt: skip
+        topic,
+        **settings.kafka.aiokafka_kwargs(),
+        group_id=f"ceiling-{uuid.uuid4().hex[:8]}",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=2000,
+        fetch_max_bytes=64 * 1024 * 1024,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+    )
     await consumer.start()
     seen, started = 0, None
     try:
@@ -93,8 +98,18 @@ def faust_runtime(settings: Settings, events: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         stats_file = Path(tmp) / "stats.json"
         env = dict(os.environ, **settings.to_env())
-        cmd = [sys.executable, "-m", "streams.cli", "worker", "--runtime", "faust",
-               "--max-events", str(events), "--stats", str(stats_file)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "streams.cli",
+            "worker",
+            "--runtime",
+            "faust",
+            "--max-events",
+            str(events),
+            "--stats",
+            str(stats_file),
+        ]
         subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, timeout=900)
         stats = json.loads(stats_file.read_text())
     return float(stats["events"]) / float(stats["seconds"])
@@ -127,7 +142,9 @@ def run_ingest_bench(base: Settings, events: int, repeats: int) -> dict[str, Any
     settings = bench_settings(base, topic)
     ensure_topics(settings)
     started = time.perf_counter()
-    produce_engagements(settings, generate_events(GeneratorConfig(events=events, users=5000, items=10000)))
+    produce_engagements(
+        settings, generate_events(GeneratorConfig(events=events, users=5000, items=10000))
+    )
     produce_eps = events / (time.perf_counter() - started)
     ceiling, batch, faust = Series("ceiling"), Series("batch"), Series("faust")
     _repeat(ceiling, repeats, lambda: asyncio.run(consume_ceiling(settings, topic, events)))
@@ -142,8 +159,11 @@ def run_ingest_bench(base: Settings, events: int, repeats: int) -> dict[str, Any
     _repeat(batch, repeats, lambda: one(lambda s, n: asyncio.run(batch_runtime(s, n))))
     _repeat(faust, repeats, lambda: one(faust_runtime))
     return {
-        "stage": "ingest", "events": events, "partitions": settings.topics.partitions,
-        "repeats": repeats, "produce_eps": round(produce_eps),
+        "stage": "ingest",
+        "events": events,
+        "partitions": settings.topics.partitions,
+        "repeats": repeats,
+        "produce_eps": round(produce_eps),
         "eps": {s.name: round(s.median) for s in (ceiling, batch, faust)},
         "runs": {s.name: [round(r) for r in s.runs] for s in (ceiling, batch, faust)},
         "ratios": {
@@ -151,4 +171,4 @@ def run_ingest_bench(base: Settings, events: int, repeats: int) -> dict[str, Any
             "faust/ceiling": round(faust.median / ceiling.median, 3),
             "batch/faust": round(batch.median / faust.median, 2),
         },
-    }  # fmt: skip
+    }

@@ -9,16 +9,16 @@ the replay a no-op.
 
 from __future__ import annotations
 
-import asyncio
+import signal
 import logging
 import os
 import time
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Any, cast
 
 import faust
-from faust.types import EventT, TP
+from faust.types import TP, EventT
 
 from streams.limits import RunLimits
 from streams.metrics import IngestMetrics
@@ -28,7 +28,6 @@ from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 EXIT_FATAL = 70
-
 
 
 def _credentials(settings: Settings) -> Any:
@@ -46,7 +45,7 @@ def _credentials(settings: Settings) -> Any:
     return faust.SSLCredentials(ssl_context)
 
 
-def _record(event: EventT) -> SourceRecord:
+def _record(event: EventT[Any]) -> SourceRecord:
     m = event.message
     return SourceRecord(m.topic, m.partition, m.offset, m.key, m.value, int(m.timestamp * 1000))
 
@@ -81,15 +80,17 @@ class FaustRuntime:
         app.timer(5.0)(self._tick)
         return app
 
-    async def _agent(self, stream: faust.StreamT) -> None:
+    async def _agent(self, stream: faust.types.StreamT[Any]) -> None:
         async with AsyncExitStack() as resources:
             wired = await wire_core(self.settings, self.metrics, resources)
             self._wired = wired
             ingest = self.settings.ingest
-            async for events in stream.take_events(ingest.batch_max, within=ingest.batch_within_s):
+            async for events in cast(faust.Stream[bytes], stream).take_events(
+                ingest.batch_max, within=ingest.batch_within_s
+            ):
                 await self._process(wired, events)
 
-    async def _process(self, wired: Wired, events: Sequence[EventT]) -> None:
+    async def _process(self, wired: Wired, events: Sequence[EventT[Any]]) -> None:
         records = [_record(e) for e in events]
         if self.first_batch_at is None:
             self.first_batch_at = time.monotonic()
@@ -130,8 +131,9 @@ class FaustRuntime:
         return time.monotonic() - self.last_batch_at
 
     def _stop(self, why: str, *args: object) -> None:
+        """Stop the way an operator would: SIGTERM runs Faust's own shutdown, which commits."""
         log.info("stopping: " + why, *args)
-        asyncio.ensure_future(self.worker.stop_and_shutdown())
+        os.kill(os.getpid(), signal.SIGTERM)
 
     @property
     def busy_seconds(self) -> float:

@@ -22,7 +22,7 @@ from redis.exceptions import BusyLoadingError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from state import RedisState
+from state import ApplyResult, RedisState, StateUnavailableError
 from streams.dlq import DeadLetter, DeadLetterSink
 from streams.events import Engagement, Rejection, decode_engagements
 from streams.metrics import IngestMetrics
@@ -33,9 +33,16 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 TRANSIENT = (
-    RedisConnectionError, RedisTimeoutError, BusyLoadingError, OSError, TimeoutError,
-    KafkaConnectionError, KafkaTimeoutError, RequestTimedOutError,
-)  # fmt: skip
+    RedisConnectionError,
+    RedisTimeoutError,
+    BusyLoadingError,
+    OSError,
+    TimeoutError,
+    StateUnavailableError,
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    RequestTimedOutError,
+)
 
 
 @dataclass
@@ -107,9 +114,7 @@ class IngestCore:
             outcome.dead_lettered = len(letters)
         started = time.perf_counter()
         for (topic, partition), batch in by_partition(valid).items():
-            result = await self._retrying(
-                "state_apply", lambda t=topic, p=partition, b=batch: self._state.apply(t, p, b)
-            )
+            result = await self._apply(topic, partition, batch)
             outcome.applied += result.applied
             outcome.replayed += result.skipped
         self._metrics.apply_seconds.observe(time.perf_counter() - started)
@@ -119,6 +124,13 @@ class IngestCore:
             tp = (record.topic, record.partition)
             outcome.next_offsets[tp] = max(outcome.next_offsets.get(tp, 0), record.offset + 1)
         return outcome
+
+    async def _apply(
+        self, topic: str, partition: int, batch: list[tuple[int, Engagement]]
+    ) -> ApplyResult:
+        return await self._retrying(
+            "state_apply", lambda: self._state.apply(topic, partition, batch)
+        )
 
     def _count_consumed(self, records: Sequence[SourceRecord]) -> None:
         self._metrics.batch_size.observe(len(records))

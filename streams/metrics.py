@@ -18,10 +18,17 @@ class IngestMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r, ns = self.registry, NAMESPACE
-        self.consumed = Counter("events_consumed", "Records read", ["topic"], namespace=ns, registry=r)
-        self.applied = Counter("events_applied", "Events applied to state", namespace=ns, registry=r)
+        self.consumed = Counter(
+            "events_consumed", "Records read", ["topic"], namespace=ns, registry=r
+        )
+        self.applied = Counter(
+            "events_applied", "Events applied to state", namespace=ns, registry=r
+        )
         self.replayed = Counter(
-            "events_replayed", "Events skipped as already applied (replays)", namespace=ns, registry=r
+            "events_replayed",
+            "Events skipped as already applied (replays)",
+            namespace=ns,
+            registry=r,
         )
         self.invalid = Counter(
             "events_invalid", "Records rejected, by reason", ["reason"], namespace=ns, registry=r
@@ -33,16 +40,26 @@ class IngestMetrics:
             "batch_size", "Records per batch", buckets=BATCH_BUCKETS, namespace=ns, registry=r
         )
         self.apply_seconds = Histogram(
-            "state_apply_seconds", "Seconds to apply one batch to Redis",
-            buckets=SECONDS_BUCKETS, namespace=ns, registry=r,
-        )  # fmt: skip
+            "state_apply_seconds",
+            "Seconds to apply one batch to Redis",
+            buckets=SECONDS_BUCKETS,
+            namespace=ns,
+            registry=r,
+        )
         self.retries = Counter(
-            "transient_retries", "Retries after transient errors", ["step"], namespace=ns, registry=r
+            "transient_retries",
+            "Retries after transient errors",
+            ["step"],
+            namespace=ns,
+            registry=r,
         )
         self.lag = Gauge(
-            "consumer_lag", "Log end offset minus next offset to process",
-            ["topic", "partition"], namespace=ns, registry=r,
-        )  # fmt: skip
+            "consumer_lag",
+            "Log end offset minus next offset to process",
+            ["topic", "partition"],
+            namespace=ns,
+            registry=r,
+        )
         self.dirty_backlog = Gauge(
             "dirty_backlog", "Entities waiting to be re-encoded", ["kind"], namespace=ns, registry=r
         )

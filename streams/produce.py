@@ -71,7 +71,9 @@ def produce_engagements(
     return sent
 
 
-def produce_raw(settings: Settings, payloads: Iterable[tuple[bytes | None, bytes]], topic: str) -> int:
+def produce_raw(
+    settings: Settings, payloads: Iterable[tuple[bytes | None, bytes]], topic: str
+) -> int:
     """Send raw bytes as they are (malformed-input tests use it)."""
     producer = kafka_producer(settings)
     sent = 0
@@ -91,4 +93,3 @@ def produce_catalog(settings: Settings, items: Iterable[CatalogItem]) -> int:
         ((item.item_id.encode(), encode_catalog_item(item)) for item in items),
         settings.topics.items,
     )
-

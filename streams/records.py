@@ -1,4 +1,4 @@
-"""What a runtime hands the pipeline core: raw records with their coordinates, nothing Faust-specific."""
+"""What a runtime hands the ingest core: raw records and where they came from, nothing Faust."""
 
 from __future__ import annotations
 

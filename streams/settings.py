@@ -69,8 +69,11 @@ class KafkaSettings(_Section):
     def aiokafka_kwargs(self) -> dict[str, Any]:
         """aiokafka takes an SSL context where kafka-python takes file names."""
         kwargs = self.client_kwargs()
-        files = {name: kwargs.pop(name) for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
-                 if name in kwargs}  # fmt: skip
+        files = {
+            name: kwargs.pop(name)
+            for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+            if name in kwargs
+        }
         if self.security_protocol in ("SSL", "SASL_SSL"):
             from aiokafka.helpers import create_ssl_context
 
@@ -154,13 +157,15 @@ class Settings(BaseSettings):
     @classmethod
     def load(cls, path: Path | None = None, **overrides: Any) -> Settings:
         """Read the optional TOML file, then let the environment override it."""
-        path = path or (Path(os.environ[CONFIG_FILE_ENV]) if CONFIG_FILE_ENV in os.environ else None)
+        path = path or (
+            Path(os.environ[CONFIG_FILE_ENV]) if CONFIG_FILE_ENV in os.environ else None
+        )
         values: dict[str, Any] = tomllib.loads(path.read_text()) if path else {}
         values.update(overrides)
         return cls(**values)
 
     def to_env(self) -> dict[str, str]:
-        """These settings as environment variables (one JSON value a section) for a child process."""
+        """These settings as environment variables (JSON per section), for child processes."""
         env: dict[str, str] = {}
         for section in type(self).model_fields:
             value = getattr(self, section)

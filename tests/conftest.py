@@ -39,7 +39,10 @@ def make_settings(services: Services, key_prefix: str, tmp_path: Any) -> Callabl
 
     def factory(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
-            "kafka": {"bootstrap_servers": services.bootstrap_servers, "group_id": f"g-{key_prefix}"},
+            "kafka": {
+                "bootstrap_servers": services.bootstrap_servers,
+                "group_id": f"g-{key_prefix}",
+            },
             "topics": {"engagements": f"eng-{key_prefix}", "items": f"items-{key_prefix}"},
             "redis": {"url": services.redis_url, "key_prefix": key_prefix},
             "qdrant": {"path": str(tmp_path / "qdrant")},

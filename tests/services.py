@@ -69,8 +69,9 @@ def _native() -> Iterator[Services]:
 
 @contextmanager
 def provide() -> Iterator[Services]:
-    kafka, redis_url = os.environ.get("SAGESTREAM_TEST_KAFKA"), os.environ.get(
-        "SAGESTREAM_TEST_REDIS_URL"
+    kafka, redis_url = (
+        os.environ.get("SAGESTREAM_TEST_KAFKA"),
+        os.environ.get("SAGESTREAM_TEST_REDIS_URL"),
     )
     if kafka and redis_url:
         yield Services(kafka, redis_url, "external")

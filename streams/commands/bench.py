@@ -33,8 +33,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def report(result: dict[str, Any]) -> None:
-    say(f"ingest benchmark: {result['events']} events, {result['partitions']} partitions, "
-        f"median of {result['repeats']} runs")  # fmt: skip
+    say(
+        f"ingest benchmark: {result['events']} events, {result['partitions']} partitions, "
+        f"median of {result['repeats']} runs"
+    )
     labels = {
         "ceiling": "raw consume ceiling (aiokafka getmany + decode)",
         "batch": "sagestream ingest, batch runtime",

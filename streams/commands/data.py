@@ -26,9 +26,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     gen.add_argument("--no-catalog", action="store_true", help="skip the catalog topic")
     gen.set_defaults(func=run_generate)
 
-    rep = sub.add_parser("replay", help="produce a real interaction log onto the topic in time order")
+    rep = sub.add_parser(
+        "replay", help="produce a real interaction log onto the topic in time order"
+    )
     rep.add_argument("--data", type=Path, required=True)
-    rep.add_argument("--format", choices=["movielens", "movielens-csv", "pairs", "jsonl"], required=True)
+    rep.add_argument(
+        "--format", choices=["movielens", "movielens-csv", "pairs", "jsonl"], required=True
+    )
     rep.add_argument("--items", type=Path, help="catalog JSONL for --format jsonl")
     rep.add_argument("--rate", type=float, help="events per second (default: as fast as possible)")
     rep.add_argument("--limit", type=int, help="send only the first N events")
@@ -37,9 +41,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run_generate(args: argparse.Namespace) -> int:
     cfg = GeneratorConfig(
-        users=args.users, items=args.items, communities=args.communities,
-        events=args.events, seed=args.seed,
-    )  # fmt: skip
+        users=args.users,
+        items=args.items,
+        communities=args.communities,
+        events=args.events,
+        seed=args.seed,
+    )
     if args.out:
         with args.out.open("wb") as out:
             for event in generate_events(cfg):

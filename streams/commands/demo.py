@@ -37,20 +37,35 @@ def run(args: argparse.Namespace) -> int:
         say("    " + row.line())
     ensure_topics(settings)
     cfg = GeneratorConfig(events=args.events, seed=args.seed)
-    say(f"2/4 producing {args.events} generated events at {args.rate:.0f}/s to "
-        f"'{settings.topics.engagements}' ({cfg.users} users, {cfg.items} items)")  # fmt: skip
+    say(
+        f"2/4 producing {args.events} generated events at {args.rate:.0f}/s to "
+        f"'{settings.topics.engagements}' ({cfg.users} users, {cfg.items} items)"
+    )
     produce_catalog(settings, generate_catalog(cfg))
     producer = threading.Thread(
-        target=produce_engagements, args=(settings, generate_events(cfg)),
-        kwargs={"rate": args.rate}, daemon=True,
-    )  # fmt: skip
+        target=produce_engagements,
+        args=(settings, generate_events(cfg)),
+        kwargs={"rate": args.rate},
+        daemon=True,
+    )
     producer.start()
-    say(f"3/4 running the worker ({args.runtime} runtime); metrics on "
-        f"http://{settings.metrics.host}:{settings.metrics.port}/metrics")  # fmt: skip
+    say(
+        f"3/4 running the worker ({args.runtime} runtime); metrics on "
+        f"http://{settings.metrics.host}:{settings.metrics.port}/metrics"
+    )
     worker = subprocess.Popen(
-        [sys.executable, "-m", "streams.cli", "worker", "--runtime", args.runtime, "--until-idle", "5"],
+        [
+            sys.executable,
+            "-m",
+            "streams.cli",
+            "worker",
+            "--runtime",
+            args.runtime,
+            "--until-idle",
+            "5",
+        ],
         env=dict(os.environ, **settings.to_env()),
-    )  # fmt: skip
+    )
     try:
         _watch(settings, worker)
     finally:
@@ -65,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
 def _applied(settings: Settings) -> int | None:
     url = f"http://{settings.metrics.host}:{settings.metrics.port}/metrics"
     try:
-        with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - our own endpoint
+        with urllib.request.urlopen(url, timeout=1) as response:
             text = response.read().decode()
     except OSError:
         return None
@@ -82,8 +97,10 @@ def _watch(settings: Settings, worker: subprocess.Popen[bytes]) -> None:
         applied = _applied(settings)
         if applied is not None and applied != last:
             backlog = asyncio.run(_backlog(settings))
-            say(f"    applied {applied:>8,} events   dirty users {backlog.get('users', 0):>6,}"
-                f"   dirty items {backlog.get('items', 0):>6,}")  # fmt: skip
+            say(
+                f"    applied {applied:>8,} events   dirty users {backlog.get('users', 0):>6,}"
+                f"   dirty items {backlog.get('items', 0):>6,}"
+            )
             last = applied
 
 
@@ -104,12 +121,15 @@ async def _show(settings: Settings, cfg: GeneratorConfig) -> None:
         user = "u0"
         partition = (murmur2(user.encode()) & 0x7FFFFFFF) % settings.topics.partitions
         seq = await state.user_sequence(settings.topics.engagements, partition, user)
-        say(f"    user {user}: {len(seq)} actions kept, latest: "
-            + ", ".join(f"{e.action} {e.item_id}" for e in seq[-5:]))  # fmt: skip
+        say(
+            f"    user {user}: {len(seq)} actions kept, latest: "
+            + ", ".join(f"{e.action} {e.item_id}" for e in seq[-5:])
+        )
         item = seq[-1].item_id if seq else "i0"
         now = cfg.start_ts + cfg.span_s
         neighbours = await state.item_neighbours(item, 5, now)
-        say(f"    item {item}: top neighbours "
-            + ", ".join(f"{n} ({w:.3f})" for n, w in neighbours))  # fmt: skip
+        say(
+            f"    item {item}: top neighbours " + ", ".join(f"{n} ({w:.3f})" for n, w in neighbours)
+        )
     finally:
         await client.aclose()

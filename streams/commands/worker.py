@@ -15,11 +15,19 @@ from streams.topics import ensure_topics
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("worker", help="consume engagements into the Redis state")
-    parser.add_argument("--runtime", choices=["faust", "batch"], default="faust",
-                        help="faust agent, or the aiokafka batch loop over the same core")  # fmt: skip
+    parser.add_argument(
+        "--runtime",
+        choices=["faust", "batch"],
+        default="faust",
+        help="faust agent, or the aiokafka batch loop over the same core",
+    )
     parser.add_argument("--max-events", type=int, help="stop after this many records")
-    parser.add_argument("--until-idle", type=float, metavar="SECONDS",
-                        help="stop when no record arrived for this long (burst mode)")  # fmt: skip
+    parser.add_argument(
+        "--until-idle",
+        type=float,
+        metavar="SECONDS",
+        help="stop when no record arrived for this long (burst mode)",
+    )
     parser.add_argument("--stats", type=Path, help="write run statistics (JSON) here on exit")
     parser.set_defaults(func=run)
 

@@ -1,4 +1,4 @@
-"""What integration tests share: real workers as child processes, reading topics back, the oracle."""
+"""Shared by integration tests: real workers as child processes, topics read back, the oracle."""
 
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ from streams.settings import Settings
 REPO = Path(__file__).resolve().parents[2]
 
 
-def start_worker(settings: Settings, *args: str, log: Path | None = None) -> subprocess.Popen[bytes]:
+def start_worker(
+    settings: Settings, *args: str, log: Path | None = None
+) -> subprocess.Popen[bytes]:
     """The real `sagestream worker` in its own process, so it can be killed with SIGKILL."""
     env = dict(os.environ, **settings.to_env())
     cmd = [sys.executable, "-m", "streams.cli", "worker", *args]
@@ -32,7 +34,9 @@ def start_worker(settings: Settings, *args: str, log: Path | None = None) -> sub
         return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
 
 
-def run_worker(settings: Settings, *args: str, timeout: float = 240, log: Path | None = None) -> int:
+def run_worker(
+    settings: Settings, *args: str, timeout: float = 240, log: Path | None = None
+) -> int:
     proc = start_worker(settings, *args, log=log)
     try:
         return proc.wait(timeout=timeout)
@@ -48,7 +52,9 @@ def read_topic(settings: Settings, topic: str, timeout_s: float = 30) -> list[Co
         **settings.kafka.client_kwargs(), enable_auto_commit=False, group_id=None
     )
     try:
-        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        parts = [
+            TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
         consumer.assign(parts)
         consumer.seek_to_beginning(*parts)
         ends = consumer.end_offsets(parts)
@@ -70,8 +76,11 @@ def committed_offsets(settings: Settings) -> dict[int, int]:
         found = admin.list_consumer_group_offsets(settings.kafka.group_id)
     finally:
         admin.close()
-    return {tp.partition: meta.offset for tp, meta in found.items()
-            if tp.topic == settings.topics.engagements}  # fmt: skip
+    return {
+        tp.partition: meta.offset
+        for tp, meta in found.items()
+        if tp.topic == settings.topics.engagements
+    }
 
 
 def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
@@ -85,11 +94,13 @@ def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
 
 @dataclass
 class Oracle:
-    """The state recomputed from scratch: every valid event applied once, per partition, in order."""
+    """State recomputed from scratch: every valid event applied once, per partition, in order."""
 
     settings: Settings
     shards: dict[int, CoEngagementGraph] = field(default_factory=dict)
-    events: dict[int, list[tuple[int, Engagement]]] = field(default_factory=lambda: defaultdict(list))
+    events: dict[int, list[tuple[int, Engagement]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
 
     @classmethod
     def from_records(cls, settings: Settings, records: Iterable[ConsumerRecord]) -> Oracle:
@@ -132,7 +143,9 @@ async def mismatches(state: RedisState, oracle: Oracle, now: float) -> list[str]
         got = await state.item_neighbours(item, k, now)
         if not _same_weights(got, expected):
             found.append(f"item {item}: neighbours differ")
-        if await state.item_version(item) != sum(g.item_version(item) for g in oracle.shards.values()):
+        if await state.item_version(item) != sum(
+            g.item_version(item) for g in oracle.shards.values()
+        ):
             found.append(f"item {item}: version differs")
     return found
 

@@ -1,4 +1,4 @@
-"""The ingest worker on the real Kafka and Redis: effects once, dead letters with headers, commits."""
+"""The ingest worker on the real Kafka and Redis: effects once, dead letters, commits, kill -9."""
 
 from __future__ import annotations
 
@@ -40,7 +40,9 @@ def produce_mixed(settings: Settings, cfg: GeneratorConfig, bad: int) -> list[tu
     half = len(events) // 2
     produce_engagements(settings, events[:half])
     malformed = malformed_payloads(seed=3, n=bad)
-    produce_raw(settings, [(b"u-bad", payload) for payload, _ in malformed], settings.topics.engagements)
+    produce_raw(
+        settings, [(b"u-bad", payload) for payload, _ in malformed], settings.topics.engagements
+    )
     mis_keyed = events[half]
     produce_raw(settings, [(b"someone-else", _encode(mis_keyed))], settings.topics.engagements)
     produce_engagements(settings, events[half + 1 :])
@@ -79,22 +81,33 @@ async def test_every_valid_event_once_every_bad_one_dead_lettered(
     state = await state_of(settings, redis_client)
     assert await mismatches(state, oracle, now=SMALL.start_ts + SMALL.span_s) == []
 
-    letters = await asyncio.to_thread(read_topic, settings, settings.topics.dlq(settings.topics.engagements))
+    letters = await asyncio.to_thread(
+        read_topic, settings, settings.topics.dlq(settings.topics.engagements)
+    )
     assert len(letters) == len(expected_letters)
     by_value = {payload: reason for payload, reason in expected_letters}
     for letter in letters:
         headers = {k: v.decode() for k, v in letter.headers}
         assert headers["source.topic"] == settings.topics.engagements
-        source = next(r for r in records if r.partition == int(headers["source.partition"])
-                      and r.offset == int(headers["source.offset"]))  # fmt: skip
+        source = next(
+            r
+            for r in records
+            if r.partition == int(headers["source.partition"])
+            and r.offset == int(headers["source.offset"])
+        )
         assert source.value == letter.value
         assert headers["error.reason"] == by_value[letter.value]
         assert headers["error.detail"]
 
     ends = await asyncio.to_thread(end_offsets, settings, settings.topics.engagements)
     assert await asyncio.to_thread(committed_offsets, settings) == ends
-    log.info("%s runtime: %d valid events applied once, %d dead-lettered, offsets %s",
-             runtime, oracle.valid_count, len(letters), ends)  # fmt: skip
+    log.info(
+        "%s runtime: %d valid events applied once, %d dead-lettered, offsets %s",
+        runtime,
+        oracle.valid_count,
+        len(letters),
+        ends,
+    )
 
 
 async def _wait_for_progress(state: RedisState, settings: Settings, minimum: int) -> None:
@@ -137,7 +150,9 @@ async def test_kill_9_mid_stream_ends_in_the_uninterrupted_state(
     records = await asyncio.to_thread(read_topic, settings, settings.topics.engagements)
     oracle = Oracle.from_records(settings, records)
     diff = await mismatches(state, oracle, now=cfg.start_ts + cfg.span_s)
-    log.info("%s runtime: %d events, %d kill -9, %d mismatches", runtime, cfg.events, kills, len(diff))
+    log.info(
+        "%s runtime: %d events, %d kill -9, %d mismatches", runtime, cfg.events, kills, len(diff)
+    )
     assert diff == []
     ends = await asyncio.to_thread(end_offsets, settings, settings.topics.engagements)
     assert await asyncio.to_thread(committed_offsets, settings) == ends

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# One entry for a newcomer and for CI: set everything up, then run the demo or the tests.
+#   bash deploy/dev.sh demo    the real local stack, a generated stream, the worker, the state
+#   bash deploy/dev.sh test    lint, types, and every test on the real Kafka and Redis
+#   bash deploy/dev.sh setup   only set up
+# It installs what it needs: Java and Maven (for the Kafka broker), redis-server, a virtual
+# environment with sagestream and its pinned dependencies (torch once per environment).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${SAGESTREAM_VENV:-.venv}
+PY=${PYTHON:-python3}
+
+need_apt() {
+  local missing=()
+  command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
+  command -v mvn >/dev/null || missing+=(maven)
+  command -v redis-server >/dev/null || missing+=(redis-server)
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing ${missing[*]}"
+    if [ "$(id -u)" != 0 ]; then echo "run as root or install: ${missing[*]}" >&2; exit 1; fi
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    # Debian's package starts a redis on 6379; the stack runs its own, so stop that one.
+    service redis-server stop >/dev/null 2>&1 || true
+  fi
+}
+
+setup() {
+  need_apt
+  if [ ! -x "$VENV/bin/python" ]; then
+    echo "creating $VENV"
+    "$PY" -m venv "$VENV"
+    "$VENV/bin/pip" install -q --upgrade pip
+  fi
+  # Editable install; pip leaves already-satisfied pins (torch included) alone.
+  "$VENV/bin/pip" install -q -e ".[dev,train]"
+}
+
+case "${1:-}" in
+  setup)
+    setup
+    ;;
+  demo)
+    setup
+    shift
+    exec "$VENV/bin/sagestream" demo "$@"
+    ;;
+  test)
+    setup
+    shift
+    "$VENV/bin/ruff" check streams state encoders deploy tests
+    "$VENV/bin/mypy"
+    exec "$VENV/bin/pytest" "$@"
+    ;;
+  *)
+    echo "usage: bash deploy/dev.sh setup|demo|test [args]" >&2
+    exit 2
+    ;;
+esac
