@@ -1,0 +1,119 @@
+"""Plain-array inputs shared by training, evaluation and serving.
+
+A user's history is a :class:`UserSequence` (item indices in time order, action codes, epoch-second
+timestamps). Sequences fed to the user encoder are *left-aligned*: position 0 holds the oldest of
+the last M actions, positions ``length..M-1`` are padding (zero vector, action 0, zero time
+features), and the encoder reads its output at ``length - 1``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from encoders.contract import NUM_TIME_FEATURES
+
+ACTION_CODES: dict[str, int] = {"view": 1, "click": 2, "save": 3}  # 0 is padding
+
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float32]
+TimeArray = npt.NDArray[np.float64]
+
+_HOUR = 3600.0
+_DAY = 86400.0
+_WEEK = 7 * _DAY
+
+
+@dataclass(frozen=True, slots=True)
+class UserSequence:
+    """One user's actions in time order: item indices, action codes (1..3), epoch seconds."""
+
+    user_id: str
+    items: IntArray
+    actions: IntArray
+    timestamps: TimeArray
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingData:
+    """Everything the trainer needs, as arrays indexed by item position ``0..N-1``.
+
+    ``neighbours[i]`` lists up to K neighbour item indices of item i by descending weight (-1 pads),
+    ``neighbour_weights[i]`` their weights (0 pads). Neighbours must come from training events only.
+    """
+
+    item_ids: tuple[str, ...]
+    token_ids: IntArray  # [N, T]
+    dense: FloatArray  # [N, F]
+    neighbours: IntArray  # [N, K]
+    neighbour_weights: FloatArray  # [N, K]
+    sequences: tuple[UserSequence, ...]  # full histories (evaluation holds out the last two)
+
+    def __post_init__(self) -> None:
+        n = len(self.item_ids)
+        assert self.token_ids.shape[0] == n and self.dense.shape[0] == n
+        assert self.neighbours.shape == self.neighbour_weights.shape
+        assert self.neighbours.shape[0] == n
+
+
+def training_length(n: int) -> int:
+    """How many of a user's n time-ordered events are training events (leave-one-out split).
+
+    The last event is the test target, the second last the validation target; users with fewer
+    than three events are not evaluated and train on everything.
+    """
+    return n - 2 if n >= 3 else n
+
+
+def time_features(timestamps: TimeArray) -> FloatArray:
+    """Per-action time features ``[L, 5]``: log gap to the previous action (hours), and hour of
+    day and day of week as sin/cos. Each row depends only on its own and the previous timestamp,
+    so a causal model sees no future."""
+    ts = np.asarray(timestamps, dtype=np.float64)
+    gap = np.diff(ts, prepend=ts[:1]) if len(ts) else ts
+    day = 2 * np.pi * (ts % _DAY) / _DAY
+    week = 2 * np.pi * (ts % _WEEK) / _WEEK
+    feats = [np.log1p(np.clip(gap, 0.0, None) / _HOUR), np.sin(day), np.cos(day)]
+    feats += [np.sin(week), np.cos(week)]
+    out = np.stack(feats, axis=-1).astype(np.float32)
+    assert out.shape[-1] == NUM_TIME_FEATURES
+    return out
+
+
+def pack_user_histories(
+    histories: Sequence[tuple[FloatArray, IntArray, TimeArray]], seq_len: int, dim: int
+) -> tuple[FloatArray, IntArray, FloatArray, IntArray]:
+    """Left-aligned user-encoder inputs from histories of (item vectors ``[L, D]``, action codes
+    ``[L]``, epoch seconds ``[L]``), oldest first. Only the last ``seq_len`` actions are used (the
+    one before them, if given, only sets the first gap). Returns ``vectors [B, M, D]``,
+    ``actions [B, M]``, ``time_features [B, M, 5]`` and ``lengths [B]`` (an empty history gives
+    length 1 over a padding row; callers should not encode users without actions)."""
+    b = len(histories)
+    vectors = np.zeros((b, seq_len, dim), dtype=np.float32)
+    actions = np.zeros((b, seq_len), dtype=np.int64)
+    times = np.zeros((b, seq_len, NUM_TIME_FEATURES), dtype=np.float32)
+    lengths = np.ones(b, dtype=np.int64)
+    for row, (vecs, acts, ts) in enumerate(histories):
+        n = min(len(acts), seq_len)
+        if n == 0:
+            continue
+        assert len(vecs) == len(acts) == len(ts), "history arrays differ in length"
+        vectors[row, :n] = vecs[-n:]
+        actions[row, :n] = acts[-n:]
+        times[row, :n] = time_features(np.asarray(ts)[-(n + 1) :])[-n:]
+        lengths[row] = n
+    return vectors, actions, times, lengths
+
+
+def pack_user_inputs(
+    item_vectors: FloatArray,
+    histories: Sequence[tuple[IntArray, IntArray, TimeArray]],
+    seq_len: int,
+) -> tuple[FloatArray, IntArray, FloatArray, IntArray]:
+    """:func:`pack_user_histories` for histories of item indices into ``item_vectors [N, D]``."""
+    tail = seq_len + 1
+    rows = [(item_vectors[i[-tail:]], a[-tail:], t[-tail:]) for i, a, t in histories]
+    return pack_user_histories(rows, seq_len, item_vectors.shape[1])

@@ -1,0 +1,224 @@
+"""Training: OmniSage's three tasks, each a sampled softmax (see encoders.losses).
+
+1. item-item:    items engaged one after the other by a user, close in time
+2. item-feature: an item's embedding against an encoding of its own raw features
+3. user-item:    at every position of a user's sequence, the next item and one item from a short
+                 future window (PinnerFormer's dense all-action loss)
+
+Each step encodes the content of every item it touches (and their neighbours), runs the item
+encoder on them, and feeds those item vectors to the user encoder, so user-task gradients flow
+into the item encoder. Negatives are the in-batch positives (logQ-corrected by item counts) plus
+uniformly drawn items. Everything random comes from one seed; ``torch.set_num_threads`` is set.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from encoders.batches import Batch, BatchMaker
+from encoders.data import IntArray, TrainingData
+from encoders.evaluate import leave_one_out, rank_metrics, sample_negatives, vector_scorer
+from encoders.inference import encode_items, encode_users
+from encoders.losses import log_q_from_counts, sampled_softmax_loss
+from encoders.model import ModelConfig, SageModel
+
+log = logging.getLogger(__name__)
+
+ITEM_TASK, FEATURE_TASK, USER_TASK = 0, 1, 2
+
+
+@dataclass(frozen=True, slots=True)
+class TrainConfig:
+    """Optimisation settings and ablation switches."""
+
+    epochs: int = 20
+    batch_size: int = 64  # user windows per step
+    lr: float = 2e-3
+    seed: int = 0
+    threads: int = 2
+    random_negatives: int = 256
+    in_batch_negatives: int = 256
+    pair_batch: int = 512
+    feature_batch: int = 256
+    future_window: int = 8
+    pair_window_s: float = 86400.0
+    use_logq: bool = True
+    use_random_negatives: bool = True
+    use_feature_task: bool = True
+    use_neighbours: bool = True
+    max_seconds: float | None = None
+
+
+@dataclass(slots=True)
+class TrainResult:
+    model: SageModel
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+    best_epoch: int = 0
+
+
+Progress = Callable[[int, int, dict[str, float]], None]  # (epoch, step, running losses)
+
+
+def seed_everything(seed: int, threads: int) -> None:
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+
+
+class Trainer:
+    """Owns one model, its optimiser and the batch maker; ``fit`` runs the epochs."""
+
+    def __init__(self, data: TrainingData, model_cfg: ModelConfig, cfg: TrainConfig) -> None:
+        seed_everything(cfg.seed, cfg.threads)
+        self.data, self.cfg = data, cfg
+        self.model = SageModel(model_cfg)
+        self.n_items = len(data.item_ids)
+        self.batches = BatchMaker(
+            data,
+            model_cfg,
+            cfg.future_window,
+            cfg.pair_window_s,
+            cfg.seed,
+            cfg.random_negatives if cfg.use_random_negatives else 0,
+            cfg.pair_batch,
+            cfg.feature_batch,
+        )
+        self.counts = torch.as_tensor(self.batches.item_counts, dtype=torch.float32)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=0.0)
+        self.token_ids = torch.as_tensor(data.token_ids)
+        self.dense = torch.as_tensor(data.dense)
+        k = model_cfg.neighbours
+        self.neighbours = torch.as_tensor(data.neighbours[:, :k])
+        weights = data.neighbour_weights[:, :k] * float(cfg.use_neighbours)
+        self.weights = torch.as_tensor(weights, dtype=torch.float32)
+
+    def _loss(
+        self,
+        task: int,
+        queries: Tensor,
+        pos_ids: Tensor,
+        negatives: IntArray,
+        vec: Callable[[Tensor], Tensor],
+    ) -> Tensor:
+        """Sampled softmax of one task. Negatives: ``in_batch`` positives of other queries (drawn
+        proportionally to item counts, as far as the batch follows them) plus uniform items."""
+        pick = torch.randint(0, len(pos_ids), (min(self.cfg.in_batch_negatives, len(pos_ids)),))
+        uniform = torch.as_tensor(negatives, dtype=torch.int64)
+        neg_ids = torch.cat([pos_ids[pick], uniform])
+        log_q = None
+        if self.cfg.use_logq:
+            in_batch_q = log_q_from_counts(self.counts, len(pick))
+            uniform_q = float(np.log(max(len(uniform), 1) / self.n_items))
+            neg_q = torch.cat([in_batch_q[pos_ids[pick]], torch.full((len(uniform),), uniform_q)])
+            log_q = (in_batch_q[pos_ids], neg_q)
+        tau = self.model.temperature(task)
+        loss: Tensor = sampled_softmax_loss(
+            queries, vec(pos_ids), pos_ids, vec(neg_ids), neg_ids, tau, log_q
+        )
+        return loss
+
+    def _item_vectors(self, needed: Tensor) -> Tensor:
+        """Item vectors ``[len(needed), D]`` via content of the items and of their neighbours."""
+        nbrs = torch.clamp(self.neighbours[needed], min=0)  # [U, K]; pads have weight 0
+        rows = torch.unique(torch.cat([needed, nbrs.ravel()]))
+        content = self.model.content(self.token_ids[rows], self.dense[rows])  # [R, d]
+        own, nbr_rows = torch.searchsorted(rows, needed), torch.searchsorted(rows, nbrs)
+        out: Tensor = self.model.item(content[own], content[nbr_rows], self.weights[needed])
+        return out
+
+    def step(self, batch: Batch) -> dict[str, float]:
+        """One optimisation step over the three tasks; returns the per-task losses."""
+        needed = torch.unique(torch.as_tensor(batch.items_touched()))
+        item_vec = self._item_vectors(needed)  # [U, D]
+
+        def vec(ids: Tensor) -> Tensor:
+            return item_vec[torch.searchsorted(needed, ids)]
+
+        losses = {"user": self._user_loss(batch, vec)}
+        a, b = torch.as_tensor(batch.pair_a), torch.as_tensor(batch.pair_b)
+        losses["item"] = self._loss(ITEM_TASK, vec(a), b, batch.pair_negatives, vec)
+        if self.cfg.use_feature_task:
+            losses["feature"] = self._feature_loss(torch.as_tensor(batch.feature_items), vec)
+        total = torch.stack(list(losses.values())).sum()
+        self.opt.zero_grad(set_to_none=True)
+        total.backward()  # type: ignore[no-untyped-call]
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        return {k: float(v.detach()) for k, v in losses.items()}
+
+    def _user_loss(self, batch: Batch, vec: Callable[[Tensor], Tensor]) -> Tensor:
+        inputs = torch.as_tensor(batch.inputs)  # [B, M], -1 pads
+        valid = inputs >= 0
+        seq = vec(torch.clamp(inputs, min=0)) * valid.unsqueeze(-1)  # [B, M, D]
+        actions, times = torch.as_tensor(batch.actions), torch.as_tensor(batch.times)
+        users = self.model.user.project(self.model.user.hidden(seq, actions, times))  # [B, M, D]
+        targets = torch.as_tensor(np.concatenate([batch.next_items, batch.future_items]))
+        queries = torch.cat([users, users])[targets >= 0]
+        return self._loss(USER_TASK, queries, targets[targets >= 0], batch.user_negatives, vec)
+
+    def _feature_loss(self, items: Tensor, vec: Callable[[Tensor], Tensor]) -> Tensor:
+        """Item embedding against its own features' encoding; other items' features negatives."""
+        items = torch.unique(items)
+        feats = self.model.feature_vector(
+            self.model.content(self.token_ids[items], self.dense[items])
+        )
+        tau = self.model.temperature(FEATURE_TASK)
+        loss: Tensor = sampled_softmax_loss(vec(items), feats, items, feats, items, tau)
+        return loss
+
+    def validate(self) -> float:
+        """Full-ranking NDCG@10 on the validation targets."""
+        self.model.eval()
+        cases = self.batches.validation
+        items = encode_items(self.model, self.data, self.cfg.use_neighbours)
+        users = encode_users(self.model, items, cases.histories)
+        self.model.train()
+        metrics = rank_metrics(vector_scorer(users, items), cases, self.batches.val_negatives)
+        return metrics["full"]["ndcg@10"]
+
+    def fit(self, progress: Progress | None = None) -> TrainResult:
+        result = TrainResult(self.model)
+        start, best = time.monotonic(), (-1.0, copy.deepcopy(self.model.state_dict()))
+        for epoch in range(1, self.cfg.epochs + 1):
+            sums: dict[str, float] = {}
+            for step, batch in enumerate(self.batches.epoch(self.cfg.batch_size), start=1):
+                for k, v in self.step(batch).items():
+                    sums[k] = sums.get(k, 0.0) + v
+                if progress is not None:
+                    progress(epoch, step, {k: v / step for k, v in sums.items()})
+            val = self.validate()
+            row = {
+                "epoch": float(epoch),
+                "val_ndcg@10": val,
+                **{k: v / step for k, v in sums.items()},
+            }
+            result.history.append(row)
+            log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in row.items()})
+            if val > best[0]:
+                best, result.best_epoch = (val, copy.deepcopy(self.model.state_dict())), epoch
+            if self.cfg.max_seconds is not None and time.monotonic() - start > self.cfg.max_seconds:
+                log.warning("stopping after epoch %d: time budget spent", epoch)
+                break
+        self.model.load_state_dict(best[1])
+        self.model.eval()
+        result.seconds = time.monotonic() - start
+        return result
+
+
+def test_metrics(
+    model: SageModel, data: TrainingData, use_neighbours: bool, seed: int
+) -> dict[str, dict[str, float]]:
+    """Test-split metrics of a trained torch model (see encoders.evaluate)."""
+    cases = leave_one_out(data.sequences, "test")
+    negatives = sample_negatives(cases, len(data.item_ids), seed)
+    items = encode_items(model, data, use_neighbours)
+    users = encode_users(model, items, cases.histories)
+    return rank_metrics(vector_scorer(users, items), cases, negatives)
