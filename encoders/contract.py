@@ -21,8 +21,9 @@ CURVES_FILE = "curves.png"
 # content.onnx: token_ids [B, T] int64, dense [B, F] float32 -> content [B, d] float32
 CONTENT_INPUTS = ("token_ids", "dense")
 CONTENT_OUTPUT = "content"
-# item.onnx: content [B, d], neighbour_content [B, K, d], neighbour_weights [B, K] (0 = absent)
-ITEM_INPUTS = ("content", "neighbour_content", "neighbour_weights")
+# item.onnx: content [B, d], neighbour_content [B, K, d], neighbour_weights [B, K] (0 = absent),
+#            degree [B] (the item's engagement count, as the state keeps it)
+ITEM_INPUTS = ("content", "neighbour_content", "neighbour_weights", "degree")
 ITEM_OUTPUT = "item_vector"
 # user.onnx: item_vectors [B, M, D], actions [B, M] int64, time_features [B, M, 5], lengths [B]
 USER_INPUTS = ("item_vectors", "actions", "time_features", "lengths")

@@ -50,13 +50,14 @@ class TrainingData:
     dense: FloatArray  # [N, F]
     neighbours: IntArray  # [N, K]
     neighbour_weights: FloatArray  # [N, K]
+    degrees: FloatArray  # [N] engagement counts in the training events
     sequences: tuple[UserSequence, ...]  # full histories (evaluation holds out the last two)
 
     def __post_init__(self) -> None:
         n = len(self.item_ids)
         assert self.token_ids.shape[0] == n and self.dense.shape[0] == n
         assert self.neighbours.shape == self.neighbour_weights.shape
-        assert self.neighbours.shape[0] == n
+        assert self.neighbours.shape[0] == n and self.degrees.shape == (n,)
 
 
 def training_length(n: int) -> int:

@@ -57,6 +57,7 @@ def golden_inputs(cfg: ModelConfig, max_tokens: int, seed: int = 0) -> GoldenInp
             "content": rng.normal(size=(b, d)).astype(np.float32),
             "neighbour_content": rng.normal(size=(b, k, d)).astype(np.float32),
             "neighbour_weights": weights,
+            "degree": np.array([0.0, 3.0, 250.0], dtype=np.float32),
         },
         c.USER_FILE: {
             "item_vectors": vectors,

@@ -50,7 +50,7 @@ class ContentLike(Protocol):
 class FeaturizerConfig:
     """Hashing and layout settings; saved with every model version (part of the model contract)."""
 
-    buckets_per_kind: int = 16384
+    buckets_per_kind: int = 4096
     max_tokens: int = 96
     dense_names: tuple[str, ...] = ()
     dense_dims: tuple[int, ...] = ()

@@ -28,8 +28,14 @@ def encode_items(
     )  # [N, d]
     nbrs = torch.as_tensor(np.clip(data.neighbours[:, :k], 0, None))
     weights = torch.as_tensor(data.neighbour_weights[:, :k] * float(use_neighbours))
+    degrees = torch.as_tensor(data.degrees, dtype=torch.float32)
     out = [
-        model.item(content[i : i + batch], content[nbrs[i : i + batch]], weights[i : i + batch])
+        model.item(
+            content[i : i + batch],
+            content[nbrs[i : i + batch]],
+            weights[i : i + batch],
+            degrees[i : i + batch],
+        )
         for i in range(0, len(data.item_ids), batch)
     ]
     return torch.cat(out).numpy()

@@ -90,9 +90,9 @@ class Block(nn.Module):
         self.attn = SelfAttention(d_model, n_heads, dropout)
         self.ln2 = nn.LayerNorm(d_model)
         self.mlp = nn.Sequential(
-            nn.Linear(d_model, 4 * d_model),
+            nn.Linear(d_model, 2 * d_model),
             nn.GELU(),
-            nn.Linear(4 * d_model, d_model),
+            nn.Linear(2 * d_model, d_model),
             nn.Dropout(dropout),
         )
 
@@ -140,7 +140,7 @@ class ItemEncoder(nn.Module):
         self.summary = nn.Parameter(torch.zeros(d))
         self.token_type = nn.Parameter(torch.randn(3, d) * 0.02)  # summary, self, neighbour
         self.weight_fn = nn.Sequential(nn.Linear(1, 16), nn.Tanh(), nn.Linear(16, 1), nn.Softplus())
-        self.degree_proj = nn.Linear(2, d)
+        self.degree_proj = nn.Linear(3, d)
         self.blocks = nn.ModuleList(
             Block(d, cfg.n_heads, cfg.dropout) for _ in range(cfg.item_layers)
         )
@@ -148,7 +148,7 @@ class ItemEncoder(nn.Module):
         self.head = nn.Linear(d, cfg.out_dim)
 
     def forward(
-        self, content: Tensor, neighbour_content: Tensor, neighbour_weights: Tensor
+        self, content: Tensor, neighbour_content: Tensor, neighbour_weights: Tensor, degree: Tensor
     ) -> Tensor:
         b, k, d = neighbour_content.shape
         assert content.shape == (b, d), f"content {tuple(content.shape)} vs {(b, d)}"
@@ -160,10 +160,16 @@ class ItemEncoder(nn.Module):
         w = w / torch.clamp(w.max(dim=1, keepdim=True).values, min=1e-30)
         log_w = torch.log1p(w).unsqueeze(-1)  # [B, K, 1]
         nbr = neighbour_content * self.weight_fn(log_w) + self.token_type[2]  # [B, K, d]
-        degree = torch.stack(
-            [torch.log1p(present.to(content.dtype).sum(1)), log_w.squeeze(-1).sum(1)], dim=1
-        )  # [B, 2]
-        summary = (self.summary + self.token_type[0] + self.degree_proj(degree)).unsqueeze(1)
+        assert degree.shape == (b,), f"degree {tuple(degree.shape)} != ({b},)"
+        stats = torch.stack(
+            [
+                torch.log1p(present.to(content.dtype).sum(1)),
+                log_w.squeeze(-1).sum(1),
+                torch.log1p(torch.clamp(degree, min=0.0)),
+            ],
+            dim=1,
+        )  # [B, 3]
+        summary = (self.summary + self.token_type[0] + self.degree_proj(stats)).unsqueeze(1)
         own = (content + self.token_type[1]).unsqueeze(1)
         x = torch.cat([summary, own, nbr], dim=1)  # [B, 2+K, d]
         keys = torch.cat([torch.ones_like(present[:, :2]), present], dim=1)  # [B, 2+K]

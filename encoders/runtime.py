@@ -5,10 +5,11 @@ items can be re-encoded in any order and a neighbour change re-runs only the ite
 
     model = ModelRegistry(root).load(version)            # an EncoderBundle, validated
     content = model.content_vectors(items)                # [N, d]  items: CatalogItem-like
-    vectors = model.item_vectors(content_rows, neighbour_content, neighbour_weights)   # [B, D]
+    vectors = model.item_vectors(content_rows, neighbour_content, neighbour_weights, degrees)
         # content_rows [B, d]; neighbour_content[i] [k_i, d] for the item's top neighbours in
         # descending weight order (k_i may be 0: cold start), neighbour_weights[i] [k_i]
-        # (co-engagement weights as the state reads them; only ratios within a list matter)
+        # (co-engagement weights as the state reads them; only ratios within a list matter);
+        # degrees [B]: each item's engagement count (the state's item degree); -> [B, D]
     users = model.user_vectors(histories)                 # [B, D]
         # histories[i] = (item vectors [L, D], action codes [L], epoch seconds [L]), oldest
         # first; action codes from encoders.data.ACTION_CODES; only the last M are used
@@ -68,10 +69,17 @@ class ItemEncoderSession(_Session):
         super().__init__(path, c.ITEM_INPUTS, threads)
 
     def encode(
-        self, content: FloatArray, neighbour_content: FloatArray, weights: FloatArray
+        self,
+        content: FloatArray,
+        neighbour_content: FloatArray,
+        weights: FloatArray,
+        degree: FloatArray,
     ) -> FloatArray:
-        """``content [B, d]``, ``neighbour_content [B, K, d]``, ``weights [B, K]`` -> ``[B, D]``."""
-        return self.run(content, neighbour_content, weights.astype(np.float32))
+        """``content [B, d]``, ``neighbour_content [B, K, d]``, ``weights [B, K]``, ``degree [B]``
+        -> ``[B, D]``."""
+        return self.run(
+            content, neighbour_content, weights.astype(np.float32), degree.astype(np.float32)
+        )
 
 
 class UserEncoderSession(_Session):
@@ -111,15 +119,17 @@ class EncoderBundle:
         content: FloatArray,
         neighbour_content: Sequence[FloatArray],
         neighbour_weights: Sequence[FloatArray],
+        degrees: FloatArray,
     ) -> FloatArray:
-        """Item vectors ``[B, D]`` from own content ``[B, d]`` and ragged neighbour lists."""
+        """Item vectors ``[B, D]`` from own content ``[B, d]``, ragged neighbour lists and
+        engagement counts ``[B]``."""
         b, k = len(content), self.neighbours
         nbr = np.zeros((b, k, self.content_dim), dtype=np.float32)
         weights = np.zeros((b, k), dtype=np.float32)
         for row, (vecs, w) in enumerate(zip(neighbour_content, neighbour_weights, strict=True)):
             n = min(len(w), k)
             nbr[row, :n], weights[row, :n] = vecs[:n], w[:n]
-        return self.item.encode(np.asarray(content, dtype=np.float32), nbr, weights)
+        return self.item.encode(np.asarray(content, dtype=np.float32), nbr, weights, degrees)
 
     def user_vectors(
         self, histories: Sequence[tuple[FloatArray, IntArray, TimeArray]]

@@ -40,7 +40,7 @@ class TrainConfig:
     """Optimisation settings and ablation switches."""
 
     epochs: int = 20
-    batch_size: int = 64  # user windows per step
+    batch_size: int = 256  # user windows per step
     lr: float = 2e-3
     seed: int = 0
     threads: int = 2
@@ -65,7 +65,7 @@ class TrainResult:
     best_epoch: int = 0
 
 
-Progress = Callable[[int, int, dict[str, float]], None]  # (epoch, step, running losses)
+Progress = Callable[[int, int, int, dict[str, float]], None]  # epoch, step, steps, mean losses
 
 
 def seed_everything(seed: int, threads: int) -> None:
@@ -99,6 +99,7 @@ class Trainer:
         self.neighbours = torch.as_tensor(data.neighbours[:, :k])
         weights = data.neighbour_weights[:, :k] * float(cfg.use_neighbours)
         self.weights = torch.as_tensor(weights, dtype=torch.float32)
+        self.degrees = torch.as_tensor(data.degrees, dtype=torch.float32)
 
     def _loss(
         self,
@@ -131,7 +132,9 @@ class Trainer:
         rows = torch.unique(torch.cat([needed, nbrs.ravel()]))
         content = self.model.content(self.token_ids[rows], self.dense[rows])  # [R, d]
         own, nbr_rows = torch.searchsorted(rows, needed), torch.searchsorted(rows, nbrs)
-        out: Tensor = self.model.item(content[own], content[nbr_rows], self.weights[needed])
+        out: Tensor = self.model.item(
+            content[own], content[nbr_rows], self.weights[needed], self.degrees[needed]
+        )
         return out
 
     def step(self, batch: Batch) -> dict[str, float]:
@@ -187,13 +190,14 @@ class Trainer:
     def fit(self, progress: Progress | None = None) -> TrainResult:
         result = TrainResult(self.model)
         start, best = time.monotonic(), (-1.0, copy.deepcopy(self.model.state_dict()))
+        steps = -(-len(self.batches.windows) // self.cfg.batch_size)
         for epoch in range(1, self.cfg.epochs + 1):
             sums: dict[str, float] = {}
             for step, batch in enumerate(self.batches.epoch(self.cfg.batch_size), start=1):
                 for k, v in self.step(batch).items():
                     sums[k] = sums.get(k, 0.0) + v
                 if progress is not None:
-                    progress(epoch, step, {k: v / step for k, v in sums.items()})
+                    progress(epoch, step, steps, {k: v / step for k, v in sums.items()})
             val = self.validate()
             row = {
                 "epoch": float(epoch),

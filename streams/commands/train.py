@@ -1,0 +1,284 @@
+"""`sagestream train`, `eval` and `models list|show|promote|rollback`: the glue between the
+event log on disk, the state rules and the encoders package.
+
+Training and serving agree because neighbour lists come from ``state.coengagement`` (the same
+rules the stream's Lua script runs), fed with the training events in time order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from encoders.data import ACTION_CODES, TrainingData, UserSequence, training_length
+from encoders.exceptions import ModelRejected, RegistryError
+from encoders.features import ContentFeaturizer, FeaturizerConfig, infer_dense_layout
+from encoders.model import ModelConfig
+from encoders.registry import ModelRegistry
+from encoders.train import TrainConfig
+from encoders.workflow import evaluate_version, train_and_export
+from state.coengagement import CoEngagementGraph
+from state.config import StateConfig
+from streams.commands.common import say
+from streams.datasets import load_dataset
+from streams.events import CatalogItem, Engagement
+
+log = logging.getLogger(__name__)
+
+FORMATS = ["movielens", "movielens-csv", "pairs", "jsonl"]
+DEFAULT_EPOCHS = 8
+BASELINE_NEIGHBOURS = 50  # the co-occurrence baseline reads longer lists than the model
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    train = sub.add_parser("train", help="train, evaluate and publish a model version")
+    _data_args(train)
+    train.add_argument("--out", type=Path, required=True, help="model registry root")
+    train.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
+    train.add_argument("--dim", type=int, default=64, help="output embedding size D")
+    train.add_argument("--seq-len", type=int, default=50, help="actions per user sequence M")
+    train.add_argument("--neighbours", type=int, default=10, help="neighbour tokens per item K")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--threads", type=int, default=2)
+    train.add_argument("--max-minutes", type=float, help="stop training after this long")
+    train.add_argument("--promote", action="store_true", help="promote the new version")
+    for flag in ("neighbours", "content", "logq", "random-negatives"):
+        train.add_argument(f"--no-{flag}", action="store_true", help=f"ablation: no {flag}")
+    train.set_defaults(func=run_train)
+
+    ev = sub.add_parser("eval", help="re-evaluate a saved model version through onnxruntime")
+    _data_args(ev)
+    ev.add_argument("--model", type=Path, required=True, help="a version directory")
+    ev.add_argument("--threads", type=int, default=2)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.set_defaults(func=run_eval)
+
+    models = sub.add_parser("models", help="list, show, promote or roll back model versions")
+    models.add_argument("--root", type=Path, required=True, help="model registry root")
+    actions = models.add_subparsers(dest="models_command", required=True)
+    actions.add_parser("list").set_defaults(func=run_models_list)
+    for name, func in (("show", run_models_show), ("promote", run_models_promote)):
+        action = actions.add_parser(name)
+        action.add_argument("version")
+        action.set_defaults(func=func)
+    actions.add_parser("rollback").set_defaults(func=run_models_rollback)
+
+
+def _data_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--format", choices=FORMATS, required=True)
+    parser.add_argument("--items", type=Path, help="catalog JSONL (for --format jsonl)")
+
+
+# -- data ------------------------------------------------------------------------------------
+
+
+class _NoContent:
+    """Stand-in content for an item missing from the catalog: its id as the only token."""
+
+    def __init__(self, item_id: str) -> None:
+        self.title, self.text, self.features = "", "", None
+        self.categories: tuple[str, ...] = (f"id:{item_id}",)
+
+
+def user_sequences(
+    events: Sequence[Engagement], index: Mapping[str, int]
+) -> tuple[list[UserSequence], list[list[Engagement]]]:
+    """Per-user time-ordered sequences (stable on input order for equal timestamps)."""
+    by_user: dict[str, list[Engagement]] = defaultdict(list)
+    for event in events:
+        by_user[event.user_id].append(event)
+    sequences, ordered = [], []
+    for user_id in sorted(by_user):
+        evs = sorted(by_user[user_id], key=lambda e: e.ts)
+        sequences.append(
+            UserSequence(
+                user_id,
+                np.array([index[e.item_id] for e in evs], dtype=np.int64),
+                np.array([ACTION_CODES[e.action] for e in evs], dtype=np.int64),
+                np.array([e.ts for e in evs], dtype=np.float64),
+            )
+        )
+        ordered.append(evs)
+    return sequences, ordered
+
+
+def neighbour_lists(
+    train_events: Iterable[Engagement], item_ids: Sequence[str], k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``[N, k]`` neighbour indices (-1 pads) and weights, and ``[N]`` item degrees, from the
+    stream's own graph rules, read at the time of the newest training event."""
+    events = sorted(train_events, key=lambda e: e.ts)
+    graph = CoEngagementGraph(StateConfig(k_max=max(k, StateConfig.k_max)))
+    graph.add_many(events)
+    now = events[-1].ts if events else 0.0
+    index = {item_id: i for i, item_id in enumerate(item_ids)}
+    ids = np.full((len(item_ids), k), -1, dtype=np.int64)
+    weights = np.zeros((len(item_ids), k), dtype=np.float32)
+    degrees = np.array([graph.item_degree(i) for i in item_ids], dtype=np.float32)
+    for row, item_id in enumerate(item_ids):
+        for col, (other, weight) in enumerate(graph.neighbours(item_id, k, now)):
+            ids[row, col], weights[row, col] = index[other], weight
+    return ids, weights, degrees
+
+
+def build_training_data(
+    events: Sequence[Engagement],
+    catalog: Mapping[str, CatalogItem],
+    featurizer_cfg: FeaturizerConfig,
+    k: int,
+) -> TrainingData:
+    """Featurised items, user sequences and neighbour lists from training events only."""
+    item_ids = tuple(sorted(set(catalog) | {e.item_id for e in events}))
+    missing = [i for i in item_ids if i not in catalog]
+    if missing:
+        log.warning("%d items have no catalog entry: their id is their only content", len(missing))
+    contents = [catalog.get(i) or _NoContent(i) for i in item_ids]
+    token_ids, dense = ContentFeaturizer(featurizer_cfg).featurise_many(contents)
+    index = {item_id: i for i, item_id in enumerate(item_ids)}
+    sequences, ordered = user_sequences(events, index)
+    train_events = [e for evs in ordered for e in evs[: training_length(len(evs))]]
+    log.info("building neighbour lists from %d training events", len(train_events))
+    neighbours, weights, degrees = neighbour_lists(train_events, item_ids, k)
+    return TrainingData(item_ids, token_ids, dense, neighbours, weights, degrees, tuple(sequences))
+
+
+def load_training_data(
+    args: argparse.Namespace, featurizer_cfg: FeaturizerConfig | None = None
+) -> tuple[TrainingData, FeaturizerConfig]:
+    """Load ``--data`` and build arrays; the featuriser settings come from the data unless given."""
+    dataset = load_dataset(args.data, args.format, args.items)
+    events = list(dataset.events)
+    if featurizer_cfg is None:
+        names, dims = infer_dense_layout(dataset.items.values())
+        featurizer_cfg = FeaturizerConfig(dense_names=names, dense_dims=dims)
+        if getattr(args, "no_content", False):
+            featurizer_cfg = replace(featurizer_cfg, use_text=False)
+    k = max(BASELINE_NEIGHBOURS, getattr(args, "neighbours", 0))
+    data = build_training_data(events, dataset.items, featurizer_cfg, k)
+    log.info(
+        "data: %d users, %d items, %d events", len(data.sequences), len(data.item_ids), len(events)
+    )
+    return data, featurizer_cfg
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+class _ProgressLine:
+    """A single rewritten progress line on stderr (the product goes to stdout)."""
+
+    def __init__(self) -> None:
+        self.last = 0.0
+
+    def __call__(self, epoch: int, step: int, steps: int, losses: dict[str, float]) -> None:
+        now = time.monotonic()
+        if now - self.last < 1.0 and step < steps:
+            return
+        self.last = now
+        shown = " ".join(f"{k}={v:.3f}" for k, v in losses.items())
+        sys.stderr.write(f"\repoch {epoch} step {step}/{steps} {shown}   ")
+        if step >= steps:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def _configs(args: argparse.Namespace, feat: FeaturizerConfig) -> tuple[ModelConfig, TrainConfig]:
+    model_cfg = ModelConfig(
+        buckets_per_kind=feat.buckets_per_kind,
+        dense_width=feat.dense_width,
+        out_dim=args.dim,
+        neighbours=args.neighbours,
+        seq_len=args.seq_len,
+    )
+    train_cfg = TrainConfig(
+        epochs=args.epochs,
+        seed=args.seed,
+        threads=args.threads,
+        use_logq=not args.no_logq,
+        use_random_negatives=not args.no_random_negatives,
+        use_feature_task=not args.no_content,
+        use_neighbours=not args.no_neighbours,
+        max_seconds=None if args.max_minutes is None else args.max_minutes * 60.0,
+    )
+    return model_cfg, train_cfg
+
+
+def run_train(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    data, feat = load_training_data(args)
+    model_cfg, train_cfg = _configs(args, feat)
+    progress = _ProgressLine()
+    registry = ModelRegistry(args.out)
+    outcome = train_and_export(data, feat, model_cfg, train_cfg, registry, progress)
+    if args.promote:
+        registry.promote(outcome.version)
+    log.info("train + eval + export took %.0f s", time.monotonic() - started)
+    say(f"version {outcome.version} at {outcome.directory}")
+    say(json.dumps(outcome.metrics, indent=2, sort_keys=True))
+    return 0
+
+
+def _version_dir(path: Path) -> Path:
+    """A version directory, or a registry root (its promoted, else newest, version)."""
+    if (path / "manifest.json").exists():
+        return path
+    registry = ModelRegistry(path)
+    versions = registry.list()
+    version = registry.promoted() or (versions[-1] if versions else None)
+    if version is None:
+        raise SystemExit(f"{path}: neither a model version nor a registry with versions")
+    return registry.path(version)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    directory = _version_dir(args.model)
+    feat = FeaturizerConfig.from_dict(json.loads((directory / "featurizer.json").read_text()))
+    data, _ = load_training_data(args, feat)
+    metrics = evaluate_version(directory, data, args.seed, args.threads)
+    say(json.dumps(metrics, indent=2, sort_keys=True))
+    return 0
+
+
+def run_models_list(args: argparse.Namespace) -> int:
+    registry = ModelRegistry(args.root)
+    promoted = registry.promoted()
+    for version in registry.list():
+        full = registry.show(version).get("metrics", {}).get("full", {})
+        mark = "*" if version == promoted else " "
+        say(f"{mark} {version}  ndcg@10={full.get('ndcg@10', float('nan')):.4f}")
+    return 0
+
+
+def run_models_show(args: argparse.Namespace) -> int:
+    say(json.dumps(ModelRegistry(args.root).show(args.version), indent=2, sort_keys=True))
+    return 0
+
+
+def run_models_promote(args: argparse.Namespace) -> int:
+    try:
+        ModelRegistry(args.root).promote(args.version)
+    except (ModelRejected, RegistryError) as err:
+        log.error("%s", err)
+        return 1
+    say(f"promoted {args.version}")
+    return 0
+
+
+def run_models_rollback(args: argparse.Namespace) -> int:
+    try:
+        version = ModelRegistry(args.root).rollback()
+    except RegistryError as err:
+        log.error("%s", err)
+        return 1
+    say(f"serving {version}")
+    return 0
