@@ -217,7 +217,7 @@ class Trainer:
         return result
 
 
-def test_metrics(
+def model_test_metrics(
     model: SageModel, data: TrainingData, use_neighbours: bool, seed: int
 ) -> dict[str, dict[str, float]]:
     """Test-split metrics of a trained torch model (see encoders.evaluate)."""
