@@ -8,14 +8,14 @@ import pytest
 
 pytest.importorskip("torch")
 
-from encoders.data import TrainingData  # noqa: E402
-from encoders.features import FeaturizerConfig  # noqa: E402
-from encoders.model import ModelConfig  # noqa: E402
-from encoders.registry import ModelRegistry  # noqa: E402
-from encoders.train import TrainConfig, Trainer, TrainResult  # noqa: E402
-from encoders.workflow import TrainOutcome, train_and_export  # noqa: E402
-from streams.commands.train import build_training_data  # noqa: E402
-from streams.generate import GeneratorConfig, generate_catalog, generate_events  # noqa: E402
+from encoders.data import TrainingData
+from encoders.features import FeaturizerConfig
+from encoders.model import ModelConfig
+from encoders.registry import ModelRegistry
+from encoders.train import TrainConfig, Trainer, TrainResult
+from encoders.workflow import TrainOutcome, train_and_export
+from streams.commands.train import build_training_data
+from streams.generate import GeneratorConfig, generate_catalog, generate_events
 
 FEATURIZER = FeaturizerConfig(buckets_per_kind=512, max_tokens=32)
 

@@ -42,7 +42,10 @@ def test_user_encoder_reads_last_real_position_only() -> None:
     model, cfg = _model(), model_config()
     rng = np.random.default_rng(0)
     vecs = rng.normal(size=(5, cfg.out_dim)).astype(np.float32)
-    hist = [(vecs[:1], np.array([1]), np.array([100.0])), (vecs, np.ones(5, np.int64), np.arange(5.0))]
+    hist = [
+        (vecs[:1], np.array([1]), np.array([100.0])),
+        (vecs, np.ones(5, np.int64), np.arange(5.0)),
+    ]
     arrays = [torch.as_tensor(a) for a in pack_user_histories(hist, cfg.seq_len, cfg.out_dim)]
     assert arrays[0].shape == (2, cfg.seq_len, cfg.out_dim)
     assert arrays[3].tolist() == [1, 5]
@@ -65,7 +68,9 @@ def test_training_beats_popularity(planted: TrainingData, trained: TrainResult) 
     model_metrics = model_test_metrics(trained.model, planted, True, seed=0)
     cases = leave_one_out(planted.sequences, "test")
     dummy = np.ones((1, 1), np.float32)
-    base = evaluate_vectors(planted, dummy.repeat(len(planted.item_ids), 0), dummy.repeat(len(cases), 0), 0, 5)
+    base = evaluate_vectors(
+        planted, dummy.repeat(len(planted.item_ids), 0), dummy.repeat(len(cases), 0), 0, 5
+    )
     pop = base["baselines"]["popularity"]
     assert model_metrics["full"]["ndcg@10"] > pop["full"]["ndcg@10"]
     assert model_metrics["sampled100"]["hr@10"] > pop["sampled100"]["hr@10"]

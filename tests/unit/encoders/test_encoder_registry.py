@@ -64,8 +64,10 @@ def test_promote_rollback_and_list(published: TrainOutcome, tmp_path: Path) -> N
         registry.rollback()
     bundle = registry.load(v2)
     cold = bundle.item_vectors(
-        bundle.content_vectors([_Item()]), [np.zeros((0, bundle.content_dim), np.float32)],
-        [np.zeros(0, np.float32)], np.zeros(1, np.float32),
+        bundle.content_vectors([_Item()]),
+        [np.zeros((0, bundle.content_dim), np.float32)],
+        [np.zeros(0, np.float32)],
+        np.zeros(1, np.float32),
     )
     assert cold.shape == (1, bundle.dim) and np.isfinite(cold).all()
 
