@@ -17,6 +17,7 @@ FEATURIZER_FILE = "featurizer.json"
 MANIFEST_FILE = "manifest.json"
 METRICS_FILE = "metrics.json"
 CURVES_FILE = "curves.png"
+WEIGHTS_FILE = "weights.npz"  # the torch state dict, for benchmarks and fine-tuning (no pickle)
 
 # content.onnx: token_ids [B, T] int64, dense [B, F] float32 -> content [B, d] float32
 CONTENT_INPUTS = ("token_ids", "dense")

@@ -69,7 +69,7 @@ def test_training_beats_popularity(planted: TrainingData, trained: TrainResult) 
     cases = leave_one_out(planted.sequences, "test")
     dummy = np.ones((1, 1), np.float32)
     base = evaluate_vectors(
-        planted, dummy.repeat(len(planted.item_ids), 0), dummy.repeat(len(cases), 0), 0, 5
+        planted, dummy.repeat(len(planted.item_ids), 0), dummy.repeat(len(cases), 0), 0
     )
     pop = base["baselines"]["popularity"]
     assert model_metrics["full"]["ndcg@10"] > pop["full"]["ndcg@10"]
