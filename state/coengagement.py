@@ -20,7 +20,8 @@ Rules, per event, in order (the Lua script documents the same list):
 5. a save with a context pairs with the context's last `context_len` saves (same weight rule,
    action "save", no horizon: decay ages them), then joins that context list.
 6. weights use forward decay: stored as w*exp(lambda*(ts - t0_item)), t0 is the first ts the
-   item's list saw; a factor above `REBASE_LIMIT` rebases the list first.
+   item's list saw; a factor above `REBASE_LIMIT` rebases the list first (scores times
+   exp(-lambda*(ts - t0)), t0 := ts).
 7. at the end of a slice every touched list keeps its top `k_max` (ties: the lexicographically
    smallest member goes first, as Redis ranks them).
 """
@@ -32,8 +33,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from state.config import CONTEXT_ACTION, REBASE_LIMIT, StateConfig
+from state.config import CONTEXT_ACTION, REBASE_EXPONENT, StateConfig
 from state.exceptions import InvalidBatchError
+
+_MAX_EXPONENT = 700.0  # exp(709.8) is the largest finite double
 
 
 class EventLike(Protocol):
@@ -76,8 +79,12 @@ class _ItemState:
 
 
 def decayed(scores: Mapping[str, float], t0: float, lam: float, now: float) -> dict[str, float]:
-    """Read weights at `now` from forward-decayed stored scores."""
-    factor = math.exp(-lam * (now - t0))
+    """Read weights at `now` from forward-decayed stored scores.
+
+    The exponent is capped so a `now` absurdly far before the list's origin reads huge weights
+    instead of raising OverflowError.
+    """
+    factor = math.exp(min(-lam * (now - t0), _MAX_EXPONENT))
     return {member: score * factor for member, score in scores.items()}
 
 
@@ -199,7 +206,7 @@ class CoEngagementGraph:
         scores = self._nbs.setdefault(item_id, {})
         if state.t0 is None:
             state.t0 = float(ts)
-        elif math.exp(self._lam * (ts - state.t0)) > REBASE_LIMIT:
+        elif self._lam * (ts - state.t0) > REBASE_EXPONENT:
             factor = math.exp(-self._lam * (ts - state.t0))
             for member in scores:
                 scores[member] = scores[member] * factor

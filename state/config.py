@@ -19,8 +19,10 @@ from state.exceptions import StateError
 CONTEXT_ACTION = "save"
 
 # Forward decay stores w*exp(lambda*(ts - t0)); past this factor an item's list is rebased so the
-# stored scores stay far away from float overflow (1e9 is about 30 half-lives).
+# stored scores stay far away from float overflow (1e9 is about 30 half-lives). The scripts compare
+# exponents, lambda*(ts - t0) > ln(limit), so exp() is never called where it would overflow.
 REBASE_LIMIT = 1e9
+REBASE_EXPONENT = math.log(REBASE_LIMIT)
 
 # Ids and action names the scripts accept: no key separators and no sequence-entry separator.
 ID_PATTERN = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")

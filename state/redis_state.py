@@ -19,7 +19,7 @@ from redis import exceptions as redis_errors
 
 from state import keys
 from state.coengagement import EventLike, SeqEntry, decayed, sum_shards, top_k
-from state.config import CONTEXT_ACTION, REBASE_LIMIT, StateConfig
+from state.config import CONTEXT_ACTION, REBASE_EXPONENT, StateConfig
 from state.exceptions import InvalidBatchError, StateError, StateUnavailableError
 from state.keys import DirtyKind, ShardKeys
 
@@ -82,7 +82,7 @@ class RedisState:
             config.max_event_age_s,
             config.hub_alpha,
             config.context_len,
-            REBASE_LIMIT,
+            REBASE_EXPONENT,
         ]
         weights = json.dumps(dict(config.action_weights))
         return [keys.lua_layout(), *(repr(n) for n in numbers), weights, CONTEXT_ACTION]

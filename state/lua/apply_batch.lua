@@ -8,7 +8,7 @@
 --          built from it and carries the same hash tag, hence the same cluster slot.
 -- ARGV[1]  key layout JSON (state/keys.py: lua_layout)
 -- ARGV[2..10] seq_len, k_max, lambda, pair_horizon_s, max_pairs, max_event_age_s, hub_alpha,
---          context_len, rebase_limit
+--          context_len, rebase_exponent (ln of the rebase factor limit)
 -- ARGV[11] action weights JSON {action: weight}
 -- ARGV[12] context action name
 -- ARGV[13] batch JSON [[offset, user, item, action, ts, weight|null, context|null], ...]
@@ -20,7 +20,7 @@ local L = cjson.decode(ARGV[1])
 local C = {
   seq_len = tonumber(ARGV[2]), k_max = tonumber(ARGV[3]), lam = tonumber(ARGV[4]),
   horizon = tonumber(ARGV[5]), max_pairs = tonumber(ARGV[6]), max_age = tonumber(ARGV[7]),
-  alpha = tonumber(ARGV[8]), ctx_len = tonumber(ARGV[9]), rebase_limit = tonumber(ARGV[10]),
+  alpha = tonumber(ARGV[8]), ctx_len = tonumber(ARGV[9]), rebase_exp = tonumber(ARGV[10]),
   aw = cjson.decode(ARGV[11]), ctx_action = ARGV[12],
 }
 local wm_key = KEYS[1]
@@ -106,7 +106,7 @@ local function add_edge(item, other, pair_base, ts, touched)
   if t0 == nil then
     t0 = ts
     redis.call('HSET', ikey, L.f_t0, fmt(ts))
-  elseif math.exp(C.lam * (ts - t0)) > C.rebase_limit then
+  elseif C.lam * (ts - t0) > C.rebase_exp then
     local factor = math.exp(-C.lam * (ts - t0))
     local flat = redis.call('ZRANGE', nkey, 0, -1, 'WITHSCORES')
     for i = 1, #flat, 2 do

@@ -113,3 +113,34 @@ async def assert_same_state(
         assert got.keys() == want.keys()
         for member, weight in want.items():
             assert got[member] == pytest.approx(weight, rel=1e-9, abs=1e-300)
+
+
+async def test_rule_boundaries_equal_reference(
+    redis_client: aioredis.Redis, key_prefix: str
+) -> None:
+    """Exact edges random floats rarely hit: the horizon, the age limit, a rebase, weight 0."""
+    cfg = StateConfig(pair_horizon_s=100.0, max_event_age_s=1000.0, half_life_s=50.0)
+    day = 86400.0
+    events = [
+        Ev("u1", "a", "click", day),
+        Ev("u1", "b", "click", day + 100.0),  # exactly at the horizon: pairs
+        Ev("u1", "c", "view", day + 200.5),  # 100.5 s after b: beyond the horizon
+        Ev("u1", "d", "save", day + 200.5 - 1000.0, context_id="k"),  # exactly at the age limit
+        Ev("u1", "e", "save", day + 200.0 - 1000.0, context_id="k"),  # just older: no pairs
+        Ev("u1", "a", "save", day + 5000.0, context_id="k"),  # rebase of a's list, pairs via k
+        Ev("u1", "f", "click", day + 5001.0, weight=0.0),  # zero-weight pair still recorded
+    ]
+    state = RedisState(redis_client, cfg, key_prefix)
+    await state.apply(TOPIC, 0, list(enumerate(events)))
+    ref = CoEngagementGraph(cfg)
+    ref.add_many(events)
+    assert await state.user_sequence(TOPIC, 0, "u1") == ref.sequence("u1")
+    for item in "abcdef":
+        got = await state.item_neighbours(item, 10, day + 6000.0)
+        want = ref.neighbours(item, 10, day + 6000.0)
+        assert [m for m, _ in got] == [m for m, _ in want]
+        assert [w for _, w in got] == pytest.approx([w for _, w in want], rel=1e-9, abs=1e-300)
+    assert {m for m, _ in ref.neighbours("b", 10, day)} == {"a"}
+    assert {m for m, _ in ref.neighbours("d", 10, day)} == {"a"}  # via context k only
+    assert ref.neighbours("e", 10, day) == []
+    assert ref.item_t0("a") == day + 5000.0
