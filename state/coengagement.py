@@ -18,7 +18,9 @@ Rules, per event, in order (the Lua script documents the same list):
    weight (1 when absent); the increment on i's list for j is damped by (1+deg_j)^-hub_alpha and
    symmetrically for j's list; j's version bumps.
 5. a save with a context pairs with the context's last `context_len` saves (same weight rule,
-   action "save", no horizon: decay ages them), then joins that context list.
+   action "save", no horizon: decay ages them), then joins that context list. Context lists are
+   per shard: a context (board, playlist) belongs to one owner whose saves arrive under one user
+   id, hence one partition; a context shared across partitions only pairs saves within each.
 6. weights use forward decay: stored as w*exp(lambda*(ts - t0_item)), t0 is the first ts the
    item's list saw; a factor above `REBASE_LIMIT` rebases the list first (scores times
    exp(-lambda*(ts - t0)), t0 := ts).

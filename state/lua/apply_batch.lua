@@ -77,10 +77,49 @@ local function split_entry(s)
   return string.sub(s, 1, a - 1), string.sub(s, a + 1, b - 1), tonumber(string.sub(s, b + 1))
 end
 
+-- Per-call caches: item degrees and decay origins are read once and then kept here, version and
+-- degree increments are summed and written once at the end, and an entity is marked dirty once
+-- per call. Nothing outside this call observes the difference.
+local degrees, origins, deltas, marked = {}, {}, {deg = {}, ver = {}}, {users = {}, items = {}}
+
+local function bump(field, item)
+  deltas[field][item] = (deltas[field][item] or 0) + 1
+end
+
+local function degree(item)
+  local d = degrees[item]
+  if d == nil then
+    d = tonumber(redis.call('HGET', key(L.item, item), L.f_degree)) or 0
+    degrees[item] = d
+  end
+  return d
+end
+
+local function origin(item)
+  local t0 = origins[item]
+  if t0 == nil then
+    t0 = tonumber(redis.call('HGET', key(L.item, item), L.f_t0)) or false
+    origins[item] = t0
+  end
+  return t0
+end
+
+local function set_origin(item, ts)
+  origins[item] = ts
+  redis.call('HSET', key(L.item, item), L.f_t0, fmt(ts))
+end
+
 local function mark(kind, member, ts)
+  if marked[kind][member] then return end
+  marked[kind][member] = true
   if redis.call('ZADD', base .. L['dirty_' .. kind], 'NX', fmt(ts), member) == 0 then
     redis.call('HSET', base .. L['redirty_' .. kind], member, '1')
   end
+end
+
+local function flush_items()
+  for item, n in pairs(deltas.deg) do redis.call('HINCRBY', key(L.item, item), L.f_degree, n) end
+  for item, n in pairs(deltas.ver) do redis.call('HINCRBY', key(L.item, item), L.f_version, n) end
 end
 
 -- Sequence append + user version + ts_max; returns the previous entries and the too-old flag.
@@ -99,13 +138,12 @@ end
 
 -- Add base, damped by other's degree and forward-decayed, to item's list for other.
 local function add_edge(item, other, pair_base, ts, touched)
-  local degree = tonumber(redis.call('HGET', key(L.item, other), L.f_degree)) or 0
-  local damp = (1 + degree) ^ (-C.alpha)
-  local ikey, nkey = key(L.item, item), key(L.nb, item)
-  local t0 = tonumber(redis.call('HGET', ikey, L.f_t0))
-  if t0 == nil then
+  local damp = (1 + degree(other)) ^ (-C.alpha)
+  local nkey = key(L.nb, item)
+  local t0 = origin(item)
+  if not t0 then
     t0 = ts
-    redis.call('HSET', ikey, L.f_t0, fmt(ts))
+    set_origin(item, ts)
   elseif C.lam * (ts - t0) > C.rebase_exp then
     local factor = math.exp(-C.lam * (ts - t0))
     local flat = redis.call('ZRANGE', nkey, 0, -1, 'WITHSCORES')
@@ -113,7 +151,7 @@ local function add_edge(item, other, pair_base, ts, touched)
       redis.call('ZADD', nkey, fmt(tonumber(flat[i + 1]) * factor), flat[i])
     end
     t0 = ts
-    redis.call('HSET', ikey, L.f_t0, fmt(ts))
+    set_origin(item, ts)
   end
   local growth = math.exp(C.lam * (ts - t0))
   redis.call('ZINCRBY', nkey, fmt(pair_base * damp * growth), other)
@@ -124,7 +162,7 @@ local function pair(ev, other, other_action, ev_weight, touched)
   local pair_base = math.sqrt(C.aw[ev.action] * C.aw[other_action]) * ev_weight
   add_edge(ev.item, other, pair_base, ev.ts, touched)
   add_edge(other, ev.item, pair_base, ev.ts, touched)
-  redis.call('HINCRBY', key(L.item, other), L.f_version, 1)
+  bump('ver', other)
   mark('items', other, ev.ts)
 end
 
@@ -145,9 +183,9 @@ end
 
 local function apply_event(ev, touched)
   local prev, too_old = user_step(ev.user, ev.item, ev.action, ev.ts)
-  local ikey = key(L.item, ev.item)
-  redis.call('HINCRBY', ikey, L.f_degree, 1)
-  redis.call('HINCRBY', ikey, L.f_version, 1)
+  degrees[ev.item] = degree(ev.item) + 1
+  bump('deg', ev.item)
+  bump('ver', ev.item)
   mark('users', ev.user, ev.ts)
   mark('items', ev.item, ev.ts)
   if too_old then return end
@@ -186,6 +224,7 @@ for idx = 1, #batch do
     last = e[1]
   end
 end
+flush_items()
 for nkey in pairs(touched) do
   redis.call('ZREMRANGEBYRANK', nkey, 0, -(C.k_max + 1))
 end
