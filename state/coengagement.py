@@ -24,14 +24,18 @@ Rules, per event, in order (the Lua script documents the same list):
 6. weights use forward decay: stored as w*exp(lambda*(ts - t0_item)), t0 is the first ts the
    item's list saw; a factor above `REBASE_LIMIT` rebases the list first (scores times
    exp(-lambda*(ts - t0)), t0 := ts).
-7. at the end of a slice every touched list keeps its top `k_max` (ties: the lexicographically
-   smallest member goes first, as Redis ranks them).
+7. trimming: a touched list keeps its top `k_max` (ties: the lexicographically smallest member
+   goes first, as Redis ranks them) when the partition's offsets cross into a new block of
+   `trim_every` offsets. Blocks are a function of the offsets alone, so the state after a stream
+   does not depend on how a runtime cut it into batches or where a crash made it replay: a killed
+   and restarted worker ends exactly where an uninterrupted one does. Readers take each shard's
+   top `k_max` in the same order, so an untrimmed list reads the same as a trimmed one.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -90,6 +94,14 @@ def decayed(scores: Mapping[str, float], t0: float, lam: float, now: float) -> d
     return {member: score * factor for member, score in scores.items()}
 
 
+def stored_top(scores: Mapping[str, float], k_max: int) -> list[tuple[str, float]]:
+    """A shard's top `k_max` as Redis's ZREVRANGE gives them (score, then member, descending).
+
+    Exactly the members a trim keeps, so a list read before its trim reads as after it.
+    """
+    return sorted(scores.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)[:k_max]
+
+
 def top_k(weights: Mapping[str, float], k: int) -> list[tuple[str, float]]:
     """Highest weights first; ties by id so results are deterministic."""
     ranked = sorted(weights.items(), key=lambda kv: (-kv[1], kv[0]))
@@ -116,30 +128,33 @@ class CoEngagementGraph:
         self._items: dict[str, _ItemState] = {}
         self._nbs: dict[str, dict[str, float]] = {}
         self._contexts: dict[str, list[tuple[str, float]]] = {}
+        self._pending_trim: set[str] = set()
+        self._block: int | None = None
+        self._next_offset = 0
 
     # -- writes ---------------------------------------------------------------------------
 
-    def add(self, event: EventLike) -> None:
-        """Apply one event as a slice of its own (its touched lists are trimmed right away)."""
-        self.add_many([event])
+    def add(self, event: EventLike, offset: int | None = None) -> None:
+        """Apply one event at `offset` (default: one past the previous event's offset)."""
+        self.add_many([event], None if offset is None else [offset])
 
-    def add_many(self, events: Iterable[EventLike]) -> None:
-        """Apply events in slices of `slice_size`; slice ends trim, as in `RedisState.apply`."""
-        chunk: list[EventLike] = []
+    def add_many(self, events: Iterable[EventLike], offsets: Iterable[int] | None = None) -> None:
+        """Apply events in order; `offsets` are their Kafka offsets (default: consecutive)."""
+        offset_iter = iter(offsets) if offsets is not None else None
         for event in events:
-            chunk.append(event)
-            if len(chunk) == self._cfg.slice_size:
-                self._apply_slice(chunk)
-                chunk = []
-        if chunk:
-            self._apply_slice(chunk)
+            offset = next(offset_iter) if offset_iter is not None else self._next_offset
+            self._next_offset = offset + 1
+            self._enter_block(offset // self._cfg.trim_every)
+            self._apply_event(event, self._pending_trim)
 
-    def _apply_slice(self, events: Sequence[EventLike]) -> None:
-        touched: set[str] = set()
-        for event in events:
-            self._apply_event(event, touched)
-        for item_id in sorted(touched):
-            self._trim(item_id)
+    def _enter_block(self, block: int) -> None:
+        if self._block is None:
+            self._block = block
+        elif block > self._block:
+            for item_id in sorted(self._pending_trim):
+                self._trim(item_id)
+            self._pending_trim.clear()
+            self._block = block
 
     def _apply_event(self, event: EventLike, touched: set[str]) -> None:
         if event.action not in self._cfg.action_weights:
@@ -253,7 +268,7 @@ class CoEngagementGraph:
         scores = self._nbs.get(item_id)
         if t0 is None or not scores:
             return {}
-        return decayed(scores, t0, self._lam, now)
+        return decayed(dict(stored_top(scores, self._cfg.k_max)), t0, self._lam, now)
 
     def neighbours(self, item_id: str, k: int, now: float) -> list[tuple[str, float]]:
         """The item's top-k neighbours in this shard, weights decayed to `now`."""

@@ -46,9 +46,10 @@ class StateConfig:
     context_len: int = 20
     action_weights: Mapping[str, float] = field(default_factory=_default_action_weights, hash=False)
     slice_size: int = 500
+    trim_every: int = 500
 
     def __post_init__(self) -> None:
-        for name in ("seq_len", "k_max", "max_pairs", "context_len", "slice_size"):
+        for name in ("seq_len", "k_max", "max_pairs", "context_len", "slice_size", "trim_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise StateError(f"StateConfig.{name} must be an int >= 1, got {value!r}")

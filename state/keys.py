@@ -12,6 +12,8 @@ Key schema (``P`` is the deployment prefix, default ``ss``; ``T`` is a shard tag
     P:{T}:ctx:<context>       list    the context's last `context_len` saves, "item|ts"
     P:{T}:dirty:users|items   zset    entities waiting for re-encoding, score = first dirty ts
     P:{T}:redirty:users|items hash    entities dirtied again since the last `dirty()` read
+    P:{T}:trimblock           string  offset block (offset // trim_every) of the last trim
+    P:{T}:trimq               set     neighbour keys touched since that trim, trimmed on the next
     P:shards                  set     every shard tag ever applied (readers merge over these)
 
 Why the ``{T}`` hash tag: Redis Cluster places a key by the text between the first ``{`` and
@@ -45,6 +47,8 @@ CONTEXT = "ctx"
 DIRTY = "dirty"
 REDIRTY = "redirty"
 SHARDS = "shards"
+TRIM_BLOCK = "trimblock"
+TRIM_PENDING = "trimq"
 
 FIELD_VERSION = "v"
 FIELD_TS_MAX = "tsmax"
@@ -135,6 +139,8 @@ def lua_layout() -> str:
             "f_ts_max": FIELD_TS_MAX,
             "f_degree": FIELD_DEGREE,
             "f_t0": FIELD_T0,
+            "trim_block": TRIM_BLOCK,
+            "trim_pending": TRIM_PENDING,
         },
         separators=(",", ":"),
         sort_keys=True,

@@ -72,7 +72,7 @@ class RedisState:
 
     @staticmethod
     def _static_apply_args(config: StateConfig) -> list[str]:
-        """ARGV[1..12] of the apply script; floats as repr so Lua reads the exact same doubles."""
+        """ARGV[1..13] of the apply script; floats as repr so Lua reads the exact same doubles."""
         numbers: list[float] = [
             config.seq_len,
             config.k_max,
@@ -83,6 +83,7 @@ class RedisState:
             config.hub_alpha,
             config.context_len,
             REBASE_EXPONENT,
+            config.trim_every,
         ]
         weights = json.dumps(dict(config.action_weights))
         return [keys.lua_layout(), *(repr(n) for n in numbers), weights, CONTEXT_ACTION]
@@ -192,7 +193,14 @@ class RedisState:
         with _redis_errors("item_neighbours"):
             async with self._client.pipeline(transaction=False) as pipe:
                 for shard in shards:
-                    pipe.zrange(shard.neighbours(item_id), 0, -1, withscores=True)
+                    # Each shard's top k_max, as a trim would leave it (see coengagement rule 7).
+                    pipe.zrange(
+                        shard.neighbours(item_id),
+                        0,
+                        self._cfg.k_max - 1,
+                        desc=True,
+                        withscores=True,
+                    )
                     pipe.hget(shard.item(item_id), keys.FIELD_T0)
                 replies = await pipe.execute()
         parts = []

@@ -15,7 +15,7 @@ COMMAND_MODULES = (
     "streams.commands.data",
     "streams.commands.bench",
     "streams.commands.demo",
-    # "streams.commands.train",  # re-enabled when the encoders land
+    "streams.commands.train",
 )
 
 

@@ -7,11 +7,11 @@
 -- KEYS[1]  the shard's watermark key "<prefix>:{<topic>.<partition>}:<wm>". Every other key is
 --          built from it and carries the same hash tag, hence the same cluster slot.
 -- ARGV[1]  key layout JSON (state/keys.py: lua_layout)
--- ARGV[2..10] seq_len, k_max, lambda, pair_horizon_s, max_pairs, max_event_age_s, hub_alpha,
---          context_len, rebase_exponent (ln of the rebase factor limit)
--- ARGV[11] action weights JSON {action: weight}
--- ARGV[12] context action name
--- ARGV[13] batch JSON [[offset, user, item, action, ts, weight|null, context|null], ...]
+-- ARGV[2..11] seq_len, k_max, lambda, pair_horizon_s, max_pairs, max_event_age_s, hub_alpha,
+--          context_len, rebase_exponent (ln of the rebase factor limit), trim_every
+-- ARGV[12] action weights JSON {action: weight}
+-- ARGV[13] context action name
+-- ARGV[14] batch JSON [[offset, user, item, action, ts, weight|null, context|null], ...]
 -- Returns {applied, skipped, watermark as a decimal string}.
 --
 -- The rules and their arithmetic order mirror state/coengagement.py (the reference); change both.
@@ -21,7 +21,7 @@ local C = {
   seq_len = tonumber(ARGV[2]), k_max = tonumber(ARGV[3]), lam = tonumber(ARGV[4]),
   horizon = tonumber(ARGV[5]), max_pairs = tonumber(ARGV[6]), max_age = tonumber(ARGV[7]),
   alpha = tonumber(ARGV[8]), ctx_len = tonumber(ARGV[9]), rebase_exp = tonumber(ARGV[10]),
-  aw = cjson.decode(ARGV[11]), ctx_action = ARGV[12],
+  trim_every = tonumber(ARGV[11]), aw = cjson.decode(ARGV[12]), ctx_action = ARGV[13],
 }
 local wm_key = KEYS[1]
 if string.sub(wm_key, -#L.wm) ~= L.wm then
@@ -203,18 +203,49 @@ end
 
 -- main -----------------------------------------------------------------------------------
 
-local batch, why = check_batch(ARGV[13])
+-- Lists are trimmed to k_max when the offsets enter a new block of trim_every offsets, so the
+-- result depends on the offsets alone, not on how the runtime cut batches (see the reference).
+local block_key, pending_key = base .. L.trim_block, base .. L.trim_pending
+
+local function trim_pending(touched)
+  for _, nkey in ipairs(redis.call('SMEMBERS', pending_key)) do touched[nkey] = true end
+  for nkey in pairs(touched) do redis.call('ZREMRANGEBYRANK', nkey, 0, -(C.k_max + 1)) end
+  redis.call('DEL', pending_key)
+end
+
+local function remember_pending(touched)
+  local members = {}
+  for nkey in pairs(touched) do
+    members[#members + 1] = nkey
+    if #members == 1000 then
+      redis.call('SADD', pending_key, unpack(members))
+      members = {}
+    end
+  end
+  if #members > 0 then redis.call('SADD', pending_key, unpack(members)) end
+end
+
+local batch, why = check_batch(ARGV[14])
 if batch == nil then return redis.error_reply('sagestream: invalid batch: ' .. why) end
 
 local raw_wm = redis.call('GET', wm_key)
 local wm = raw_wm and tonumber(raw_wm) or -1
 local applied, skipped, last = 0, 0, nil
 local touched = {}
+local block = tonumber(redis.call('GET', block_key))
 for idx = 1, #batch do
   local e = batch[idx]
   if e[1] <= wm then
     skipped = skipped + 1
   else
+    local b = math.floor(e[1] / C.trim_every)
+    if block == nil then
+      block = b
+    elseif b > block then
+      trim_pending(touched)
+      touched = {}
+      block = b
+    end
     local weight, ctx = e[6], e[7]
     if weight == cjson.null then weight = nil end
     if ctx == cjson.null then ctx = nil end
@@ -225,9 +256,8 @@ for idx = 1, #batch do
   end
 end
 flush_items()
-for nkey in pairs(touched) do
-  redis.call('ZREMRANGEBYRANK', nkey, 0, -(C.k_max + 1))
-end
+remember_pending(touched)
+if block ~= nil then redis.call('SET', block_key, string.format('%.0f', block)) end
 if last ~= nil then
   wm = last
   redis.call('SET', wm_key, string.format('%.0f', last))

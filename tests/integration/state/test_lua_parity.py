@@ -63,6 +63,7 @@ configs = st.builds(
     hub_alpha=st.sampled_from([0.0, 0.5, 1.3]),
     context_len=st.integers(1, 4),
     slice_size=st.integers(1, 9),
+    trim_every=st.integers(1, 9),
 )
 
 
@@ -94,7 +95,7 @@ async def test_lua_equals_reference(
         for start in range(0, len(batch), batch_size):
             chunk = batch[start : start + batch_size]
             await state.apply(TOPIC, p, chunk)
-            refs[p].add_many([ev for _, ev in chunk])
+            refs[p].add_many([ev for _, ev in chunk], [off for off, _ in chunk])
     await assert_same_state(state, refs, events)
 
 

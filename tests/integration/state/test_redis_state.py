@@ -103,17 +103,19 @@ async def test_empty_batch_reports_the_watermark(
 
 
 async def test_trim_and_decay(redis_client: aioredis.Redis, key_prefix: str) -> None:
-    cfg = StateConfig(k_max=3, half_life_s=600.0)
+    cfg = StateConfig(k_max=3, half_life_s=600.0, trim_every=10)
     state = RedisState(redis_client, cfg, key_prefix)
     actions = ["save", "view", "click", "view", "save", "click"]
     batch = [(n, Ev("u", f"i{n}", a, 100.0)) for n, a in enumerate(actions)]
     batch.append((6, Ev("u", "hot", "save", 100.0)))
     await state.apply(TOPIC, 0, batch)
+    hot_key = ShardKeys(key_prefix, shard_tag(TOPIC, 0)).neighbours("hot")
+    assert await redis_client.zcard(hot_key) == 6  # block 0 is still open: not trimmed yet
     top = await state.item_neighbours("hot", 10, 100.0)
-    assert [m for m, _ in top] == ["i0", "i4", "i5"]
-    assert (
-        await redis_client.zcard(ShardKeys(key_prefix, shard_tag(TOPIC, 0)).neighbours("hot")) == 3
-    )
+    assert [m for m, _ in top] == ["i0", "i4", "i5"]  # but it already reads as trimmed
+    await state.apply(TOPIC, 0, [(10, Ev("w", "elsewhere", "view", 100.0))])  # enters block 1
+    assert await redis_client.zcard(hot_key) == 3
+    assert await state.item_neighbours("hot", 10, 100.0) == top
     later = await state.item_neighbours("hot", 10, 700.0)
     for (m_now, w_now), (m_later, w_later) in zip(top, later, strict=True):
         assert m_now == m_later

@@ -126,8 +126,8 @@ def test_rebase_keeps_read_weights() -> None:
     assert weight(g, "a", "b", later + 10.0) == pytest.approx(expected, rel=1e-9)
 
 
-def test_trim_keeps_top_k_max_at_slice_end() -> None:
-    g = graph(k_max=3, slice_size=1)
+def test_trim_keeps_top_k_max_when_a_block_of_offsets_ends() -> None:
+    g = graph(k_max=3, trim_every=1)
     actions = ["save", "view", "click", "view", "save", "click"]
     events = [Ev("u", f"i{n}", a, 6.0) for n, a in enumerate(actions)]
     events.append(Ev("u", "hot", "save", 6.0))  # pairs with all six (max_pairs is 20)
@@ -135,6 +135,8 @@ def test_trim_keeps_top_k_max_at_slice_end() -> None:
     top = g.neighbours("hot", 10, 6.0)
     # saves first; the two clicks tie and Redis drops the lowest rank (the smaller member) first
     assert [m for m, _ in top] == ["i0", "i4", "i5"]
+    g.add(Ev("w", "elsewhere", "view", 6.0))  # the next block trims hot's list for real
+    assert g.neighbours("hot", 10, 6.0) == top
 
 
 def test_context_saves_pair_beyond_the_horizon() -> None:
@@ -218,8 +220,8 @@ def test_lists_stay_bounded_and_counts_add_up(
 
 @given(event_lists(), st.integers(1, 7))
 @settings(max_examples=150, deadline=None)
-def test_without_trimming_slicing_does_not_matter(events: list[Ev], slice_size: int) -> None:
-    whole, sliced = graph(k_max=1000), graph(k_max=1000, slice_size=slice_size)
+def test_without_trimming_the_trim_block_does_not_matter(events: list[Ev], every: int) -> None:
+    whole, sliced = graph(k_max=1000), graph(k_max=1000, trim_every=every)
     whole.add_many(events)
     sliced.add_many(events)
     now = max(e.ts for e in events)
