@@ -141,6 +141,7 @@ class ItemEncoder(nn.Module):
         self.token_type = nn.Parameter(torch.randn(3, d) * 0.02)  # summary, self, neighbour
         self.weight_fn = nn.Sequential(nn.Linear(1, 16), nn.Tanh(), nn.Linear(16, 1), nn.Softplus())
         self.degree_proj = nn.Linear(3, d)
+        nn.init.normal_(self.degree_proj.weight, std=0.02)
         self.blocks = nn.ModuleList(
             Block(d, cfg.n_heads, cfg.dropout) for _ in range(cfg.item_layers)
         )
@@ -176,7 +177,8 @@ class ItemEncoder(nn.Module):
         allowed = keys[:, None, None, :]  # [B, 1, 1, 2+K]
         for block in self.blocks:
             x = block(x, allowed)
-        out = self.head(self.ln_f(x[:, 0]))  # [B, D]
+        # read out the summary plus the item's own token, so its content is never diluted away
+        out = self.head(self.ln_f(x[:, 0] + x[:, 1]))  # [B, D]
         return F.normalize(out, dim=-1)
 
 
@@ -190,6 +192,9 @@ class UserEncoder(nn.Module):
         self.in_proj = nn.Linear(cfg.out_dim, d)
         self.action = nn.Embedding(NUM_ACTIONS, d)
         self.time_proj = nn.Linear(NUM_TIME_FEATURES, d)
+        # small side inputs at first, so the item vectors dominate the early tokens
+        nn.init.normal_(self.action.weight, std=0.02)
+        nn.init.normal_(self.time_proj.weight, std=0.02)
         self.position = nn.Parameter(torch.randn(cfg.seq_len, d) * 0.02)
         self.blocks = nn.ModuleList(
             Block(d, cfg.n_heads, cfg.dropout) for _ in range(cfg.user_layers)

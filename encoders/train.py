@@ -40,8 +40,8 @@ class TrainConfig:
     """Optimisation settings and ablation switches."""
 
     epochs: int = 20
-    batch_size: int = 256  # user windows per step
-    lr: float = 2e-3
+    batch_size: int = 128  # user windows per step
+    lr: float = 3e-3
     seed: int = 0
     threads: int = 2
     random_negatives: int = 256

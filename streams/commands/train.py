@@ -35,7 +35,7 @@ from streams.events import CatalogItem, Engagement
 log = logging.getLogger(__name__)
 
 FORMATS = ["movielens", "movielens-csv", "pairs", "jsonl"]
-DEFAULT_EPOCHS = 8
+DEFAULT_EPOCHS = 20
 BASELINE_NEIGHBOURS = 50  # the co-occurrence baseline reads longer lists than the model
 
 
