@@ -73,7 +73,8 @@ def read_topic(settings: Settings, topic: str, timeout_s: float = 30) -> list[Co
 def committed_offsets(settings: Settings) -> dict[int, int]:
     admin = KafkaAdminClient(**settings.kafka.client_kwargs())
     try:
-        found = admin.list_consumer_group_offsets(settings.kafka.group_id)
+        group = settings.kafka.group_id
+        found = admin.list_group_offsets({group: None})[group]
     finally:
         admin.close()
     return {
