@@ -71,7 +71,9 @@ class ModelRegistry:
     def staging(self) -> Path:
         """A fresh private directory on the registry's filesystem to build a version in."""
         self.versions_dir.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
+        staging.chmod(0o755)  # mkdtemp makes it private; serving workers must read it
+        return staging
 
     def publish(self, staging: Path, info: Mapping[str, Any]) -> str:
         """Checksum, manifest, fsync and rename ``staging`` into the next free version name."""
