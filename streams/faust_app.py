@@ -74,6 +74,8 @@ class FaustRuntime:
             consumer_auto_offset_reset="earliest",
             stream_buffer_maxsize=max(4096, 2 * s.ingest.batch_max),
             broker_max_poll_records=s.ingest.batch_max,
+            broker_session_timeout=s.kafka.session_timeout_s,
+            broker_heartbeat_interval=s.kafka.heartbeat_interval_s,
         )
         topic = app.topic(s.topics.engagements, key_type=bytes, value_type=bytes, internal=False)
         app.agent(topic, name="ingest", concurrency=1)(self._agent)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_serializer, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from deploy.stack import StackConfig
@@ -46,6 +46,9 @@ class KafkaSettings(_Section):
     ssl_keyfile: Path | None = None
     client_id: str = "sagestream"
     group_id: str = "sagestream-ingest"
+    # A crashed worker's partitions move to the others after this long (Faust's default is 60 s).
+    session_timeout_s: float = Field(default=10.0, gt=0)
+    heartbeat_interval_s: float = Field(default=3.0, gt=0)
 
     def client_kwargs(self) -> dict[str, Any]:
         """Connection options shared by kafka-python and aiokafka (their names agree)."""
@@ -141,6 +144,11 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     stack: StackConfig = StackConfig()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_serializer("state")
+    def _plain_state(self, state: StateConfig) -> dict[str, Any]:
+        """StateConfig keeps its weights in a read-only mapping, which JSON cannot hold."""
+        return {k: _plain(v) for k, v in vars(state).items()}
 
     @classmethod
     def settings_customise_sources(

@@ -1,0 +1,60 @@
+"""Settings: sources and their order, secrets that never show, refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from streams.settings import CONFIG_FILE_ENV, Settings
+
+
+def test_environment_beats_file_beats_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "sagestream.toml"
+    config.write_text(
+        '[topics]\nengagements = "from-file"\npartitions = 8\n[redis]\nkey_prefix = "f"\n'
+    )
+    monkeypatch.setenv("SAGESTREAM_TOPICS__ENGAGEMENTS", "from-env")
+    monkeypatch.setenv(CONFIG_FILE_ENV, str(config))
+    settings = Settings.load()
+    assert settings.topics.engagements == "from-env"
+    assert settings.topics.partitions == 8
+    assert settings.redis.key_prefix == "f"
+    assert settings.kafka.bootstrap_servers == "127.0.0.1:19092"
+
+
+def test_secrets_never_appear_in_reprs_or_dumps() -> None:
+    settings = Settings.load(
+        kafka={"sasl_mechanism": "PLAIN", "sasl_username": "app", "sasl_password": "kafka-secret"},
+        redis={"password": "redis-secret"},
+        qdrant={"api_key": "qdrant-secret"},
+    )
+    for text in (repr(settings), str(settings), settings.model_dump_json()):
+        for secret in ("kafka-secret", "redis-secret", "qdrant-secret"):
+            assert secret not in text
+    assert settings.kafka.client_kwargs()["sasl_plain_password"] == "kafka-secret"
+
+
+@pytest.mark.parametrize("section", ["redis", "qdrant"])
+def test_a_password_inside_a_url_is_refused(section: str) -> None:
+    with pytest.raises(ValidationError, match="own setting"):
+        Settings.load(**{section: {"url": "redis://user:hunter2@127.0.0.1:6379/0"}})
+
+
+def test_unknown_settings_are_refused() -> None:
+    with pytest.raises(ValidationError):
+        Settings.load(kafka={"bootstrap": "typo"})
+
+
+def test_child_process_environment_round_trips(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings.load(
+        topics={"engagements": "e1", "partitions": 3},
+        redis={"password": "pw", "key_prefix": "p1"},
+        state={"k_max": 7, "action_weights": {"view": 0.5, "save": 2.0}},
+    )
+    for name, value in settings.to_env().items():
+        monkeypatch.setenv(name, value)
+    assert Settings.load() == settings
