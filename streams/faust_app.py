@@ -9,9 +9,9 @@ the replay a no-op.
 
 from __future__ import annotations
 
-import signal
 import logging
 import os
+import signal
 import time
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
