@@ -95,6 +95,7 @@ class BatchRuntime:
             if records:
                 self.stats.first_batch_at = self.stats.first_batch_at or time.monotonic()
                 outcome = await wired.core.process(records)
+                wired.faults.at("before_commit")
                 await self._commit(kafka, outcome)
                 self._count(len(records), kafka, outcome)
                 idle_since = time.monotonic()

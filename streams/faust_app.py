@@ -98,6 +98,7 @@ class FaustRuntime:
             self.first_batch_at = time.monotonic()
         try:
             outcome = await wired.core.process(records)
+            wired.faults.at("before_commit")  # Faust acks the batch when the agent moves on
         except BaseException:
             log.critical("batch failed; stopping without ack or commit", exc_info=True)
             logging.shutdown()

@@ -25,9 +25,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from state import ApplyResult, RedisState, StateUnavailableError
 from streams.dlq import DeadLetter, DeadLetterSink
 from streams.events import Engagement, Rejection, decode_engagements
+from streams.faults import Faults
 from streams.metrics import IngestMetrics
 from streams.records import SourceRecord
-from streams.settings import IngestSettings
+from streams.settings import FaultSettings, IngestSettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -96,11 +97,13 @@ class IngestCore:
         dead_letters: DeadLetterSink,
         metrics: IngestMetrics,
         settings: IngestSettings,
+        faults: Faults | None = None,
     ) -> None:
         self._state = state
         self._dead_letters = dead_letters
         self._metrics = metrics
         self._settings = settings
+        self._faults = faults or Faults(FaultSettings())
 
     async def process(self, records: Sequence[SourceRecord]) -> BatchOutcome:
         outcome = BatchOutcome()
@@ -112,11 +115,13 @@ class IngestCore:
             await self._retrying("dead_letter", lambda: self._dead_letters.send(letters))
             self._count_dead_letters(letters)
             outcome.dead_lettered = len(letters)
+        self._faults.at("after_dead_letters")
         started = time.perf_counter()
         for (topic, partition), batch in by_partition(valid).items():
             result = await self._apply(topic, partition, batch)
             outcome.applied += result.applied
             outcome.replayed += result.skipped
+        self._faults.at("after_state_write")
         self._metrics.apply_seconds.observe(time.perf_counter() - started)
         self._metrics.applied.inc(outcome.applied)
         self._metrics.replayed.inc(outcome.replayed)

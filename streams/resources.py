@@ -11,6 +11,7 @@ from aiokafka import AIOKafkaProducer
 
 from state import RedisState
 from streams.dlq import KafkaDeadLetterSink
+from streams.faults import Faults
 from streams.ingest import IngestCore
 from streams.metrics import IngestMetrics
 from streams.settings import RedisSettings, Settings
@@ -47,6 +48,7 @@ class Wired:
     core: IngestCore
     state: RedisState
     redis: aioredis.Redis
+    faults: Faults
 
 
 async def wire_core(settings: Settings, metrics: IngestMetrics, stack: AsyncExitStack) -> Wired:
@@ -59,4 +61,6 @@ async def wire_core(settings: Settings, metrics: IngestMetrics, stack: AsyncExit
     stack.push_async_callback(dlq_producer.stop)
     state = RedisState(client, settings.state, prefix=settings.redis.key_prefix)
     sink = KafkaDeadLetterSink(dlq_producer, settings.topics.dlq_suffix)
-    return Wired(IngestCore(state, sink, metrics, settings.ingest), state, client)
+    faults = Faults(settings.faults)
+    core = IngestCore(state, sink, metrics, settings.ingest, faults)
+    return Wired(core, state, client, faults)

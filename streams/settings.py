@@ -125,6 +125,17 @@ class IngestSettings(_Section):
     retry_max_s: float = Field(default=5.0, gt=0)
 
 
+FaultPoint = Literal["after_dead_letters", "after_state_write", "before_commit"]
+
+
+class FaultSettings(_Section):
+    """Crash hooks for reliability tests (streams/faults.py); `point = None` turns them off."""
+
+    point: FaultPoint | None = None
+    after: int = Field(default=1, ge=1)  # fire on this pass of the point
+    action: Literal["kill", "raise"] = "kill"
+
+
 class MetricsSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=9464, ge=0, le=65535)  # 0 turns the endpoint off
@@ -142,6 +153,7 @@ class Settings(BaseSettings):
     state: StateConfig = StateConfig()
     ingest: IngestSettings = IngestSettings()
     metrics: MetricsSettings = MetricsSettings()
+    faults: FaultSettings = FaultSettings()
     stack: StackConfig = StackConfig()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

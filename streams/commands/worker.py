@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 from pathlib import Path
 
 from streams.commands.common import settings_of
 from streams.limits import RunLimits
 from streams.metrics import IngestMetrics
 from streams.topics import ensure_topics
+
+log = logging.getLogger(__name__)
+EXIT_FATAL = 70  # EX_SOFTWARE: the same code the Faust runtime exits with
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -41,7 +45,11 @@ def run(args: argparse.Namespace) -> int:
         from streams.batch_runtime import BatchRuntime
 
         metrics.serve(settings.metrics.host, settings.metrics.port)
-        stats = asyncio.run(BatchRuntime(settings, metrics, limits).run())
+        try:
+            stats = asyncio.run(BatchRuntime(settings, metrics, limits).run())
+        except Exception:  # nothing was committed past the failed batch; say so and stop
+            log.critical("batch failed; stopped without committing it", exc_info=True)
+            return EXIT_FATAL
         events, seconds = stats.events, stats.seconds
         code = 0
     else:
