@@ -25,6 +25,7 @@ from streams.resources import Wired, wire_core
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
+BACKLOG_EVERY_S = 5.0
 
 
 @dataclass
@@ -81,7 +82,7 @@ class BatchRuntime:
         return self.stats
 
     async def _loop(self, kafka: AIOKafkaConsumer, wired: Wired) -> None:
-        idle_since = time.monotonic()
+        idle_since = backlog_at = time.monotonic()
         within_ms = int(self.settings.ingest.batch_within_s * 1000)
         while not self._stopping.is_set():
             fetched = await kafka.getmany(
@@ -99,8 +100,15 @@ class BatchRuntime:
                 await self._commit(kafka, outcome)
                 self._count(len(records), kafka, outcome)
                 idle_since = time.monotonic()
+            if time.monotonic() - backlog_at > BACKLOG_EVERY_S:
+                await self._record_backlog(wired)
+                backlog_at = time.monotonic()
             if self._limit_reached(idle_since):
                 break
+
+    async def _record_backlog(self, wired: Wired) -> None:
+        for kind, count in (await wired.state.dirty_backlog()).items():
+            self.metrics.dirty_backlog.labels(kind=kind).set(count)
 
     async def _commit(self, kafka: AIOKafkaConsumer, outcome: BatchOutcome) -> None:
         offsets = {TopicPartition(t, p): o for (t, p), o in outcome.next_offsets.items()}

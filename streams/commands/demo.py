@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections import deque
 
 from deploy import stack
 from state import RedisState
@@ -98,8 +99,8 @@ def _watch(settings: Settings, worker: subprocess.Popen[bytes]) -> None:
         if applied is not None and applied != last:
             backlog = asyncio.run(_backlog(settings))
             say(
-                f"    applied {applied:>8,} events   dirty users {backlog.get('users', 0):>6,}"
-                f"   dirty items {backlog.get('items', 0):>6,}"
+                f"    applied {applied:>8,} events   waiting for re-encoding: "
+                f"{backlog.get('users', 0):>6,} user and {backlog.get('items', 0):>6,} item marks"
             )
             last = applied
 
@@ -118,15 +119,16 @@ async def _show(settings: Settings, cfg: GeneratorConfig) -> None:
     client = redis_client(settings.redis)
     state = RedisState(client, settings.state, settings.redis.key_prefix)
     try:
-        user = "u0"
+        last = deque(generate_events(cfg), maxlen=1)[0]  # the freshest user and item
+        user = last.user_id
         partition = (murmur2(user.encode()) & 0x7FFFFFFF) % settings.topics.partitions
         seq = await state.user_sequence(settings.topics.engagements, partition, user)
         say(
             f"    user {user}: {len(seq)} actions kept, latest: "
             + ", ".join(f"{e.action} {e.item_id}" for e in seq[-5:])
         )
-        item = seq[-1].item_id if seq else "i0"
-        now = cfg.start_ts + cfg.span_s
+        item = last.item_id
+        now = last.ts
         neighbours = await state.item_neighbours(item, 5, now)
         say(
             f"    item {item}: top neighbours " + ", ".join(f"{n} ({w:.3f})" for n, w in neighbours)
