@@ -19,10 +19,10 @@ from streams.metrics import IngestMetrics
 from streams.produce import produce_engagements, produce_raw
 from streams.settings import Settings
 from streams.topics import ensure_topics
+from tests.datasets import ML100K
 from tests.integration.harness import REPO, read_topic
 
 pytestmark = pytest.mark.integration
-ML100K = REPO.parent / "shared" / "datasets" / "ml-100k"
 
 
 def test_replay_puts_movielens_on_the_topic_in_time_order(

@@ -10,8 +10,9 @@ import pytest
 
 from streams.datasets import Dataset, action_for_rating, load_dataset
 from streams.events import CatalogItem, Engagement, encode_catalog_item, encode_engagement
+from tests.datasets import ML100K
 
-ML_100K = Path("/work/shared/datasets/ml-100k")
+ML_100K = ML100K
 
 
 def _write(path: Path, text: str, encoding: str = "utf-8") -> Path:
@@ -25,8 +26,6 @@ def _assert_time_ordered(dataset: Dataset) -> None:
 
 @pytest.fixture(scope="module")
 def ml100k() -> Dataset:
-    if not (ML_100K / "u.data").exists():
-        pytest.skip("MovieLens 100K is not available on this machine")
     return load_dataset(ML_100K, "movielens")
 
 
