@@ -2,23 +2,46 @@
 
 `state` knows nothing of Kafka or the encoders: it is handed (offset, event) batches of one
 (topic, partition) and keeps user sequences, co-engagement neighbour lists, applied-offset
-watermarks and dirty marks. `keys` holds the key schema; `lua/` the scripts.
+watermarks and dirty marks. `keys` holds the key schema; `lua/` the scripts. `vectors` is the
+Qdrant sink: versioned collection pairs behind aliases, upserts guarded by state_version.
 """
 
 from state.coengagement import CoEngagementGraph, EventLike, SeqEntry, merge_neighbours
 from state.config import StateConfig
-from state.exceptions import InvalidBatchError, StateError, StateUnavailableError
+from state.exceptions import (
+    InvalidBatchError,
+    StateError,
+    StateUnavailableError,
+    VectorStoreUnavailable,
+)
 from state.redis_state import ApplyResult, RedisState
+from state.vectors import (
+    EntityKind,
+    Hit,
+    StoredPoint,
+    VectorRecord,
+    VectorStore,
+    VectorStoreConfig,
+    point_id,
+)
 
 __all__ = [
     "ApplyResult",
     "CoEngagementGraph",
+    "EntityKind",
     "EventLike",
+    "Hit",
     "InvalidBatchError",
     "RedisState",
     "SeqEntry",
     "StateConfig",
     "StateError",
     "StateUnavailableError",
+    "StoredPoint",
+    "VectorRecord",
+    "VectorStore",
+    "VectorStoreConfig",
+    "VectorStoreUnavailable",
     "merge_neighbours",
+    "point_id",
 ]

@@ -18,3 +18,11 @@ class InvalidBatchError(StateError):
 
 class StateUnavailableError(StateError):
     """Redis could not be reached or timed out; the caller should pause and retry the same batch."""
+
+
+class VectorStoreUnavailable(StateUnavailableError):
+    """Qdrant stayed unreachable past the configured deadline; pause consumption and retry.
+
+    A subclass of `StateUnavailableError` so every caller that already pauses on an unreachable
+    Redis pauses on an unreachable Qdrant too: nothing is dead-lettered, nothing is committed.
+    """

@@ -1,0 +1,518 @@
+"""The Qdrant sink: versioned collections behind aliases, guarded upserts, reads for recommenders.
+
+Layout (``P`` is an optional name prefix, empty in production, per test in the contract suite)::
+
+    P users_<version>, P items_<version>   one collection pair per model version (cosine)
+    P users, P items                       aliases: the pair readers are served from
+
+Why each rule holds:
+
+* Point ids are ``uuid5(POINT_NAMESPACE, "<kind>:<entity_id>")``, so a retry, a replay or a second
+  worker writes the same point instead of a duplicate.
+* Every live write is sent with an ``update_filter`` that lets it replace an existing point only
+  when the stored ``state_version`` is lower (ARCHITECTURE decision 4, RELIABILITY I3). A stale
+  write (a retry, a zombie worker after a rebalance) is skipped by the store itself, with no
+  read-then-write race. The filter is one per request, so it names each point's own version:
+  ``should[ must[has_id(ids with version v), state_version < v] for each v in the batch ]``.
+  An equal version is skipped too: the same state encodes to the same vector.
+* Backfills use ``update_mode=insert_only``: they fill missing points and never touch one that a
+  live writer already put there (RELIABILITY scenario 10).
+* A model switch prepares a new pair, dual-writes and backfills it, then moves both aliases in
+  one ``update_collection_aliases`` call, so readers never see a mix or an empty collection.
+  A reader that needs a user and an item from the same model pins ``serving_version()`` and
+  passes ``version=`` to `get` and `search`.
+* Transient errors are retried with capped exponential backoff; past ``unavailable_after_s``
+  `VectorStoreUnavailable` tells the caller to pause consumption and retry (never to drop).
+
+qdrant-client's embedded local mode (``path`` or in-memory) implements ``update_filter`` and
+``update_mode`` in ``local_collection.py`` (``_upsert_point``) with the server's semantics, so one
+code path serves both; the contract tests run the same checks against either. A server must be
+1.17 or newer (``update_mode``); older ones are refused rather than trusted to honour the guard.
+
+The client is synchronous: the caller runs it in a worker thread. The async client's local mode
+runs the same blocking code on the event loop, so it would buy nothing in embedded mode. Calls
+into an embedded store are serialised by a lock, because local mode is not thread-safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import (
+    ApiException,
+    ResponseHandlingException,
+    UnexpectedResponse,
+)
+
+from state.exceptions import InvalidBatchError, StateError, VectorStoreUnavailable
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+EntityKind = Literal["users", "items"]
+KINDS: tuple[EntityKind, ...] = ("users", "items")
+FloatArray = npt.NDArray[np.float32]
+
+# Fixed forever: changing it would orphan every stored point.
+POINT_NAMESPACE = uuid.UUID("3bf1faee-d933-42a2-80cf-357916d7d73f")
+MIN_SERVER_VERSION = (1, 17)  # update_filter needs 1.16, update_mode 1.17
+
+PAYLOAD_KEYS = ("entity_id", "model_version", "state_version", "event_ts_max", "updated_at")
+STATE_VERSION = "state_version"
+
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_PREFIX = re.compile(r"[A-Za-z0-9_-]{0,64}")
+_TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class VectorRecord:
+    """One re-encoded entity; `state_version` comes from Redis and only ever grows."""
+
+    kind: EntityKind
+    entity_id: str
+    vector: Sequence[float] | FloatArray
+    state_version: int
+    event_ts_max: float
+
+
+@dataclass(frozen=True)
+class VectorStoreConfig:
+    """Where Qdrant is and how hard to try: ``url`` for a server, else ``path`` for embedded mode,
+    else an in-memory embedded store (tests). Timeouts are whole seconds for the client."""
+
+    url: str | None = None
+    path: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    prefix: str = ""
+    batch_size: int = 256
+    retry_initial_s: float = 0.2
+    retry_max_s: float = 5.0
+    unavailable_after_s: float = 30.0
+    timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.url is not None and self.path is not None:
+            raise StateError("VectorStoreConfig: give url or path, not both")
+        if not _PREFIX.fullmatch(self.prefix):
+            raise StateError(f"VectorStoreConfig.prefix {self.prefix!r} is not a valid name part")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise StateError(f"VectorStoreConfig.batch_size must be >= 1, got {self.batch_size!r}")
+        for name in ("retry_initial_s", "retry_max_s", "unavailable_after_s", "timeout_s"):
+            value = float(getattr(self, name))
+            if not math.isfinite(value) or value <= 0:
+                raise StateError(f"VectorStoreConfig.{name} must be finite and > 0, got {value!r}")
+
+
+class StoredPoint(NamedTuple):
+    """A point as read back: its (normalised) vector and payload."""
+
+    vector: FloatArray
+    payload: dict[str, Any]
+
+
+class Hit(NamedTuple):
+    """One search result; `score` is the cosine similarity."""
+
+    entity_id: str
+    score: float
+    payload: dict[str, Any]
+
+
+def point_id(kind: EntityKind, entity_id: str) -> str:
+    """The entity's point id: the same in every collection and every worker."""
+    return str(uuid.uuid5(POINT_NAMESPACE, f"{kind}:{entity_id}"))
+
+
+def canonical_version(version: str) -> str:
+    """Model version as named in collections and payloads: ``7`` and ``v7`` both become ``v7``.
+
+    Names are validated, never rewritten character by character, so two versions cannot collide
+    in one collection name.
+    """
+    if not isinstance(version, str) or not _VERSION.fullmatch(version):
+        raise StateError(f"invalid model version {version!r}")
+    return version if version.startswith("v") else f"v{version}"
+
+
+def collection_name(kind: EntityKind, version: str, prefix: str = "") -> str:
+    """The collection of `kind` vectors of one model version, e.g. ``users_v0003``."""
+    return f"{prefix}{kind}_{canonical_version(version)}"
+
+
+def make_payload(record: VectorRecord, model_version: str, updated_at: float) -> dict[str, Any]:
+    """The payload stored beside each vector; `state_version` is what the guard compares."""
+    return {
+        "entity_id": record.entity_id,
+        "model_version": canonical_version(model_version),
+        "state_version": int(record.state_version),
+        "event_ts_max": float(record.event_ts_max),
+        "updated_at": float(updated_at),
+    }
+
+
+def freshest(records: Iterable[VectorRecord]) -> list[VectorRecord]:
+    """One record per (kind, entity): the highest state_version (the last one on a tie).
+
+    One request carries one filter clause per version, so a batch holding two writes of the same
+    point could apply the older one last; deduplicating first keeps batches order-independent.
+    """
+    best: dict[tuple[str, str], VectorRecord] = {}
+    for record in records:
+        key = (record.kind, record.entity_id)
+        held = best.get(key)
+        if held is None or record.state_version >= held.state_version:
+            best[key] = record
+    return list(best.values())
+
+
+def guard_filter(records: Sequence[VectorRecord]) -> models.Filter:
+    """An ``update_filter`` letting each point replace a stored one only if that one is older."""
+    by_version: dict[int, list[models.ExtendedPointId]] = {}
+    for record in records:
+        by_version.setdefault(record.state_version, []).append(
+            point_id(record.kind, record.entity_id)
+        )
+    return models.Filter(
+        should=[
+            models.Filter(
+                must=[
+                    models.HasIdCondition(has_id=ids),
+                    models.FieldCondition(key=STATE_VERSION, range=models.Range(lt=version)),
+                ]
+            )
+            for version, ids in sorted(by_version.items())
+        ]
+    )
+
+
+def check_record(record: VectorRecord) -> list[float]:
+    """The record's vector as floats; refuses what a retry could never write."""
+    if record.kind not in KINDS:
+        raise InvalidBatchError(f"unknown entity kind {record.kind!r}")
+    if not isinstance(record.entity_id, str) or not record.entity_id:
+        raise InvalidBatchError(f"invalid entity id {record.entity_id!r}")
+    if isinstance(record.state_version, bool) or not isinstance(record.state_version, int):
+        raise InvalidBatchError(f"{record.entity_id}: state_version must be an int")
+    vector = np.asarray(record.vector, dtype=np.float32)
+    if vector.ndim != 1 or vector.size == 0 or not np.all(np.isfinite(vector)):
+        raise InvalidBatchError(f"{record.entity_id}: vector must be 1-d, non-empty and finite")
+    if not np.any(vector):
+        raise InvalidBatchError(f"{record.entity_id}: a zero vector has no cosine direction")
+    values: list[float] = vector.tolist()
+    return values
+
+
+def is_transient(err: BaseException) -> bool:
+    """Errors worth retrying: the store could not be reached, timed out or is overloaded."""
+    if isinstance(err, ResponseHandlingException | ConnectionError | TimeoutError):
+        return True
+    if isinstance(err, UnexpectedResponse):
+        return err.status_code is None or err.status_code in _TRANSIENT_STATUS
+    return False
+
+
+def server_version(text: str) -> tuple[int, int]:
+    """(major, minor) of a Qdrant version string such as ``1.17.0`` or ``v1.17.0-dev``."""
+    numbers = [int(part) for part in re.findall(r"\d+", text)[:2]]
+    return (numbers[0], numbers[1]) if len(numbers) == 2 else (0, 0)
+
+
+def _check_server(client: QdrantClient) -> None:
+    """Refuse a server that would ignore update_filter/update_mode and let vectors go backwards."""
+    found = client.info().version
+    if server_version(found) < MIN_SERVER_VERSION:
+        wanted = ".".join(map(str, MIN_SERVER_VERSION))
+        raise StateError(f"Qdrant server {found} is too old: guarded upserts need {wanted}+")
+
+
+class VectorStore:
+    """Guarded writes and alias-consistent reads of user and item vectors in Qdrant."""
+
+    def __init__(self, config: VectorStoreConfig) -> None:
+        self.config = config
+        self._client: QdrantClient | None = None
+        self._lock = threading.RLock()
+        self._embedded = config.url is None
+
+    # -- connection and retries --------------------------------------------------------------
+
+    def _connect(self) -> QdrantClient:
+        """Open the client on first use; a server is checked once for the features we rely on."""
+        with self._lock:
+            if self._client is not None:
+                return self._client
+            cfg = self.config
+            if cfg.url is not None:
+                client = QdrantClient(
+                    url=cfg.url,
+                    api_key=cfg.api_key,
+                    timeout=max(1, math.ceil(cfg.timeout_s)),
+                    check_compatibility=False,  # it warns instead of failing; we check below
+                )
+                try:
+                    _check_server(client)
+                except BaseException:
+                    client.close()
+                    raise
+            else:
+                client = QdrantClient(path=cfg.path) if cfg.path else QdrantClient(":memory:")
+            self._client = client
+            return client
+
+    def _serialised(self) -> contextlib.AbstractContextManager[Any]:
+        return self._lock if self._embedded else contextlib.nullcontext()
+
+    def _call(self, what: str, action: Callable[[QdrantClient], T]) -> T:
+        """Run `action`, retrying transient errors until `unavailable_after_s` has passed."""
+        cfg = self.config
+        started: float | None = None
+        attempt = 0
+        while True:
+            try:
+                client = self._connect()
+                with self._serialised():
+                    return action(client)
+            except (ApiException, OSError, ValueError, RuntimeError) as err:
+                if not is_transient(err):
+                    raise StateError(f"Qdrant refused {what}: {err}") from err
+                now = time.monotonic()
+                started = now if started is None else started
+                left = cfg.unavailable_after_s - (now - started)
+                if left <= 0:
+                    raise VectorStoreUnavailable(
+                        f"Qdrant unreachable for {now - started:.1f}s during {what} "
+                        f"({attempt + 1} attempts): {err}"
+                    ) from err
+                delay = min(cfg.retry_max_s, cfg.retry_initial_s * 2.0**attempt)
+                delay = min(left, random.uniform(delay / 2, delay))
+                log.warning("Qdrant %s failed (%s); retry %d in %.2fs", what, err, attempt, delay)
+                time.sleep(delay)
+                attempt += 1
+
+    def close(self) -> None:
+        """Release the client (and an embedded store's lock on its path)."""
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+    def __enter__(self) -> VectorStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- names -------------------------------------------------------------------------------
+
+    def alias(self, kind: EntityKind) -> str:
+        """The alias readers use for `kind`."""
+        if kind not in KINDS:
+            raise StateError(f"unknown entity kind {kind!r}")
+        return f"{self.config.prefix}{kind}"
+
+    def collection(self, kind: EntityKind, version: str) -> str:
+        """The collection holding `kind` vectors of model `version`."""
+        if kind not in KINDS:
+            raise StateError(f"unknown entity kind {kind!r}")
+        return collection_name(kind, version, self.config.prefix)
+
+    def _target(self, kind: EntityKind, version: str | None) -> str:
+        return self.alias(kind) if version is None else self.collection(kind, version)
+
+    # -- model versions ----------------------------------------------------------------------
+
+    def prepare(self, version: str, dim: int) -> None:
+        """Create the version's collection pair if missing; refuse an existing one of another shape.
+
+        Idempotent, so every worker may call it when it loads a model. Aliases are not touched:
+        readers keep the serving pair until `flip`.
+        """
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise StateError(f"vector size must be an int >= 1, got {dim!r}")
+        names = [self.collection(kind, version) for kind in KINDS]
+        self._call(f"prepare {names}", lambda c: [self._ensure(c, name, dim) for name in names])
+
+    @staticmethod
+    def _ensure(client: QdrantClient, name: str, dim: int) -> None:
+        if not client.collection_exists(name):
+            client.create_collection(
+                name, vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE)
+            )
+            log.info("created collection %s (dim %d, cosine)", name, dim)
+            return
+        params = client.get_collection(name).config.params.vectors
+        if not isinstance(params, models.VectorParams) or (params.size, params.distance) != (
+            dim,
+            models.Distance.COSINE,
+        ):
+            raise StateError(f"collection {name} exists with other vector params: {params}")
+
+    def _aliases(self, client: QdrantClient) -> dict[str, str]:
+        ours = {self.alias(kind) for kind in KINDS}
+        return {
+            a.alias_name: a.collection_name
+            for a in client.get_aliases().aliases
+            if a.alias_name in ours
+        }
+
+    def serving_version(self) -> str | None:
+        """The model version both aliases point at; None before the first flip."""
+        aliases = self._call("read aliases", self._aliases)
+        if not aliases:
+            return None
+        versions: set[str | None] = set()
+        for kind in KINDS:
+            target = aliases.get(self.alias(kind), "")
+            head = f"{self.alias(kind)}_"
+            versions.add(target[len(head) :] if target.startswith(head) else None)
+        if len(versions) != 1 or None in versions:
+            raise StateError(f"aliases disagree or point at foreign collections: {aliases}")
+        return versions.pop()
+
+    def flip(self, version: str) -> None:
+        """Point both aliases at `version`'s pair in one atomic call; the first flip makes them."""
+        targets = {self.alias(kind): self.collection(kind, version) for kind in KINDS}
+        self._call(f"flip to {version}", lambda c: self._flip(c, targets))
+        log.info("aliases now serve %s", canonical_version(version))
+
+    def _flip(self, client: QdrantClient, targets: dict[str, str]) -> None:
+        for name in targets.values():
+            if not client.collection_exists(name):
+                raise StateError(f"cannot flip to {name}: prepare it first")
+        current = self._aliases(client)
+        if current == targets:
+            return
+        operations: list[models.AliasOperations] = []
+        for alias_name, name in targets.items():
+            if alias_name in current:
+                operations.append(
+                    models.DeleteAliasOperation(
+                        delete_alias=models.DeleteAlias(alias_name=alias_name)
+                    )
+                )
+            operations.append(
+                models.CreateAliasOperation(
+                    create_alias=models.CreateAlias(collection_name=name, alias_name=alias_name)
+                )
+            )
+        client.update_collection_aliases(change_aliases_operations=operations)
+
+    def drop(self, version: str) -> None:
+        """Delete an old version's pair; the serving one is refused. Missing ones are fine."""
+        if self.serving_version() == canonical_version(version):
+            raise StateError(f"{canonical_version(version)} is serving; flip away before dropping")
+        names = [self.collection(kind, version) for kind in KINDS]
+        self._call(f"drop {names}", lambda c: [c.delete_collection(name) for name in names])
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def upsert(
+        self, version: str, records: Sequence[VectorRecord], *, insert_only: bool = False
+    ) -> int:
+        """Write `records` to `version`'s pair with ``wait=True``; returns the points sent.
+
+        Live writes are guarded by state_version (stale and equal ones are skipped by the store);
+        ``insert_only`` (backfills) writes only points that do not exist yet. Nothing is written
+        if any record is invalid. Points sent minus points changed is not reported by Qdrant.
+        """
+        model_version = canonical_version(version)
+        vectors = {(r.kind, r.entity_id): check_record(r) for r in records}
+        fresh = freshest(records)
+        updated_at = time.time()
+        sent = 0
+        for kind in KINDS:
+            mine = [r for r in fresh if r.kind == kind]
+            name = self.collection(kind, version)
+            for start in range(0, len(mine), self.config.batch_size):
+                batch = mine[start : start + self.config.batch_size]
+                points = [
+                    models.PointStruct(
+                        id=point_id(kind, r.entity_id),
+                        vector=vectors[(kind, r.entity_id)],
+                        payload=make_payload(r, model_version, updated_at),
+                    )
+                    for r in batch
+                ]
+                self._write(name, points, None if insert_only else guard_filter(batch))
+                sent += len(batch)
+        return sent
+
+    def _write(
+        self, name: str, points: list[models.PointStruct], guard: models.Filter | None
+    ) -> None:
+        mode = models.UpdateMode.INSERT_ONLY if guard is None else None
+        self._call(
+            f"upsert into {name}",
+            lambda c: c.upsert(name, points, wait=True, update_filter=guard, update_mode=mode),
+        )
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def get(
+        self, kind: EntityKind, entity_ids: Iterable[str], *, version: str | None = None
+    ) -> dict[str, StoredPoint]:
+        """Stored vectors and payloads of the entities found, through the alias by default."""
+        ids = {point_id(kind, e): e for e in entity_ids}
+        target = self._target(kind, version)
+        found = self._call(
+            f"read {target}",
+            lambda c: c.retrieve(target, ids=list(ids), with_payload=True, with_vectors=True),
+        )
+        return {
+            ids[str(p.id)]: StoredPoint(_vector(p.vector), dict(p.payload or {})) for p in found
+        }
+
+    def search(
+        self,
+        kind: EntityKind,
+        vector: Sequence[float] | FloatArray,
+        k: int,
+        exclude_ids: Iterable[str] = (),
+        *,
+        version: str | None = None,
+    ) -> list[Hit]:
+        """The `k` entities of `kind` closest (cosine) to `vector`, best first."""
+        excluded = [point_id(kind, e) for e in exclude_ids]
+        query_filter = (
+            models.Filter(must_not=[models.HasIdCondition(has_id=list(excluded))])
+            if excluded
+            else None
+        )
+        query = np.asarray(vector, dtype=np.float32).tolist()
+        target = self._target(kind, version)
+        result = self._call(
+            f"search {target}",
+            lambda c: c.query_points(
+                target, query=query, limit=k, query_filter=query_filter, with_payload=True
+            ),
+        )
+        return [
+            Hit(str((p.payload or {})["entity_id"]), float(p.score), dict(p.payload or {}))
+            for p in result.points
+        ]
+
+    def count(self, kind: EntityKind, *, version: str | None = None) -> int:
+        """Exact number of points of `kind` (serving pair by default)."""
+        target = self._target(kind, version)
+        return self._call(f"count {target}", lambda c: c.count(target, exact=True).count)
+
+
+def _vector(stored: Any) -> FloatArray:
+    """The unnamed vector of a retrieved point as float32."""
+    if not isinstance(stored, list):
+        raise StateError(f"unexpected stored vector shape: {type(stored).__name__}")
+    return np.asarray(stored, dtype=np.float32)
