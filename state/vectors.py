@@ -299,7 +299,7 @@ class VectorStore:
                     ) from err
                 delay = min(cfg.retry_max_s, cfg.retry_initial_s * 2.0**attempt)
                 delay = min(left, random.uniform(delay / 2, delay))
-                log.warning("Qdrant %s failed (%s); retry %d in %.2fs", what, err, attempt, delay)
+                log.warning("Qdrant %s failed (%r); retry %d in %.2fs", what, err, attempt, delay)
                 time.sleep(delay)
                 attempt += 1
 
@@ -430,7 +430,8 @@ class VectorStore:
         if any record is invalid. Points sent minus points changed is not reported by Qdrant.
         """
         model_version = canonical_version(version)
-        vectors = {(r.kind, r.entity_id): check_record(r) for r in records}
+        for record in records:  # all of them first: nothing is written if one is invalid
+            check_record(record)
         fresh = freshest(records)
         updated_at = time.time()
         sent = 0
@@ -442,7 +443,7 @@ class VectorStore:
                 points = [
                     models.PointStruct(
                         id=point_id(kind, r.entity_id),
-                        vector=vectors[(kind, r.entity_id)],
+                        vector=check_record(r),
                         payload=make_payload(r, model_version, updated_at),
                     )
                     for r in batch
