@@ -320,18 +320,17 @@ class VectorStore:
 
     def alias(self, kind: EntityKind) -> str:
         """The alias readers use for `kind`."""
-        if kind not in KINDS:
-            raise StateError(f"unknown entity kind {kind!r}")
-        return f"{self.config.prefix}{kind}"
+        return self._target(kind, None)
 
     def collection(self, kind: EntityKind, version: str) -> str:
         """The collection holding `kind` vectors of model `version`."""
-        if kind not in KINDS:
-            raise StateError(f"unknown entity kind {kind!r}")
-        return collection_name(kind, version, self.config.prefix)
+        return self._target(kind, version)
 
     def _target(self, kind: EntityKind, version: str | None) -> str:
-        return self.alias(kind) if version is None else self.collection(kind, version)
+        if kind not in KINDS:
+            raise StateError(f"unknown entity kind {kind!r}")
+        prefix = self.config.prefix
+        return f"{prefix}{kind}" if version is None else collection_name(kind, version, prefix)
 
     # -- model versions ----------------------------------------------------------------------
 
@@ -348,18 +347,17 @@ class VectorStore:
 
     @staticmethod
     def _ensure(client: QdrantClient, name: str, dim: int) -> None:
+        wanted = models.VectorParams(size=dim, distance=models.Distance.COSINE)
         if not client.collection_exists(name):
-            client.create_collection(
-                name, vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE)
-            )
+            client.create_collection(name, vectors_config=wanted)
             log.info("created collection %s (dim %d, cosine)", name, dim)
             return
-        params = client.get_collection(name).config.params.vectors
-        if not isinstance(params, models.VectorParams) or (params.size, params.distance) != (
-            dim,
-            models.Distance.COSINE,
+        found = client.get_collection(name).config.params.vectors
+        if not isinstance(found, models.VectorParams) or (found.size, found.distance) != (
+            wanted.size,
+            wanted.distance,
         ):
-            raise StateError(f"collection {name} exists with other vector params: {params}")
+            raise StateError(f"collection {name} exists with other vector params: {found}")
 
     def _aliases(self, client: QdrantClient) -> dict[str, str]:
         ours = {self.alias(kind) for kind in KINDS}
