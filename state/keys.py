@@ -145,3 +145,56 @@ def lua_layout() -> str:
         separators=(",", ":"),
         sort_keys=True,
     )
+
+
+# -- per-item keys outside the partition shards (catalog content, re-encode basis) ------------
+#
+#     P:{i:<item>}:cat          hash    title, text, cats (JSON), feats (JSON), cv (content
+#                                       version, +1 per put), ts (wall time of the last put)
+#     P:{i:<item>}:enc          hash    v (state version), m (model version), b (JSON basis:
+#                                       the neighbour ids, weights and degree last encoded)
+#     P:{catalog}:dirty:content zset    items whose content arrived, score = last put's wall time
+#     P:{catalog}:redirty:content hash  never written; lets the shard scripts serve this zset
+#
+# Items belong to no partition, so each item gets its own hash tag: any worker reads and writes
+# it, and every write touches one key (one slot). The catalog dirty zset is one slot of its own.
+
+ITEM_TAG = "i"
+CATALOG = "cat"
+BASIS = "enc"
+CATALOG_TAG = "catalog"
+CONTENT_KIND = "content"
+
+FIELD_TITLE = "title"
+FIELD_TEXT = "text"
+FIELD_CATEGORIES = "cats"
+FIELD_FEATURES = "feats"
+FIELD_CONTENT_VERSION = "cv"
+FIELD_PUT_TS = "ts"
+FIELD_MODEL = "m"
+FIELD_BASIS = "b"
+
+SCRIPT_PUT_BASIS = "put_basis"
+
+
+class ItemKeys:
+    """Key builder for one item's partition-free keys (its own hash tag ``{i:<item>}``)."""
+
+    def __init__(self, prefix: str, item_id: str) -> None:
+        self.base = f"{prefix}{SEP}{{{ITEM_TAG}{SEP}{item_id}}}{SEP}"
+
+    def catalog(self) -> str:
+        return self.base + CATALOG
+
+    def basis(self) -> str:
+        return self.base + BASIS
+
+
+def catalog_dirty_key(prefix: str) -> str:
+    """Items whose content arrived and waits for encoding."""
+    return f"{prefix}{SEP}{{{CATALOG_TAG}}}{SEP}{DIRTY}{SEP}{CONTENT_KIND}"
+
+
+def catalog_redirty_key(prefix: str) -> str:
+    """Same slot as `catalog_dirty_key`, so the shards' read/clear scripts work on it unchanged."""
+    return f"{prefix}{SEP}{{{CATALOG_TAG}}}{SEP}{REDIRTY}{SEP}{CONTENT_KIND}"

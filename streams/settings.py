@@ -141,6 +141,19 @@ class MetricsSettings(_Section):
     port: int = Field(default=9464, ge=0, le=65535)  # 0 turns the endpoint off
 
 
+class ReencodeSettings(_Section):
+    """The re-encode scheduler (streams/reencode.py): how long marks coalesce, how much one pass
+    drains and encodes, and when a changed neighbour list is worth a new item vector."""
+
+    window_s: float = Field(default=0.25, gt=0)  # marks coalesce this long between passes
+    marks_per_shard: int = Field(default=2000, ge=1)  # marks read per shard and kind per pass
+    encode_batch: int = Field(default=512, ge=1)  # rows per onnxruntime call
+    # Relative change of a neighbour weight (or of the degree) that re-encodes an item whose
+    # top-K neighbour ids did not change; 0 re-encodes on every change (exact mode, tests).
+    item_min_change: float = Field(default=0.1, ge=0)
+    content_cache: int = Field(default=50_000, ge=0)  # content vectors kept between passes
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SAGESTREAM_", env_nested_delimiter="__", frozen=True, extra="forbid"
@@ -154,6 +167,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = IngestSettings()
     metrics: MetricsSettings = MetricsSettings()
     faults: FaultSettings = FaultSettings()
+    reencode: ReencodeSettings = ReencodeSettings()
     stack: StackConfig = StackConfig()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

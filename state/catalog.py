@@ -1,0 +1,202 @@
+"""Item content in Redis, so any worker can re-encode any item at any time.
+
+The catalog topic delivers an item's content once (or again when it changes); encoding an item
+needs its own content and its neighbours' content long after that message was consumed, on
+whichever worker drains the item's dirty marks. So the content lives beside the state: one hash
+per item under the item's own hash tag (see `state.keys.ItemKeys`), plus a "content arrived"
+dirty mark the re-encoder drains like the shards' marks.
+
+Each `put` bumps the item's content version (`cv`). The re-encoder adds it to the item's
+engagement version, so an item's state version grows with either kind of change and never
+decreases (both terms only grow).
+
+An item with no catalog record encodes from `CatalogRecord.empty`: no title or text and the id as
+its one category token, exactly the stand-in the offline trainer uses for items missing from the
+catalog (`streams.commands.train._NoContent`), so training and serving see the same input.
+
+Crash safety: `put` writes the content, then the version, then the mark, in that order on one
+connection. A crash part way leaves the catalog message uncommitted, so it is put again; a
+reader that sees new content before its mark re-encodes again when the mark lands.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Protocol
+
+import redis.asyncio as aioredis
+from redis import exceptions as redis_errors
+
+from state import keys
+from state.config import ID_PATTERN
+from state.exceptions import InvalidBatchError, StateError, StateUnavailableError
+
+
+class ContentItem(Protocol):
+    """What `put` needs from a catalog message (``streams.events.CatalogItem`` fits)."""
+
+    @property
+    def item_id(self) -> str: ...
+    @property
+    def title(self) -> str: ...
+    @property
+    def text(self) -> str: ...
+    @property
+    def categories(self) -> tuple[str, ...]: ...
+    @property
+    def features(self) -> Mapping[str, tuple[float, ...]] | None: ...
+
+
+@dataclass(frozen=True)
+class CatalogRecord:
+    """An item's stored content; `content_version` is 0 and `put_ts` None when never put."""
+
+    item_id: str
+    title: str
+    text: str = ""
+    categories: tuple[str, ...] = ()
+    features: Mapping[str, tuple[float, ...]] | None = None
+    content_version: int = 0
+    put_ts: float | None = None
+
+    @classmethod
+    def empty(cls, item_id: str) -> CatalogRecord:
+        """The stand-in for an item without content: its id as its only token (see module doc)."""
+        return cls(item_id=item_id, title="", categories=(f"id:{item_id}",))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@contextmanager
+def redis_errors_as_state(what: str) -> Iterator[None]:
+    """Map redis-py errors onto the package's errors: transient ones say "retry"."""
+    try:
+        yield
+    except (redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
+        raise StateUnavailableError(f"{what}: redis unavailable: {exc}") from exc
+    except redis_errors.RedisError as exc:
+        raise StateError(f"{what}: {exc}") from exc
+
+
+def load_lua(name: str) -> str:
+    return resources.files("state").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+
+
+def _fields(item: ContentItem, now: float) -> dict[str, str]:
+    if not isinstance(item.item_id, str) or not ID_PATTERN.fullmatch(item.item_id):
+        raise InvalidBatchError(f"invalid item id {item.item_id!r}")
+    features = {name: list(values) for name, values in (item.features or {}).items()}
+    try:
+        feats = json.dumps(features, allow_nan=False, separators=(",", ":"))
+    except ValueError as exc:
+        raise InvalidBatchError(f"{item.item_id}: non-finite feature value") from exc
+    return {
+        keys.FIELD_TITLE: item.title,
+        keys.FIELD_TEXT: item.text,
+        keys.FIELD_CATEGORIES: json.dumps(list(item.categories), separators=(",", ":")),
+        keys.FIELD_FEATURES: feats,
+        keys.FIELD_PUT_TS: repr(now),
+    }
+
+
+def _record(item_id: str, raw: Mapping[bytes | str, bytes | str]) -> CatalogRecord | None:
+    fields = {_text(k): _text(v) for k, v in raw.items()}
+    if keys.FIELD_TITLE not in fields:
+        return None
+    features = json.loads(fields.get(keys.FIELD_FEATURES, "{}"))
+    return CatalogRecord(
+        item_id=item_id,
+        title=fields[keys.FIELD_TITLE],
+        text=fields.get(keys.FIELD_TEXT, ""),
+        categories=tuple(json.loads(fields.get(keys.FIELD_CATEGORIES, "[]"))),
+        features={k: tuple(v) for k, v in features.items()} or None,
+        content_version=int(fields.get(keys.FIELD_CONTENT_VERSION, "0")),
+        put_ts=float(fields[keys.FIELD_PUT_TS]) if keys.FIELD_PUT_TS in fields else None,
+    )
+
+
+class CatalogStore:
+    """Item content and "content arrived" marks, shared by every worker."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str = "ss") -> None:
+        self._client = client
+        self._prefix = keys.check_prefix(prefix)
+        self._dirty = keys.catalog_dirty_key(self._prefix)
+        self._redirty = keys.catalog_redirty_key(self._prefix)
+        # The shards' mark scripts serve this zset unchanged (the redirty hash stays empty).
+        self._read_script = client.register_script(load_lua(keys.SCRIPT_READ_DIRTY))
+        self._clear_script = client.register_script(load_lua(keys.SCRIPT_CLEAR_DIRTY))
+        self._last_ts = 0.0
+
+    def _stamp(self) -> float:
+        """A wall time strictly above the previous one, so a re-put always changes the mark's
+        score and `clear_dirty` (which compares scores) cannot drop a mark it did not read."""
+        now = max(time.time(), math.nextafter(self._last_ts, math.inf))
+        self._last_ts = now
+        return now
+
+    async def put(self, items: Iterable[ContentItem]) -> int:
+        """Store items' content (the last one wins for a repeated id) and mark them dirty."""
+        latest = {item.item_id: item for item in items}
+        if not latest:
+            return 0
+        stamped = {item_id: (self._stamp(), item) for item_id, item in latest.items()}
+        rows = {item_id: _fields(item, ts) for item_id, (ts, item) in stamped.items()}
+        with redis_errors_as_state("catalog put"):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for item_id, fields in rows.items():
+                    key = keys.ItemKeys(self._prefix, item_id).catalog()
+                    pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+                    pipe.hincrby(key, keys.FIELD_CONTENT_VERSION, 1)
+                pipe.zadd(self._dirty, {i: ts for i, (ts, _) in stamped.items()})
+                await pipe.execute()
+        return len(rows)
+
+    async def get(self, item_ids: Iterable[str]) -> dict[str, CatalogRecord]:
+        """Stored content of the items that have some (one pipelined round trip)."""
+        ids = list(dict.fromkeys(item_ids))
+        if not ids:
+            return {}
+        with redis_errors_as_state("catalog get"):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for item_id in ids:
+                    pipe.hgetall(keys.ItemKeys(self._prefix, item_id).catalog())
+                replies = await pipe.execute()
+        found = {}
+        for item_id, raw in zip(ids, replies, strict=True):
+            record = _record(item_id, raw)
+            if record is not None:
+                found[item_id] = record
+        return found
+
+    async def dirty(self, limit: int) -> list[tuple[str, float]]:
+        """Up to `limit` oldest "content arrived" marks as (item id, put wall time)."""
+        if limit < 1:
+            return []
+        with redis_errors_as_state("catalog dirty"):
+            flat = await self._read_script(keys=[self._dirty, self._redirty], args=[limit])
+        return [(_text(flat[i]), float(_text(flat[i + 1]))) for i in range(0, len(flat), 2)]
+
+    async def clear_dirty(self, marks: Sequence[tuple[str, float]]) -> int:
+        """Remove handled marks; one put again since `dirty` read it has a new score and stays."""
+        if not marks:
+            return 0
+        args: list[str] = []
+        for member, score in marks:
+            args += [member, repr(float(score))]
+        with redis_errors_as_state("catalog clear"):
+            removed = await self._clear_script(keys=[self._dirty, self._redirty], args=args)
+        return int(removed)
+
+    async def backlog(self) -> int:
+        """Number of items waiting for a content re-encode (for a gauge)."""
+        with redis_errors_as_state("catalog backlog"):
+            return int(await self._client.zcard(self._dirty))

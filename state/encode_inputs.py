@@ -1,0 +1,223 @@
+"""Batched reads of what re-encoding needs, and the basis each item was last encoded from.
+
+`RedisState` reads one entity per call; the re-encoder needs hundreds per micro-batch, so these
+readers pipeline a whole batch in one round trip with the same rules (each shard's top `k_max`,
+decayed to `now`, summed over shards, top k; versions summed over shards). The integration tests
+check they agree with `RedisState.item_neighbours`, `item_version` and `user_sequence`.
+
+Versions are read before the inputs they label, in one ordered pipeline: an apply that lands in
+between can only make the inputs newer than the version, never older, and it bumps the version
+and re-dirties the entity, so the entity is encoded again with a higher version. The reverse
+order could label old inputs with a new version, and the store's guard would then refuse the
+correct vector as "not newer".
+
+The basis (`EncodeBasis`) is what an item's current vector was computed from: neighbour ids,
+their weights relative to the strongest, the degree and the content version. It lives in Redis
+(``P:{i:<item>}:enc``) rather than in the Qdrant payload: it is read for every dirty item in the
+same pipelined round trip style as the state, needs no vector-store read on the hot path, and the
+payload schema stays the downstream readers' contract. It is written only after the vector was
+upserted, so a crash in between re-encodes rather than skipping an item whose vector is missing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from state import keys
+from state.catalog import load_lua, redis_errors_as_state
+from state.coengagement import SeqEntry, decayed, sum_shards, top_k
+from state.config import StateConfig
+from state.keys import ItemKeys, ShardKeys
+
+
+@dataclass(frozen=True)
+class ItemInputs:
+    """An item's engagement state: version and degree summed over shards, merged neighbours."""
+
+    item_id: str
+    version: int
+    degree: int
+    neighbours: list[tuple[str, float]]
+
+
+@dataclass(frozen=True)
+class UserInputs:
+    """A user's version, newest event ts and stored sequence (oldest first) in one shard."""
+
+    user_id: str
+    version: int
+    ts_max: float | None
+    sequence: list[SeqEntry]
+
+
+@dataclass(frozen=True)
+class EncodeBasis:
+    """What an item's stored vector was encoded from (see the module docstring)."""
+
+    state_version: int
+    model_version: str
+    neighbours: tuple[str, ...]
+    weights: tuple[float, ...]  # relative to the strongest neighbour, as the model reads them
+    degree: int
+    content_version: int
+
+    def to_json(self) -> str:
+        body = {
+            "n": list(self.neighbours),
+            "w": list(self.weights),
+            "d": self.degree,
+            "cv": self.content_version,
+        }
+        return json.dumps(body, separators=(",", ":"), allow_nan=False)
+
+    @classmethod
+    def from_json(cls, state_version: int, model_version: str, text: str) -> EncodeBasis:
+        body = json.loads(text)
+        return cls(
+            state_version=state_version,
+            model_version=model_version,
+            neighbours=tuple(str(n) for n in body["n"]),
+            weights=tuple(float(w) for w in body["w"]),
+            degree=int(body["d"]),
+            content_version=int(body["cv"]),
+        )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _int(value: bytes | str | None) -> int:
+    return 0 if value is None else int(_text(value))
+
+
+class EncodeInputs:
+    """Pipelined multi-entity reads of the state, and the items' encode bases."""
+
+    def __init__(self, client: aioredis.Redis, config: StateConfig, prefix: str = "ss") -> None:
+        self._client = client
+        self._cfg = config
+        self._prefix = keys.check_prefix(prefix)
+        self._put_basis = client.register_script(load_lua(keys.SCRIPT_PUT_BASIS))
+
+    async def _shards(self) -> list[ShardKeys]:
+        with redis_errors_as_state("shards"):
+            tags = await self._client.smembers(keys.shards_key(self._prefix))
+        return [ShardKeys(self._prefix, t) for t in sorted(_text(tag) for tag in tags)]
+
+    async def items(self, item_ids: Iterable[str], k: int, now: float) -> dict[str, ItemInputs]:
+        """Version, degree and top-k neighbours (decayed to `now`) of each item."""
+        ids = list(dict.fromkeys(item_ids))
+        shards = await self._shards()
+        if not ids or not shards:
+            return {i: ItemInputs(i, 0, 0, []) for i in ids}
+        fields = (keys.FIELD_VERSION, keys.FIELD_DEGREE, keys.FIELD_T0)
+        with redis_errors_as_state("item inputs"):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for shard in shards:  # versions first: see the module docstring
+                    for item_id in ids:
+                        pipe.hmget(shard.item(item_id), fields)
+                for shard in shards:
+                    for item_id in ids:
+                        pipe.zrange(
+                            shard.neighbours(item_id),
+                            0,
+                            self._cfg.k_max - 1,
+                            desc=True,
+                            withscores=True,
+                        )
+                replies = await pipe.execute()
+        half = len(shards) * len(ids)
+        heads, lists = replies[:half], replies[half:]
+        return {
+            item_id: self._merge(item_id, heads[col :: len(ids)], lists[col :: len(ids)], k, now)
+            for col, item_id in enumerate(ids)
+        }
+
+    def _merge(
+        self,
+        item_id: str,
+        heads: Sequence[Sequence[bytes | str | None]],
+        lists: Sequence[Sequence[tuple[bytes | str, float]]],
+        k: int,
+        now: float,
+    ) -> ItemInputs:
+        """One item over all shards, as `RedisState.item_neighbours` and `item_version` read it."""
+        version = degree = 0
+        parts = []
+        for (raw_v, raw_deg, raw_t0), flat in zip(heads, lists, strict=True):
+            version += _int(raw_v)
+            degree += _int(raw_deg)
+            if raw_t0 is None or not flat:
+                continue
+            scores = {_text(member): float(score) for member, score in flat}
+            parts.append(decayed(scores, float(_text(raw_t0)), self._cfg.decay_lambda, now))
+        return ItemInputs(item_id, version, degree, top_k(sum_shards(parts), k))
+
+    async def users(
+        self, topic: str, partition: int, user_ids: Iterable[str]
+    ) -> dict[str, UserInputs]:
+        """Version, newest ts and sequence of users of one shard (version read first)."""
+        ids = list(dict.fromkeys(user_ids))
+        if not ids:
+            return {}
+        shard = ShardKeys(self._prefix, keys.shard_tag(topic, partition))
+        with redis_errors_as_state("user inputs"):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for user_id in ids:
+                    pipe.hmget(shard.user(user_id), (keys.FIELD_VERSION, keys.FIELD_TS_MAX))
+                for user_id in ids:
+                    pipe.lrange(shard.sequence(user_id), 0, -1)
+                replies = await pipe.execute()
+        out = {}
+        for user_id, (raw_v, raw_ts), raw_seq in zip(
+            ids, replies[: len(ids)], replies[len(ids) :], strict=True
+        ):
+            sequence = []
+            for value in raw_seq:
+                item_id, action, ts = _text(value).split(keys.ENTRY_SEP)
+                sequence.append(SeqEntry(item_id, action, float(ts)))
+            ts_max = None if raw_ts is None else float(_text(raw_ts))
+            out[user_id] = UserInputs(user_id, _int(raw_v), ts_max, sequence)
+        return out
+
+    async def bases(self, item_ids: Iterable[str]) -> dict[str, EncodeBasis]:
+        """The recorded bases of the items that have one."""
+        ids = list(dict.fromkeys(item_ids))
+        if not ids:
+            return {}
+        fields = (keys.FIELD_VERSION, keys.FIELD_MODEL, keys.FIELD_BASIS)
+        with redis_errors_as_state("encode bases"):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for item_id in ids:
+                    pipe.hmget(ItemKeys(self._prefix, item_id).basis(), fields)
+                replies = await pipe.execute()
+        out = {}
+        for item_id, (raw_v, raw_m, raw_b) in zip(ids, replies, strict=True):
+            if raw_v is not None and raw_m is not None and raw_b is not None:
+                out[item_id] = EncodeBasis.from_json(_int(raw_v), _text(raw_m), _text(raw_b))
+        return out
+
+    async def put_bases(self, bases: Mapping[str, EncodeBasis]) -> int:
+        """Record bases, each unless a newer one of the same model is there; returns writes."""
+        if not bases:
+            return 0
+        fields = (keys.FIELD_VERSION, keys.FIELD_MODEL, keys.FIELD_BASIS)
+        with redis_errors_as_state("put bases"):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for item_id, basis in bases.items():
+                    args: list[str | int] = [
+                        basis.state_version,
+                        basis.model_version,
+                        basis.to_json(),
+                        *fields,
+                    ]
+                    await self._put_basis(
+                        keys=[ItemKeys(self._prefix, item_id).basis()], args=args, client=pipe
+                    )
+                replies = await pipe.execute()
+        return sum(int(r) for r in replies)

@@ -1,0 +1,356 @@
+"""The re-encode scheduler on the real Redis, embedded Qdrant and a briefly trained model.
+
+The oracle recomputes every vector from scratch: the stream's own graph rules in Python
+(`CoEngagementGraph`, one per partition, merged like the readers), the catalog, and the same
+model, with none of the scheduler's code (RELIABILITY I2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import pytest
+import redis.asyncio as aioredis
+
+pytest.importorskip("torch")
+
+from encoders.data import ACTION_CODES, FloatArray
+from encoders.features import FeaturizerConfig
+from encoders.model import ModelConfig
+from encoders.registry import ModelRegistry
+from encoders.runtime import EncoderBundle
+from encoders.train import TrainConfig
+from encoders.workflow import train_and_export
+from state import (
+    CoEngagementGraph,
+    RedisState,
+    VectorRecord,
+    VectorStore,
+    VectorStoreConfig,
+    VectorStoreUnavailable,
+    merge_neighbours,
+)
+from state.catalog import CatalogRecord, CatalogStore
+from state.encode_inputs import EncodeInputs
+from state.keys import ShardKeys, shard_tag
+from streams.commands.train import build_training_data
+from streams.events import CatalogItem, Engagement
+from streams.generate import GeneratorConfig, generate_catalog, generate_events
+from streams.reencode import Reencoder
+from streams.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+PARTITIONS = 3
+STREAM = GeneratorConfig(users=30, items=60, communities=3, events=700, seed=23)
+FEATURIZER = FeaturizerConfig(buckets_per_kind=256, max_tokens=24)
+
+
+def partition_of(user_id: str) -> int:
+    return int(user_id.removeprefix("u")) % PARTITIONS
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> EncoderBundle:
+    """A tiny model trained for one epoch on the test stream and published to a registry."""
+    catalog = {item.item_id: item for item in generate_catalog(STREAM)}
+    data = build_training_data(list(generate_events(STREAM)), catalog, FEATURIZER, k=5)
+    model = ModelConfig(
+        buckets_per_kind=FEATURIZER.buckets_per_kind,
+        dense_width=FEATURIZER.dense_width,
+        dropout=0.0,
+        d_model=16,
+        out_dim=8,
+        neighbours=4,
+        seq_len=6,
+    )
+    train = TrainConfig(
+        epochs=1,
+        batch_size=64,
+        random_negatives=32,
+        in_batch_negatives=32,
+        pair_batch=64,
+        feature_batch=32,
+        threads=1,
+        seed=3,
+    )
+    registry = ModelRegistry(tmp_path_factory.mktemp("registry"))
+    outcome = train_and_export(data, FEATURIZER, model, train, registry)
+    return registry.load(outcome.version)
+
+
+class World:
+    """One test's Redis state, catalog, vector store and scheduler, plus the applied events."""
+
+    def __init__(
+        self, client: aioredis.Redis, settings: Settings, bundle: EncoderBundle, store: VectorStore
+    ) -> None:
+        prefix = settings.redis.key_prefix
+        self.client, self.settings, self.bundle, self.store = client, settings, bundle, store
+        self.topic = settings.topics.engagements
+        self.state = RedisState(client, settings.state, prefix)
+        self.catalog = CatalogStore(client, prefix)
+        self.inputs = EncodeInputs(client, settings.state, prefix)
+        self.reencoder = Reencoder.connect(
+            client, settings.state, prefix, store, bundle, settings.reencode
+        )
+        self.events: dict[int, list[Engagement]] = {p: [] for p in range(PARTITIONS)}
+        self.content: dict[str, CatalogItem] = {}
+
+    @property
+    def shards(self) -> list[tuple[str, int]]:
+        return [(self.topic, p) for p in range(PARTITIONS)]
+
+    async def apply(self, events: Sequence[Engagement]) -> None:
+        for p in range(PARTITIONS):
+            mine = [e for e in events if partition_of(e.user_id) == p]
+            start = len(self.events[p])
+            await self.state.apply(self.topic, p, list(enumerate(mine, start)))
+            self.events[p].extend(mine)
+
+    async def put(self, items: Sequence[CatalogItem]) -> None:
+        await self.catalog.put(items)
+        self.content.update({i.item_id: i for i in items})
+
+    def vectors(self, kind: str, ids: Sequence[str]) -> dict[str, tuple[FloatArray, int, float]]:
+        found = self.store.get(kind, ids, version=self.bundle.version)  # type: ignore[arg-type]
+        return {
+            e: (p.vector, int(p.payload["state_version"]), float(p.payload["updated_at"]))
+            for e, p in found.items()
+        }
+
+    def engaged(self) -> tuple[list[str], list[str]]:
+        every = [e for evs in self.events.values() for e in evs]
+        return sorted({e.user_id for e in every}), sorted({e.item_id for e in every})
+
+
+@pytest.fixture
+def store() -> Iterator[VectorStore]:
+    with VectorStore(VectorStoreConfig()) as vectors:
+        yield vectors
+
+
+@pytest.fixture
+def world(
+    redis_client: aioredis.Redis,
+    make_settings: Callable[..., Settings],
+    bundle: EncoderBundle,
+    store: VectorStore,
+) -> Callable[..., World]:
+    def factory(min_change: float = 0.0) -> World:
+        settings = make_settings(reencode={"item_min_change": min_change, "window_s": 0.01})
+        return World(redis_client, settings, bundle, store)
+
+    return factory
+
+
+# -- the oracle ------------------------------------------------------------------------------
+
+
+def _graphs(world: World) -> list[CoEngagementGraph]:
+    graphs = []
+    for p in range(PARTITIONS):
+        graph = CoEngagementGraph(world.settings.state)
+        graph.add_many(world.events[p], range(len(world.events[p])))
+        graphs.append(graph)
+    return graphs
+
+
+def rows(vectors: list[FloatArray], width: int) -> FloatArray:
+    return np.stack(vectors) if vectors else np.zeros((0, width), dtype=np.float32)
+
+
+def relative(weights: list[float]) -> FloatArray:
+    """Weights over the strongest, in float64 first: read far from their origin, raw decayed
+    weights underflow float32 (the model reads only these ratios)."""
+    top = max(weights, default=1.0)
+    return np.asarray([w / top for w in weights], dtype=np.float32)
+
+
+def oracle(world: World) -> tuple[dict[str, FloatArray], dict[str, FloatArray]]:
+    """Every engaged item's and user's vector, recomputed from the events and the catalog."""
+    bundle, graphs = world.bundle, _graphs(world)
+    users, items = world.engaged()
+    everything = sorted(set(items) | set(world.content))
+    records = [world.content.get(i) or CatalogRecord.empty(i) for i in everything]
+    content = dict(zip(everything, bundle.content_vectors(records), strict=True))
+    lists = {i: merge_neighbours(graphs, i, bundle.neighbours, 2e9) for i in everything}
+    item_vecs = bundle.item_vectors(
+        np.stack([content[i] for i in everything]),
+        [rows([content[n] for n, _ in lists[i]], bundle.content_dim) for i in everything],
+        [relative([w for _, w in lists[i]]) for i in everything],
+        np.asarray([sum(g.item_degree(i) for g in graphs) for i in everything], np.float32),
+    )
+    item_vectors = dict(zip(everything, item_vecs, strict=True))
+    histories = []
+    for user in users:
+        seq = graphs[partition_of(user)].sequence(user)[-(bundle.seq_len + 1) :]
+        histories.append(
+            (
+                np.stack([item_vectors[e.item_id] for e in seq]),
+                np.asarray([ACTION_CODES[e.action] for e in seq]),
+                np.asarray([e.ts for e in seq]),
+            )
+        )
+    user_vectors = dict(zip(users, bundle.user_vectors(histories), strict=True))
+    return user_vectors, item_vectors
+
+
+def assert_close(got: FloatArray, want: FloatArray, what: str) -> None:
+    cosine = float(np.dot(got, want) / (np.linalg.norm(got) * np.linalg.norm(want)))
+    assert cosine >= 0.99999, f"{what}: cosine {cosine}"
+
+
+async def assert_matches_oracle(world: World) -> None:
+    users, items = world.engaged()
+    want_users, want_items = oracle(world)
+    stored_users, stored_items = world.vectors("users", users), world.vectors("items", items)
+    assert set(stored_users) == set(users) and set(stored_items) == set(items)
+    contents = await world.catalog.get(items)
+    for item_id, (vector, version, _) in stored_items.items():
+        cv = contents[item_id].content_version if item_id in contents else 0
+        assert version == await world.state.item_version(item_id) + cv, item_id
+        assert_close(vector, want_items[item_id], item_id)
+    for user_id, (vector, version, _) in stored_users.items():
+        p = partition_of(user_id)
+        assert version == await world.state.user_version(world.topic, p, user_id), user_id
+        assert_close(vector, want_users[user_id], user_id)
+
+
+def stream() -> list[Engagement]:
+    return list(generate_events(STREAM))
+
+
+def catalog_without(missing: int) -> list[CatalogItem]:
+    return generate_catalog(STREAM)[missing:]
+
+
+# -- tests -------------------------------------------------------------------------------------
+
+
+async def test_drain_equals_oracle_then_nothing_to_do(world: Callable[..., World]) -> None:
+    w = world()
+    await w.put(catalog_without(5))  # five items encode from the empty-content stand-in
+    await w.apply(stream())
+    passes = await w.reencoder.run_until_idle(w.shards)
+    assert await w.state.dirty_backlog() == {"users": 0, "items": 0}
+    assert await w.catalog.backlog() == 0
+    users, items = w.engaged()
+    assert sum(p.users_encoded for p in passes) == len(users)
+    assert passes[0].reasons["cold_start"] >= len(items)
+    assert passes[0].freshness_s["users"] and passes[0].freshness_s["items"]
+    await assert_matches_oracle(w)
+    again = await w.reencoder.run_pass(w.shards)
+    assert again.idle and again.items_encoded == again.users_encoded == 0
+
+
+async def test_batched_reads_agree_with_redis_state(world: Callable[..., World]) -> None:
+    w = world()
+    await w.apply(stream())
+    users, items = w.engaged()
+    got = await w.inputs.items(items, 4, now=1.9e9)
+    for item_id in items:
+        assert got[item_id].version == await w.state.item_version(item_id)
+        want = await w.state.item_neighbours(item_id, 4, now=1.9e9)
+        assert [n for n, _ in got[item_id].neighbours] == [n for n, _ in want]
+        assert [x for _, x in got[item_id].neighbours] == pytest.approx([x for _, x in want])
+    for p in range(PARTITIONS):
+        mine = [u for u in users if partition_of(u) == p]
+        read = await w.inputs.users(w.topic, p, mine)
+        for user_id in mine:
+            assert read[user_id].sequence == await w.state.user_sequence(w.topic, p, user_id)
+            assert read[user_id].version == await w.state.user_version(w.topic, p, user_id)
+
+
+async def test_new_events_reencode_that_user_and_changed_items_only(
+    world: Callable[..., World],
+) -> None:
+    w = world(min_change=0.1)
+    await w.put(catalog_without(0))
+    await w.apply(stream())
+    await w.reencoder.run_until_idle(w.shards)
+    users, items = w.engaged()
+    before_users, before_items = w.vectors("users", users), w.vectors("items", items)
+    user = users[0]
+    ts = max(e.ts for evs in w.events.values() for e in evs) + 5.0
+    touched = [e.item_id for e in w.events[partition_of(user)] if e.user_id == user][-2:]
+    assert touched
+    new = [
+        Engagement(f"n{k}", user, item, "save", ts + k, context_id="bn")
+        for k, item in enumerate([*touched, "i_fresh"])
+    ]
+    await w.apply(new)
+    passes = await w.reencoder.run_until_idle(w.shards)
+    assert sum(p.users_encoded for p in passes) == 1
+    assert sum(p.reasons["cold_start"] for p in passes) == 1  # i_fresh, never encoded
+    after_users, after_items = w.vectors("users", users), w.vectors("items", items)
+    assert {u for u in users if after_users[u][1:] != before_users[u][1:]} == {user}
+    changed = {i for i in items if after_items[i][1] != before_items[i][1]}
+    assert changed <= set(touched) | {n for i in touched for n in await neighbours_of(w, i)}
+    assert "i_fresh" in w.vectors("items", ["i_fresh"])
+
+
+async def neighbours_of(w: World, item_id: str) -> list[str]:
+    return [n for n, _ in await w.state.item_neighbours(item_id, 50, now=2e9)]
+
+
+async def test_catalog_item_gets_content_only_vector_at_once(world: Callable[..., World]) -> None:
+    w = world(min_change=0.1)
+    item = CatalogItem("i_new", "a lone lighthouse", "keeper notes", ("maritime",))
+    await w.put([item])
+    stats = await w.reencoder.run_pass(w.shards)
+    assert stats.reasons["cold_start"] == 1 and stats.items_encoded == 1
+    vector, version, _ = w.vectors("items", ["i_new"])["i_new"]
+    content = w.bundle.content_vectors([item])
+    alone = w.bundle.item_vectors(
+        content, [content[:0]], [np.zeros(0, np.float32)], np.zeros(1, np.float32)
+    )
+    assert version == 1
+    assert_close(vector, alone[0], "i_new")
+    await w.put([CatalogItem("i_new", "a lone lighthouse", "new text", ("maritime",))])
+    stats = await w.reencoder.run_pass(w.shards)
+    assert stats.reasons["content"] == 1
+    assert w.vectors("items", ["i_new"])["i_new"][1] == 2
+
+
+async def test_stale_writes_never_move_a_vector_back(world: Callable[..., World]) -> None:
+    w = world()
+    await w.apply(stream())
+    await w.reencoder.run_until_idle(w.shards)
+    old_vector, old_version, _ = w.vectors("users", ["u3"])["u3"]
+    ts = max(e.ts for evs in w.events.values() for e in evs) + 5.0
+    await w.apply(
+        [Engagement("x1", "u3", "i1", "click", ts), Engagement("x2", "u3", "i2", "view", ts + 1)]
+    )
+    await w.reencoder.run_until_idle(w.shards)
+    fresh_vector, fresh_version, updated = w.vectors("users", ["u3"])["u3"]
+    assert fresh_version == old_version + 2
+    # a zombie worker's late write of the older state is refused by the store's guard
+    w.store.upsert(w.bundle.version, [VectorRecord("users", "u3", old_vector, old_version, ts)])
+    # a duplicate mark (a redelivery) re-encodes the same state: an equal version is skipped too
+    shard = ShardKeys(w.settings.redis.key_prefix, shard_tag(w.topic, partition_of("u3")))
+    await w.client.zadd(shard.dirty("users"), {"u3": ts - 1000})
+    await w.reencoder.run_until_idle(w.shards)
+    vector, version, again = w.vectors("users", ["u3"])["u3"]
+    assert version == fresh_version and again == updated
+    np.testing.assert_array_equal(vector, fresh_vector)
+
+
+async def test_marks_survive_a_failed_upsert(
+    world: Callable[..., World], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w = world()
+    await w.apply(stream()[:100])
+    backlog = await w.state.dirty_backlog()
+
+    def unreachable(*_: object, **__: object) -> int:
+        raise VectorStoreUnavailable("down for the test")
+
+    monkeypatch.setattr(w.store, "upsert", unreachable)
+    with pytest.raises(VectorStoreUnavailable):
+        await w.reencoder.run_pass(w.shards)
+    assert await w.state.dirty_backlog() == backlog
+    monkeypatch.undo()
+    await w.reencoder.run_until_idle(w.shards)
+    await assert_matches_oracle(w)
