@@ -39,79 +39,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
 
 import numpy as np
 import redis.asyncio as aioredis
 
 from encoders.data import ACTION_CODES, FloatArray, IntArray, TimeArray
 from encoders.runtime import EncoderBundle
-from state import EntityKind, RedisState, StateConfig, VectorRecord, VectorStore
+from state import RedisState, StateConfig, VectorRecord, VectorStore
 from state.catalog import CatalogRecord, CatalogStore
 from state.encode_inputs import EncodeBasis, EncodeInputs, ItemInputs, UserInputs
-from state.keys import DIRTY_KINDS, DirtyKind
+from state.keys import DIRTY_KINDS
+from streams.reencode_rules import (
+    REASONS,
+    Marks,
+    PassStats,
+    Reason,
+    Shard,
+    item_reason,
+    material_change,
+    relative_neighbours,
+)
 from streams.settings import ReencodeSettings
 
-log = logging.getLogger(__name__)
-
-Reason = Literal["neighbours", "content", "sequence", "cold_start"]
-REASONS: tuple[Reason, ...] = ("neighbours", "content", "sequence", "cold_start")
-Shard = tuple[str, int]
-
-
-@dataclass
-class PassStats:
-    """What one pass did, for the worker's metrics. Freshness samples are seconds from the
-    first event that dirtied an entity (its mark's score) to the upsert's return."""
-
-    marks: int = 0
-    users_encoded: int = 0
-    items_encoded: int = 0
-    users_skipped: int = 0
-    items_skipped: int = 0
-    reasons: dict[Reason, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
-    encode_s: float = 0.0
-    upsert_s: float = 0.0
-    freshness_s: dict[EntityKind, list[float]] = field(
-        default_factory=lambda: {"users": [], "items": []}
-    )
-
-    @property
-    def idle(self) -> bool:
-        """True when the pass found no marks at all."""
-        return self.marks == 0
-
-
-@dataclass
-class _Marks:
-    """Marks read in one pass, kept verbatim to clear them after the upsert."""
-
-    shards: dict[tuple[str, int, DirtyKind], list[tuple[str, float]]] = field(default_factory=dict)
-    catalog: list[tuple[str, float]] = field(default_factory=list)
-
-    def count(self) -> int:
-        return sum(map(len, self.shards.values())) + len(self.catalog)
-
-    def items(self) -> dict[str, float]:
-        """Dirty items, deduplicated over shards and the catalog: id -> first dirty ts."""
-        first: dict[str, float] = {}
-        pairs = [m for (_, _, kind), ms in self.shards.items() if kind == "items" for m in ms]
-        for item_id, ts in [*pairs, *self.catalog]:
-            first[item_id] = min(ts, first.get(item_id, ts))
-        return first
-
-    def users(self) -> dict[Shard, dict[str, float]]:
-        """Dirty users per shard (a user's sequence lives in its partition's shard)."""
-        return {
-            (topic, partition): dict(marks)
-            for (topic, partition, kind), marks in self.shards.items()
-            if kind == "users" and marks
-        }
+__all__ = ["REASONS", "PassStats", "Reason", "Reencoder", "Shard"]
 
 
 @dataclass(frozen=True)
@@ -123,51 +77,6 @@ class _ItemPlan:
     content: CatalogRecord
     basis: EncodeBasis  # becomes the item's basis once the upsert returned
     first_ts: float | None
-
-
-def relative_neighbours(neighbours: Sequence[tuple[str, float]]) -> list[tuple[str, float]]:
-    """Weights relative to the strongest, as the item encoder reads them (decay-invariant)."""
-    top = max((w for _, w in neighbours), default=0.0)
-    if top <= 0.0:
-        return []
-    return [(n, w / top) for n, w in neighbours]
-
-
-def _moved(old: float, new: float, threshold: float) -> bool:
-    return abs(new - old) >= threshold * max(abs(old), 1e-12)
-
-
-def material_change(
-    basis: EncodeBasis, neighbours: Sequence[tuple[str, float]], degree: int, threshold: float
-) -> bool:
-    """Whether an item's relative neighbour list or degree moved enough to re-encode it.
-
-    The top-K ids as a set (the encoder pools neighbours without positions), each relative
-    weight, and the degree, each compared with `threshold` relatively; 0 makes any state a change.
-    """
-    if threshold <= 0.0:
-        return True
-    if {n for n, _ in neighbours} != set(basis.neighbours):
-        return True
-    old = dict(zip(basis.neighbours, basis.weights, strict=True))
-    if any(_moved(old[n], w, threshold) for n, w in neighbours):
-        return True
-    return _moved(float(basis.degree), float(degree), threshold)
-
-
-def item_reason(
-    basis: EncodeBasis | None,
-    model_version: str,
-    content_arrived: bool,
-    content_version: int,
-    changed: bool,
-) -> Reason | None:
-    """Why an item must be encoded now, or None when its stored vector still stands."""
-    if basis is None or basis.model_version != model_version:
-        return "cold_start"
-    if content_arrived or basis.content_version != content_version:
-        return "content"
-    return "neighbours" if changed else None
 
 
 def _batches(n: int, size: int) -> Iterable[slice]:
@@ -285,8 +194,8 @@ class Reencoder:
             await asyncio.to_thread(self._store.prepare, self.bundle.version, self.bundle.dim)
             self._prepared = self.bundle.version
 
-    async def _drain(self, shards: Sequence[Shard], catalog: bool) -> _Marks:
-        marks = _Marks()
+    async def _drain(self, shards: Sequence[Shard], catalog: bool) -> Marks:
+        marks = Marks()
         limit = self._cfg.marks_per_shard
         for topic, partition in dict.fromkeys(shards):
             for kind in DIRTY_KINDS:
@@ -297,7 +206,7 @@ class Reencoder:
             marks.catalog = await self._catalog.dirty(limit)
         return marks
 
-    async def _clear(self, marks: _Marks) -> None:
+    async def _clear(self, marks: Marks) -> None:
         for (topic, partition, kind), read in marks.shards.items():
             await self._state.clear_dirty(topic, partition, kind, read)
         await self._catalog.clear_dirty(marks.catalog)
@@ -528,7 +437,7 @@ class Reencoder:
         await asyncio.to_thread(self._store.upsert, self.bundle.version, records)
         stats.upsert_s += time.perf_counter() - began
 
-    def _freshness(self, stats: PassStats, plans: Mapping[str, _ItemPlan], marks: _Marks) -> None:
+    def _freshness(self, stats: PassStats, plans: Mapping[str, _ItemPlan], marks: Marks) -> None:
         """Upsert wall time minus each encoded entity's first dirty ts (one sample each)."""
         now = self._clock()
         for plan in plans.values():

@@ -1,0 +1,115 @@
+"""The re-encode scheduler's bookkeeping and decision rules, free of I/O (unit-tested alone).
+
+`material_change` and `item_reason` decide whether a dirty item is encoded again; `PassStats` is
+what a pass reports for the worker's metrics; `Marks` keeps the marks a pass read so they are
+cleared, verbatim, only after the upsert returned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from state import EntityKind
+from state.encode_inputs import EncodeBasis
+from state.keys import DirtyKind
+
+Reason = Literal["neighbours", "content", "sequence", "cold_start"]
+REASONS: tuple[Reason, ...] = ("neighbours", "content", "sequence", "cold_start")
+Shard = tuple[str, int]
+
+
+@dataclass
+class PassStats:
+    """What one pass did, for the worker's metrics. Freshness samples are seconds from the
+    first event that dirtied an entity (its mark's score) to the upsert's return."""
+
+    marks: int = 0
+    users_encoded: int = 0
+    items_encoded: int = 0
+    users_skipped: int = 0
+    items_skipped: int = 0
+    reasons: dict[Reason, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
+    encode_s: float = 0.0
+    upsert_s: float = 0.0
+    freshness_s: dict[EntityKind, list[float]] = field(
+        default_factory=lambda: {"users": [], "items": []}
+    )
+
+    @property
+    def idle(self) -> bool:
+        """True when the pass found no marks at all."""
+        return self.marks == 0
+
+
+@dataclass
+class Marks:
+    """Marks read in one pass, kept verbatim to clear them after the upsert."""
+
+    shards: dict[tuple[str, int, DirtyKind], list[tuple[str, float]]] = field(default_factory=dict)
+    catalog: list[tuple[str, float]] = field(default_factory=list)
+
+    def count(self) -> int:
+        return sum(map(len, self.shards.values())) + len(self.catalog)
+
+    def items(self) -> dict[str, float]:
+        """Dirty items, deduplicated over shards and the catalog: id -> first dirty ts."""
+        first: dict[str, float] = {}
+        pairs = [m for (_, _, kind), ms in self.shards.items() if kind == "items" for m in ms]
+        for item_id, ts in [*pairs, *self.catalog]:
+            first[item_id] = min(ts, first.get(item_id, ts))
+        return first
+
+    def users(self) -> dict[Shard, dict[str, float]]:
+        """Dirty users per shard (a user's sequence lives in its partition's shard)."""
+        return {
+            (topic, partition): dict(marks)
+            for (topic, partition, kind), marks in self.shards.items()
+            if kind == "users" and marks
+        }
+
+
+def relative_neighbours(neighbours: Sequence[tuple[str, float]]) -> list[tuple[str, float]]:
+    """Weights relative to the strongest, as the item encoder reads them (decay-invariant)."""
+    top = max((w for _, w in neighbours), default=0.0)
+    if top <= 0.0:
+        return []
+    return [(n, w / top) for n, w in neighbours]
+
+
+def _moved(old: float, new: float, threshold: float) -> bool:
+    return abs(new - old) >= threshold * max(abs(old), 1e-12)
+
+
+def material_change(
+    basis: EncodeBasis, neighbours: Sequence[tuple[str, float]], degree: int, threshold: float
+) -> bool:
+    """Whether an item's relative neighbour list or degree moved enough to re-encode it.
+
+    The top-K ids as a set (the encoder pools neighbours without positions), each relative
+    weight, and the degree, each compared with `threshold` relatively; 0 makes any state a change.
+    """
+    if threshold <= 0.0:
+        return True
+    if {n for n, _ in neighbours} != set(basis.neighbours):
+        return True
+    old = dict(zip(basis.neighbours, basis.weights, strict=True))
+    if any(_moved(old[n], w, threshold) for n, w in neighbours):
+        return True
+    return _moved(float(basis.degree), float(degree), threshold)
+
+
+def item_reason(
+    basis: EncodeBasis | None,
+    model_version: str,
+    content_arrived: bool,
+    content_version: int,
+    changed: bool,
+) -> Reason | None:
+    """Why an item must be encoded now, or None when its stored vector still stands."""
+    if basis is None or basis.model_version != model_version:
+        return "cold_start"
+    if content_arrived or basis.content_version != content_version:
+        return "content"
+    return "neighbours" if changed else None

@@ -1,0 +1,83 @@
+"""The re-encode scheduler's decision rules and the partition-free key layout, without services."""
+
+from __future__ import annotations
+
+import pytest
+
+from state import keys
+from state.encode_inputs import EncodeBasis
+from streams.reencode_rules import Marks, item_reason, material_change, relative_neighbours
+
+
+def basis(
+    neighbours: tuple[str, ...] = ("a", "b"),
+    weights: tuple[float, ...] = (1.0, 0.5),
+    degree: int = 10,
+    model: str = "v0001",
+    cv: int = 1,
+) -> EncodeBasis:
+    return EncodeBasis(7, model, neighbours, weights, degree, cv)
+
+
+def test_relative_weights_ignore_a_uniform_decay() -> None:
+    assert relative_neighbours([("a", 4e-30), ("b", 2e-30)]) == [("a", 1.0), ("b", 0.5)]
+    assert relative_neighbours([("a", 0.0)]) == []
+    assert relative_neighbours([]) == []
+
+
+@pytest.mark.parametrize(
+    ("neighbours", "degree", "changed"),
+    [
+        ([("a", 1.0), ("b", 0.5)], 10, False),  # identical
+        ([("b", 1.0), ("a", 1.0)], 10, True),  # b caught up with a: 0.5 -> 1
+        ([("a", 1.0), ("b", 0.54)], 10, False),  # +8 %
+        ([("a", 1.0), ("b", 0.55)], 10, True),  # +10 %: at the threshold counts
+        ([("a", 1.0), ("c", 0.5)], 10, True),  # another neighbour id
+        ([("a", 1.0)], 10, True),  # one dropped out
+        ([("a", 1.0), ("b", 0.5)], 11, True),  # degree +10 %
+    ],
+)
+def test_material_change_threshold(
+    neighbours: list[tuple[str, float]], degree: int, changed: bool
+) -> None:
+    assert material_change(basis(), neighbours, degree, 0.1) is changed
+
+
+def test_small_degree_change_is_not_material() -> None:
+    assert not material_change(basis(degree=20), [("a", 1.0), ("b", 0.5)], 21, 0.1)
+
+
+def test_zero_threshold_always_reencodes() -> None:
+    assert material_change(basis(), [("a", 1.0), ("b", 0.5)], 10, 0.0)
+
+
+def test_reasons_in_order_of_precedence() -> None:
+    assert item_reason(None, "v0001", True, 1, True) == "cold_start"
+    assert item_reason(basis(model="v0002"), "v0001", False, 1, False) == "cold_start"
+    assert item_reason(basis(), "v0001", True, 1, True) == "content"
+    assert item_reason(basis(cv=1), "v0001", False, 2, False) == "content"
+    assert item_reason(basis(), "v0001", False, 1, True) == "neighbours"
+    assert item_reason(basis(), "v0001", False, 1, False) is None
+
+
+def test_marks_dedupe_items_across_shards_and_the_catalog() -> None:
+    marks = Marks(
+        shards={
+            ("eng", 0, "items"): [("i1", 5.0), ("i2", 9.0)],
+            ("eng", 1, "items"): [("i1", 3.0)],
+            ("eng", 1, "users"): [("u1", 4.0)],
+        },
+        catalog=[("i3", 1.0), ("i2", 8.0)],
+    )
+    assert marks.items() == {"i1": 3.0, "i2": 8.0, "i3": 1.0}
+    assert marks.users() == {("eng", 1): {"u1": 4.0}}
+    assert marks.count() == 6
+
+
+def test_item_keys_share_one_hash_tag_per_item() -> None:
+    item = keys.ItemKeys("ss", "i:42")
+    assert item.catalog() == "ss:{i:i:42}:cat"
+    assert item.basis() == "ss:{i:i:42}:enc"
+    dirty, redirty = keys.catalog_dirty_key("ss"), keys.catalog_redirty_key("ss")
+    assert dirty == "ss:{catalog}:dirty:content"
+    assert redirty.split("}")[0] == dirty.split("}")[0]  # one slot: the shard scripts apply
