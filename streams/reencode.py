@@ -123,7 +123,9 @@ class Reencoder:
         )
 
     def swap(self, bundle: EncoderBundle) -> None:
-        """Encode with another model version from the next pass on (cached content is its own)."""
+        """Encode with another model version from the next pass on (cached content is its own).
+
+        Call it between passes (e.g. from `run`'s `on_pass`), never while a pass is awaited."""
         self.bundle = bundle
         self._content_cache.clear()
 
@@ -144,7 +146,7 @@ class Reencoder:
             stats = await self.run_pass(shards(), catalog=catalog)
             if on_pass is not None:
                 on_pass(stats)
-            if stats.marks >= self._cfg.marks_per_shard:
+            if stats.more_waiting:
                 continue
             wait = self._cfg.window_s - (time.monotonic() - began)
             if wait > 0:
@@ -169,6 +171,7 @@ class Reencoder:
         stats = PassStats()
         marks = await self._drain(shards, catalog)
         stats.marks = marks.count()
+        stats.more_waiting = marks.full(self._cfg.marks_per_shard)
         if stats.idle:
             return stats
         await self._prepare()

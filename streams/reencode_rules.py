@@ -26,6 +26,7 @@ class PassStats:
     first event that dirtied an entity (its mark's score) to the upsert's return."""
 
     marks: int = 0
+    more_waiting: bool = False  # a shard's page of marks came back full
     users_encoded: int = 0
     items_encoded: int = 0
     users_skipped: int = 0
@@ -49,6 +50,11 @@ class Marks:
 
     shards: dict[tuple[str, int, DirtyKind], list[tuple[str, float]]] = field(default_factory=dict)
     catalog: list[tuple[str, float]] = field(default_factory=list)
+
+    def full(self, limit: int) -> bool:
+        """Whether any page read hit `limit`, i.e. more marks are probably waiting."""
+        pages = [*self.shards.values(), self.catalog]
+        return any(len(page) >= limit for page in pages)
 
     def count(self) -> int:
         return sum(map(len, self.shards.values())) + len(self.catalog)

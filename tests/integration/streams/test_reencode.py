@@ -7,6 +7,7 @@ model, with none of the scheduler's code (RELIABILITY I2).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -37,7 +38,7 @@ from state.keys import ShardKeys, shard_tag
 from streams.commands.train import build_training_data
 from streams.events import CatalogItem, Engagement
 from streams.generate import GeneratorConfig, generate_catalog, generate_events
-from streams.reencode import Reencoder
+from streams.reencode import PassStats, Reencoder
 from streams.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -353,4 +354,19 @@ async def test_marks_survive_a_failed_upsert(
     assert await w.state.dirty_backlog() == backlog
     monkeypatch.undo()
     await w.reencoder.run_until_idle(w.shards)
+    await assert_matches_oracle(w)
+
+
+async def test_run_loop_drains_and_stops(world: Callable[..., World]) -> None:
+    w = world()
+    await w.apply(stream()[:200])
+    stop, seen = asyncio.Event(), list[PassStats]()
+    task = asyncio.create_task(w.reencoder.run(lambda: w.shards, stop, seen.append))
+    for _ in range(400):
+        await asyncio.sleep(0.02)
+        if seen and await w.state.dirty_backlog() == {"users": 0, "items": 0}:
+            break
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    assert sum(s.users_encoded for s in seen) == len(w.engaged()[0])
     await assert_matches_oracle(w)

@@ -72,6 +72,7 @@ def test_marks_dedupe_items_across_shards_and_the_catalog() -> None:
     assert marks.items() == {"i1": 3.0, "i2": 8.0, "i3": 1.0}
     assert marks.users() == {("eng", 1): {"u1": 4.0}}
     assert marks.count() == 6
+    assert marks.full(2) and not marks.full(3)
 
 
 def test_item_keys_share_one_hash_tag_per_item() -> None:
