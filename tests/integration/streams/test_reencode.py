@@ -14,8 +14,6 @@ import numpy as np
 import pytest
 import redis.asyncio as aioredis
 
-pytest.importorskip("torch")
-
 from encoders.data import ACTION_CODES, FloatArray
 from encoders.features import FeaturizerConfig
 from encoders.model import ModelConfig

@@ -6,8 +6,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("torch")
-
 from encoders.data import TrainingData
 from encoders.features import FeaturizerConfig
 from encoders.model import ModelConfig

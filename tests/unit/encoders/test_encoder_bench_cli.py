@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-import pytest
-
-pytest.importorskip("torch")
-
 from encoders.bench import BATCHES, run_encoder_bench
 from encoders.workflow import TrainOutcome
 from streams.commands import train as train_command

@@ -6,15 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from encoders import contract  # noqa: E402
-from encoders.exceptions import ParityError  # noqa: E402
-from encoders.export import check_parity, export_model, golden_inputs  # noqa: E402
-from encoders.train import TrainResult  # noqa: E402
-from encoders.workflow import TrainOutcome, evaluate_version  # noqa: E402
-from tests.unit.encoders.conftest import FEATURIZER  # noqa: E402
+from encoders import contract
+from encoders.exceptions import ParityError
+from encoders.export import check_parity, export_model, golden_inputs
+from encoders.train import TrainResult
+from encoders.workflow import TrainOutcome, evaluate_version
+from tests.unit.encoders.conftest import FEATURIZER
 
 
 def test_export_parity_and_golden_edge_cases(trained: TrainResult, tmp_path: Path) -> None:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from encoders.losses import log_q_from_counts, sampled_softmax_loss  # noqa: E402
-from encoders.model import SageModel  # noqa: E402
-from tests.unit.encoders.conftest import model_config  # noqa: E402
+from encoders.losses import log_q_from_counts, sampled_softmax_loss
+from encoders.model import SageModel
+from tests.unit.encoders.conftest import model_config
 
 
 def _loss(log_q=None, neg_ids=(7,), tau=1.0):  # type: ignore[no-untyped-def]

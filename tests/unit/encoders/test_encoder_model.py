@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from encoders.data import TrainingData, pack_user_histories  # noqa: E402
-from encoders.evaluate import leave_one_out  # noqa: E402
-from encoders.model import SageModel  # noqa: E402
-from encoders.train import Trainer, TrainResult, model_test_metrics  # noqa: E402
-from encoders.workflow import evaluate_vectors  # noqa: E402
-from tests.unit.encoders.conftest import model_config, train_config  # noqa: E402
+from encoders.data import TrainingData, pack_user_histories
+from encoders.evaluate import leave_one_out
+from encoders.model import SageModel
+from encoders.train import Trainer, TrainResult, model_test_metrics
+from encoders.workflow import evaluate_vectors
+from tests.unit.encoders.conftest import model_config, train_config
 
 
 def _model() -> SageModel:

@@ -7,14 +7,13 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
-onnx = pytest.importorskip("onnx")
-
-from encoders import contract  # noqa: E402
-from encoders.exceptions import ModelRejected, RegistryError  # noqa: E402
-from encoders.registry import ModelRegistry, sha256_file  # noqa: E402
-from encoders.workflow import TrainOutcome  # noqa: E402
+from encoders import contract
+from encoders.exceptions import ModelRejected, RegistryError
+from encoders.registry import ModelRegistry, sha256_file
+from encoders.workflow import TrainOutcome
 
 METRIC_KEYS = {"full", "sampled100", "baselines", "data", "train_seconds"}
 
