@@ -90,15 +90,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     results = run_encoder_bench(args.model_dir, args.repeats, args.threads)
-    sys.stdout.write(
-        f"{'graph@batch':<14}{'onnxruntime rows/s':>20}{'torch rows/s':>16}{'ratio':>8}\n"
-    )
+    sys.stdout.write(format_table(results))
+    return 0
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """One line per graph and batch size: both runtimes and their ratio."""
+    lines = [f"{'graph@batch':<14}{'onnxruntime rows/s':>20}{'torch rows/s':>16}{'ratio':>8}"]
     for key, row in results["rows_per_s"].items():
         ratio = row["onnxruntime"] / row["torch"]
-        sys.stdout.write(
-            f"{key:<14}{row['onnxruntime']:>20.1f}{row['torch']:>16.1f}{ratio:>8.2f}\n"
-        )
-    return 0
+        lines.append(f"{key:<14}{row['onnxruntime']:>20.1f}{row['torch']:>16.1f}{ratio:>8.2f}")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
