@@ -30,13 +30,23 @@ end
 local base = string.sub(wm_key, 1, #wm_key - #L.wm)
 local SEP, ES = L.sep, L.entry_sep
 
-local function fmt(x) return string.format('%.17g', x) end
+-- Hot-path library functions as upvalues: a global lookup per use adds up over ~10^4 edges.
+local exp, sqrt, abs, format, find, sub = math.exp, math.sqrt, math.abs, string.format,
+  string.find, string.sub
+local LAM, ALPHA, REBASE_EXP, AW = C.lam, C.alpha, C.rebase_exp, C.aw
+
+local function fmt(x) return format('%.17g', x) end
 local function key(kind, id) return base .. kind .. SEP .. id end
 
 -- validation -----------------------------------------------------------------------------
 
+local valid_ids = {}  -- ids repeat within a slice; match each distinct one once
+
 local function valid_id(s)
-  return type(s) == 'string' and #s <= 128 and string.find(s, '^[A-Za-z0-9_%.:@%-]+$') ~= nil
+  if valid_ids[s] then return true end
+  local ok = type(s) == 'string' and #s <= 128 and find(s, '^[A-Za-z0-9_%.:@%-]+$') ~= nil
+  if ok then valid_ids[s] = true end
+  return ok
 end
 
 local function finite(x)
@@ -70,6 +80,19 @@ local function check_batch(raw)
 end
 
 -- state steps ----------------------------------------------------------------------------
+--
+-- Why per-call mirrors: a redis.call costs far more than the Lua around it, and one slice touches
+-- the same users, items, contexts and lists again and again. Each is read at most once per call
+-- into a Lua table, updated there, and written back once: at the end of the call, or for a
+-- neighbour list before anything reads it (a trim at a block boundary, a rebase). A write stores
+-- exactly what the per-event commands stored before: list appends in order, integer counters, and
+-- for a neighbour score the old score plus each increment, added one by one in event order (the
+-- same doubles ZINCRBY would add). So the state stays bit-identical and independent of the cuts.
+
+local CHUNK = 500  -- members per variadic command, well below Lua's unpack limit
+local WINDOW = math.min(C.max_pairs, C.seq_len)  -- sequence entries an event can pair with
+
+local function fmt_int(n) return string.format('%.0f', n) end
 
 local function split_entry(s)
   local a = string.find(s, ES, 1, true)
@@ -77,152 +100,302 @@ local function split_entry(s)
   return string.sub(s, 1, a - 1), string.sub(s, a + 1, b - 1), tonumber(string.sub(s, b + 1))
 end
 
--- Per-call caches: item degrees and decay origins are read once and then kept here, version and
--- degree increments are summed and written once at the end, and an entity is marked dirty once
--- per call. Nothing outside this call observes the difference.
-local degrees, origins, deltas, marked = {}, {}, {deg = {}, ver = {}}, {users = {}, items = {}}
-
-local function bump(field, item)
-  deltas[field][item] = (deltas[field][item] or 0) + 1
-end
-
-local function degree(item)
-  local d = degrees[item]
-  if d == nil then
-    d = tonumber(redis.call('HGET', key(L.item, item), L.f_degree)) or 0
-    degrees[item] = d
+-- cmd key args[from..] in chunks of CHUNK groups of `stride` arguments; the last reply.
+local function call_chunked(cmd, k, args, stride, from)
+  local reply
+  local width = CHUNK * stride
+  for i = from or 1, #args, width do
+    reply = redis.call(cmd, k, unpack(args, i, math.min(i + width - 1, #args)))
   end
-  return d
+  return reply
 end
 
-local function origin(item)
-  local t0 = origins[item]
-  if t0 == nil then
-    t0 = tonumber(redis.call('HGET', key(L.item, item), L.f_t0)) or false
-    origins[item] = t0
+local function zmscore(k, members)
+  if #members <= CHUNK then return redis.call('ZMSCORE', k, unpack(members)) end
+  local out = {}
+  for i = 1, #members, CHUNK do
+    local part = redis.call('ZMSCORE', k, unpack(members, i, math.min(i + CHUNK - 1, #members)))
+    for j = 1, #part do out[i + j - 1] = part[j] end
   end
-  return t0
+  return out
 end
 
-local function set_origin(item, ts)
-  origins[item] = ts
-  redis.call('HSET', key(L.item, item), L.f_t0, fmt(ts))
-end
-
-local function mark(kind, member, ts)
-  if marked[kind][member] then return end
-  marked[kind][member] = true
-  if redis.call('ZADD', base .. L['dirty_' .. kind], 'NX', fmt(ts), member) == 0 then
-    redis.call('HSET', base .. L['redirty_' .. kind], member, '1')
+-- Appends to a capped list (sequence, context): only the last `cap` can survive the trim.
+local function flush_appends(lkey, new, cap)
+  if #new == 0 then return end
+  if call_chunked('RPUSH', lkey, new, 1, math.max(1, #new - cap + 1)) > cap then
+    redis.call('LTRIM', lkey, -cap, -1)
   end
+end
+
+-- items: version, degree and decay origin, read with one HMGET, written with one HSET
+local items = {}
+
+local function item_state(id)
+  local it = items[id]
+  if it == nil then
+    local raw = redis.call('HMGET', key(L.item, id), L.f_version, L.f_degree, L.f_t0)
+    it = {v = tonumber(raw[1]) or 0, deg = tonumber(raw[2]) or 0, t0 = tonumber(raw[3]) or false,
+      dv = 0, ddeg = 0, t0_set = false, damp_deg = -1, damp = 0}
+    items[id] = it
+  end
+  return it
+end
+
+-- (1 + degree)^-alpha, recomputed only when the degree moved since the last pair.
+local function damping(id)
+  local it = items[id] or item_state(id)
+  if it.damp_deg ~= it.deg then
+    it.damp_deg, it.damp = it.deg, (1 + it.deg) ^ (-ALPHA)
+  end
+  return it.damp
 end
 
 local function flush_items()
-  for item, n in pairs(deltas.deg) do redis.call('HINCRBY', key(L.item, item), L.f_degree, n) end
-  for item, n in pairs(deltas.ver) do redis.call('HINCRBY', key(L.item, item), L.f_version, n) end
+  for id, it in pairs(items) do
+    local args = {}
+    if it.dv > 0 then args[#args + 1] = L.f_version; args[#args + 1] = fmt_int(it.v + it.dv) end
+    if it.ddeg > 0 then args[#args + 1] = L.f_degree; args[#args + 1] = fmt_int(it.deg) end
+    if it.t0_set then args[#args + 1] = L.f_t0; args[#args + 1] = fmt(it.t0) end
+    if #args > 0 then redis.call('HSET', key(L.item, id), unpack(args)) end
+  end
 end
 
--- Sequence append + user version + ts_max; returns the previous entries and the too-old flag.
-local function user_step(user, item, action, ts)
-  local seq_key = key(L.seq, user)
-  local prev = redis.call('LRANGE', seq_key, -C.max_pairs, -1)
-  redis.call('RPUSH', seq_key, item .. ES .. action .. ES .. fmt(ts))
-  redis.call('LTRIM', seq_key, -C.seq_len, -1)
-  local ukey = key(L.user, user)
-  redis.call('HINCRBY', ukey, L.f_version, 1)
-  local ts_max = tonumber(redis.call('HGET', ukey, L.f_ts_max))
-  local too_old = ts_max ~= nil and ts < ts_max - C.max_age
-  if ts_max == nil or ts > ts_max then redis.call('HSET', ukey, L.f_ts_max, fmt(ts)) end
-  return prev, too_old
+-- users: the sequence's pairable tail {item, action, ts}, appends, version and ts_max
+local users = {}
+
+local function user_state(id)
+  local u = users[id]
+  if u == nil then
+    local raw = redis.call('LRANGE', key(L.seq, id), -C.max_pairs, -1)
+    local seq = {}
+    for i = 1, #raw do seq[i] = {split_entry(raw[i])} end
+    local h = redis.call('HMGET', key(L.user, id), L.f_version, L.f_ts_max)
+    u = {seq = seq, new = {}, v = tonumber(h[1]) or 0, dv = 0, ts_max = tonumber(h[2]),
+      ts_set = false}
+    users[id] = u
+  end
+  return u
+end
+
+local function seq_push(u, ev)
+  local seq = u.seq
+  seq[#seq + 1] = {ev.item, ev.action, ev.ts}
+  while #seq > WINDOW do table.remove(seq, 1) end
+  u.new[#u.new + 1] = ev.item .. ES .. ev.action .. ES .. fmt(ev.ts)
+end
+
+local function flush_users()
+  for id, u in pairs(users) do
+    flush_appends(key(L.seq, id), u.new, C.seq_len)
+    if u.ts_set then
+      redis.call('HSET', key(L.user, id), L.f_version, fmt_int(u.v + u.dv), L.f_ts_max,
+        fmt(u.ts_max))
+    else
+      redis.call('HSET', key(L.user, id), L.f_version, fmt_int(u.v + u.dv))
+    end
+  end
+end
+
+-- contexts: the item ids of the last ctx_len saves, and appends
+local contexts = {}
+
+local function context_state(id)
+  local c = contexts[id]
+  if c == nil then
+    local raw = redis.call('LRANGE', key(L.ctx, id), -C.ctx_len, -1)
+    c = {saves = {}, new = {}}
+    for i = 1, #raw do c.saves[i] = string.sub(raw[i], 1, string.find(raw[i], ES, 1, true) - 1) end
+    contexts[id] = c
+  end
+  return c
+end
+
+local function flush_contexts()
+  for id, c in pairs(contexts) do flush_appends(key(L.ctx, id), c.new, C.ctx_len) end
+end
+
+-- dirty marks: first ts per entity; existing marks get a redirty flag instead (one ZMSCORE)
+local marks = {users = {ids = {}, ts = {}}, items = {ids = {}, ts = {}}}
+
+local function mark(kind, member, ts)
+  local m = marks[kind]
+  if m.ts[member] ~= nil then return end
+  m.ts[member] = ts
+  m.ids[#m.ids + 1] = member
+end
+
+local function flush_marks(kind)
+  local m = marks[kind]
+  if #m.ids == 0 then return end
+  local dkey = base .. L['dirty_' .. kind]
+  local scores = zmscore(dkey, m.ids)
+  local add, again = {}, {}
+  for i, member in ipairs(m.ids) do
+    if scores[i] then
+      again[#again + 1] = member; again[#again + 1] = '1'
+    else
+      add[#add + 1] = fmt(m.ts[member]); add[#add + 1] = member
+    end
+  end
+  if #add > 0 then call_chunked('ZADD', dkey, add, 2) end
+  if #again > 0 then call_chunked('HSET', base .. L['redirty_' .. kind], again, 2) end
+end
+
+-- neighbour lists: pending increments per (list, member), in order (a number, or a list of them)
+local pending = {}
+
+local function flush_list(item)
+  local p = pending[item]
+  if p == nil then return end
+  pending[item] = nil
+  local nkey = key(L.nb, item)
+  local members = {}
+  for member in pairs(p) do members[#members + 1] = member end
+  if #members == 1 and type(p[members[1]]) == 'number' then
+    redis.call('ZINCRBY', nkey, fmt(p[members[1]]), members[1])
+    return
+  end
+  local scores, args = zmscore(nkey, members), {}
+  for i = 1, #members do
+    local member = members[i]
+    local inc, s = p[member], tonumber(scores[i])
+    if type(inc) == 'number' then
+      s = s and s + inc or inc
+    else
+      for j = 1, #inc do s = s and s + inc[j] or inc[j] end
+    end
+    args[2 * i - 1], args[2 * i] = format('%.17g', s), member
+  end
+  call_chunked('ZADD', nkey, args, 2)
+end
+
+local function flush_lists()
+  for item in pairs(pending) do flush_list(item) end
+end
+
+local function add_increment(item, other, inc)
+  local p = pending[item]
+  if p == nil then p = {}; pending[item] = p end
+  local cur = p[other]
+  if cur == nil then
+    p[other] = inc
+  elseif type(cur) == 'number' then
+    p[other] = {cur, inc}
+  else
+    cur[#cur + 1] = inc
+  end
+end
+
+-- Scale the stored list to a new origin `ts` (its pending increments are written first).
+local function rebase(item, it, ts)
+  flush_list(item)
+  local nkey = key(L.nb, item)
+  local factor = exp(-LAM * (ts - it.t0))
+  local flat, args = redis.call('ZRANGE', nkey, 0, -1, 'WITHSCORES'), {}
+  for i = 1, #flat, 2 do
+    args[#args + 1] = fmt(tonumber(flat[i + 1]) * factor); args[#args + 1] = flat[i]
+  end
+  if #args > 0 then call_chunked('ZADD', nkey, args, 2) end
+  it.t0, it.t0_set = ts, true
 end
 
 -- Add base, damped by other's degree and forward-decayed, to item's list for other.
 local function add_edge(item, other, pair_base, ts, touched)
-  local damp = (1 + degree(other)) ^ (-C.alpha)
-  local nkey = key(L.nb, item)
-  local t0 = origin(item)
-  if not t0 then
-    t0 = ts
-    set_origin(item, ts)
-  elseif C.lam * (ts - t0) > C.rebase_exp then
-    local factor = math.exp(-C.lam * (ts - t0))
-    local flat = redis.call('ZRANGE', nkey, 0, -1, 'WITHSCORES')
-    for i = 1, #flat, 2 do
-      redis.call('ZADD', nkey, fmt(tonumber(flat[i + 1]) * factor), flat[i])
-    end
-    t0 = ts
-    set_origin(item, ts)
+  local damp = damping(other)
+  local it = items[item] or item_state(item)
+  if not it.t0 then
+    it.t0, it.t0_set = ts, true
+  elseif LAM * (ts - it.t0) > REBASE_EXP then
+    rebase(item, it, ts)
   end
-  local growth = math.exp(C.lam * (ts - t0))
-  redis.call('ZINCRBY', nkey, fmt(pair_base * damp * growth), other)
-  touched[nkey] = true
+  local growth = exp(LAM * (ts - it.t0))
+  add_increment(item, other, pair_base * damp * growth)
+  touched[item] = true
 end
 
 local function pair(ev, other, other_action, ev_weight, touched)
-  local pair_base = math.sqrt(C.aw[ev.action] * C.aw[other_action]) * ev_weight
+  local pair_base = sqrt(AW[ev.action] * AW[other_action]) * ev_weight
   add_edge(ev.item, other, pair_base, ev.ts, touched)
   add_edge(other, ev.item, pair_base, ev.ts, touched)
-  bump('ver', other)
+  local o = items[other]  -- loaded by add_edge
+  o.dv = o.dv + 1
   mark('items', other, ev.ts)
 end
 
 local function context_step(ev, ev_weight, seen, touched)
-  local ckey = key(L.ctx, ev.ctx)
-  local saves = redis.call('LRANGE', ckey, -C.ctx_len, -1)
+  local c = context_state(ev.ctx)
+  local saves = c.saves
   for idx = #saves, 1, -1 do
-    local cut = string.find(saves[idx], ES, 1, true)
-    local other = string.sub(saves[idx], 1, cut - 1)
+    local other = saves[idx]
     if other ~= ev.item and not seen[other] then
       seen[other] = true
       pair(ev, other, C.ctx_action, ev_weight, touched)
     end
   end
-  redis.call('RPUSH', ckey, ev.item .. ES .. fmt(ev.ts))
-  redis.call('LTRIM', ckey, -C.ctx_len, -1)
+  saves[#saves + 1] = ev.item
+  if #saves > C.ctx_len then table.remove(saves, 1) end
+  c.new[#c.new + 1] = ev.item .. ES .. fmt(ev.ts)
 end
 
-local function apply_event(ev, touched)
-  local prev, too_old = user_step(ev.user, ev.item, ev.action, ev.ts)
-  degrees[ev.item] = degree(ev.item) + 1
-  bump('deg', ev.item)
-  bump('ver', ev.item)
-  mark('users', ev.user, ev.ts)
-  mark('items', ev.item, ev.ts)
-  if too_old then return end
+-- Pairs of one event that is not too old: its user's previous entries, then its context.
+local function pair_event(ev, prev, touched)
   local ev_weight = ev.weight or 1.0
   local seen = {}
   for idx = #prev, 1, -1 do
-    local other, other_action, other_ts = split_entry(prev[idx])
-    if other ~= ev.item and not seen[other] and math.abs(ev.ts - other_ts) <= C.horizon then
+    local entry = prev[idx]
+    local other = entry[1]
+    if other ~= ev.item and not seen[other] and abs(ev.ts - entry[3]) <= C.horizon then
       seen[other] = true
-      pair(ev, other, other_action, ev_weight, touched)
+      pair(ev, other, entry[2], ev_weight, touched)
     end
   end
   if ev.ctx and ev.action == C.ctx_action then context_step(ev, ev_weight, seen, touched) end
+end
+
+local function apply_event(ev, touched)
+  local u = user_state(ev.user)
+  u.dv = u.dv + 1
+  local too_old = u.ts_max ~= nil and ev.ts < u.ts_max - C.max_age
+  if u.ts_max == nil or ev.ts > u.ts_max then u.ts_max, u.ts_set = ev.ts, true end
+  local it = item_state(ev.item)
+  it.deg, it.ddeg, it.dv = it.deg + 1, it.ddeg + 1, it.dv + 1
+  mark('users', ev.user, ev.ts)
+  mark('items', ev.item, ev.ts)
+  if not too_old then pair_event(ev, u.seq, touched) end
+  seq_push(u, ev)
 end
 
 -- main -----------------------------------------------------------------------------------
 
 -- Lists are trimmed to k_max when the offsets enter a new block of trim_every offsets, so the
 -- result depends on the offsets alone, not on how the runtime cut batches (see the reference).
+-- `touched` holds item ids touched in this call; the trim queue holds neighbour list keys.
 local block_key, pending_key = base .. L.trim_block, base .. L.trim_pending
 
 local function trim_pending(touched)
-  for _, nkey in ipairs(redis.call('SMEMBERS', pending_key)) do touched[nkey] = true end
-  for nkey in pairs(touched) do redis.call('ZREMRANGEBYRANK', nkey, 0, -(C.k_max + 1)) end
+  flush_lists()
+  local lists = {}
+  for _, nkey in ipairs(redis.call('SMEMBERS', pending_key)) do lists[nkey] = true end
+  for item in pairs(touched) do lists[key(L.nb, item)] = true end
+  for nkey in pairs(lists) do redis.call('ZREMRANGEBYRANK', nkey, 0, -(C.k_max + 1)) end
   redis.call('DEL', pending_key)
 end
 
 local function remember_pending(touched)
   local members = {}
-  for nkey in pairs(touched) do
-    members[#members + 1] = nkey
-    if #members == 1000 then
-      redis.call('SADD', pending_key, unpack(members))
-      members = {}
-    end
-  end
-  if #members > 0 then redis.call('SADD', pending_key, unpack(members)) end
+  for item in pairs(touched) do members[#members + 1] = key(L.nb, item) end
+  if #members > 0 then call_chunked('SADD', pending_key, members, 1) end
+end
+
+local function flush_all(touched)
+  flush_lists()
+  flush_users()
+  flush_contexts()
+  flush_items()
+  flush_marks('users')
+  flush_marks('items')
+  remember_pending(touched)
 end
 
 local batch, why = check_batch(ARGV[14])
@@ -255,8 +428,7 @@ for idx = 1, #batch do
     last = e[1]
   end
 end
-flush_items()
-remember_pending(touched)
+flush_all(touched)
 if block ~= nil then redis.call('SET', block_key, string.format('%.0f', block)) end
 if last ~= nil then
   wm = last

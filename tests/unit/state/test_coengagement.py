@@ -130,7 +130,7 @@ def test_trim_keeps_top_k_max_when_a_block_of_offsets_ends() -> None:
     g = graph(k_max=3, trim_every=1)
     actions = ["save", "view", "click", "view", "save", "click"]
     events = [Ev("u", f"i{n}", a, 6.0) for n, a in enumerate(actions)]
-    events.append(Ev("u", "hot", "save", 6.0))  # pairs with all six (max_pairs is 20)
+    events.append(Ev("u", "hot", "save", 6.0))  # pairs with all six (max_pairs is 10)
     g.add_many(events)
     top = g.neighbours("hot", 10, 6.0)
     # saves first; the two clicks tie and Redis drops the lowest rank (the smaller member) first

@@ -1,0 +1,62 @@
+"""The apply script's per-call write-back at sizes the parity test never reaches, and the bench.
+
+The script mirrors state in Lua and writes it back with variadic commands, split into chunks of
+500 members; these streams put more than one chunk into one call (one list, one user, the dirty
+marks) and must still equal the reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import redis.asyncio as aioredis
+
+from state import CoEngagementGraph, RedisState, StateConfig
+from state.bench import run_state_bench
+
+pytestmark = pytest.mark.integration
+
+TOPIC = "eng"
+
+
+@dataclass(frozen=True)
+class Ev:
+    user_id: str
+    item_id: str
+    action: str
+    ts: float
+    weight: float | None = None
+    context_id: str | None = None
+
+
+async def test_one_call_over_many_chunks_equals_reference(
+    redis_client: aioredis.Redis, key_prefix: str
+) -> None:
+    cfg = StateConfig(slice_size=3000, trim_every=100_000, k_max=20, max_pairs=2)
+    events = []
+    for n in range(1200):  # "hot" gets 1200 distinct neighbours, some twice, in one call
+        events.append(Ev(f"u{n % 700}", f"x{n}", "click", 1000.0 + n))
+        events.append(Ev(f"u{n % 700}", "hot", "save", 1000.5 + n, None, f"b{n % 3}"))
+    events += [Ev("heavy", f"h{n % 50}", "view", 5000.0 + n) for n in range(600)]
+    state = RedisState(redis_client, cfg, key_prefix)
+    result = await state.apply(TOPIC, 0, list(enumerate(events)))
+    assert result.applied == len(events)
+    ref = CoEngagementGraph(cfg)
+    ref.add_many(events)
+    assert await state.user_sequence(TOPIC, 0, "heavy") == ref.sequence("heavy")
+    assert await state.user_version(TOPIC, 0, "heavy") == 600
+    for item in ["hot", "x5", "x1199", "h7"]:
+        got = await state.item_neighbours(item, 20, 9000.0)
+        want = ref.neighbours(item, 20, 9000.0)
+        assert [m for m, _ in got] == [m for m, _ in want]
+        assert [w for _, w in got] == pytest.approx([w for _, w in want], rel=1e-12)
+        assert await state.item_version(item) == ref.item_version(item)
+    assert await state.dirty_backlog() == {"users": 701, "items": 1200 + 1 + 50}
+
+
+async def test_bench_runs_and_cleans_up(redis_client: aioredis.Redis) -> None:
+    result = await run_state_bench(redis_client, 3000, 1)
+    assert result["events"] == 3000
+    assert result["events_per_s"] > 0
+    assert [k async for k in redis_client.scan_iter(match="bench*:*")] == []
