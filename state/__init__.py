@@ -9,7 +9,7 @@ Qdrant sink: versioned collection pairs behind aliases, upserts guarded by state
 """
 
 from state.catalog import CatalogRecord, CatalogStore, ContentItem
-from state.coengagement import CoEngagementGraph, EventLike, SeqEntry, merge_neighbours
+from state.coengagement import CoEngagementGraph, Event, EventLike, SeqEntry, merge_neighbours
 from state.config import StateConfig
 from state.encode_inputs import EncodeBasis, EncodeInputs, ItemInputs, UserInputs
 from state.exceptions import (
@@ -38,6 +38,7 @@ __all__ = [
     "EncodeBasis",
     "EncodeInputs",
     "EntityKind",
+    "Event",
     "EventLike",
     "Hit",
     "InvalidBatchError",

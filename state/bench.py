@@ -25,11 +25,11 @@ import time
 import uuid
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 
+from state.coengagement import Event
 from state.config import StateConfig
 from state.redis_state import RedisState
 
@@ -49,18 +49,6 @@ SPAN_S = 7 * 86400.0
 _CLIENT_COMMANDS = frozenset(
     {"evalsha", "eval", "script|load", "info", "config|resetstat", "scan", "unlink", "get"}
 )
-
-
-@dataclass(frozen=True)
-class BenchEvent:
-    """One engagement; satisfies `state.EventLike`."""
-
-    user_id: str
-    item_id: str
-    action: str
-    ts: float
-    weight: float | None = None
-    context_id: str | None = None
 
 
 class _Stream:
@@ -89,7 +77,7 @@ class _Stream:
                 return name
         return ACTIONS[-1][0]
 
-    def session(self, start: float) -> list[BenchEvent]:
+    def session(self, start: float) -> list[Event]:
         """A few minutes of one user's actions, 10-60 s apart, about 8 of them (at most 40)."""
         draw = self.rng.random() * self.user_cum[-1]
         user = bisect.bisect_left(self.user_cum, draw)  # a few heavy users, a long tail
@@ -101,16 +89,16 @@ class _Stream:
             ctx = None
             if action == "save" and self.rng.random() < CONTEXT_SHARE:
                 ctx = f"b{user}.{self.rng.randrange(BOARDS_PER_USER)}"
-            events.append(BenchEvent(f"u{user}", self.item(community), action, ts, None, ctx))
+            events.append(Event(f"u{user}", self.item(community), action, ts, None, ctx))
             ts += self.rng.uniform(10.0, 60.0)
         return events
 
 
-def generate(n_events: int, seed: int = 7, start_ts: float = 1.7e9) -> list[BenchEvent]:
+def generate(n_events: int, seed: int = 7, start_ts: float = 1.7e9) -> list[Event]:
     """`n_events` events in time order: sessions start anywhere in a week, so a user's sessions
     are mostly hours apart (beyond the pair horizon) and pairs come from within a session."""
     stream = _Stream(seed)
-    events: list[BenchEvent] = []
+    events: list[Event] = []
     span = SPAN_S
     while len(events) < n_events:
         events.extend(stream.session(start_ts + stream.rng.random() * span))
@@ -119,9 +107,9 @@ def generate(n_events: int, seed: int = 7, start_ts: float = 1.7e9) -> list[Benc
     return events
 
 
-def partitioned(events: Sequence[BenchEvent]) -> dict[int, list[tuple[int, BenchEvent]]]:
+def partitioned(events: Sequence[Event]) -> dict[int, list[tuple[int, Event]]]:
     """Key by user (like the producer does) and number each partition's events from 0."""
-    out: dict[int, list[tuple[int, BenchEvent]]] = {p: [] for p in range(PARTITIONS)}
+    out: dict[int, list[tuple[int, Event]]] = {p: [] for p in range(PARTITIONS)}
     for event in events:
         mine = out[zlib.crc32(event.user_id.encode()) % PARTITIONS]
         mine.append((len(mine), event))
@@ -153,7 +141,7 @@ async def _delete_prefix(client: aioredis.Redis, prefix: str) -> None:
 
 
 async def _one_run(
-    client: aioredis.Redis, parts: dict[int, list[tuple[int, BenchEvent]]], config: StateConfig
+    client: aioredis.Redis, parts: dict[int, list[tuple[int, Event]]], config: StateConfig
 ) -> tuple[float, float, float]:
     """Wall, script and Redis CPU seconds of applying the stream once, on a fresh prefix."""
     prefix = f"bench{uuid.uuid4().hex[:8]}"

@@ -24,18 +24,16 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from typing import Protocol
 
 import redis.asyncio as aioredis
-from redis import exceptions as redis_errors
 
 from state import keys
 from state.config import ID_PATTERN
-from state.exceptions import InvalidBatchError, StateError, StateUnavailableError
+from state.exceptions import InvalidBatchError
+from state.redis_io import load_lua, redis_errors_as_state, text
 
 
 class ContentItem(Protocol):
@@ -71,25 +69,6 @@ class CatalogRecord:
         return cls(item_id=item_id, title="", categories=(f"id:{item_id}",))
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-@contextmanager
-def redis_errors_as_state(what: str) -> Iterator[None]:
-    """Map redis-py errors onto the package's errors: transient ones say "retry"."""
-    try:
-        yield
-    except (redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
-        raise StateUnavailableError(f"{what}: redis unavailable: {exc}") from exc
-    except redis_errors.RedisError as exc:
-        raise StateError(f"{what}: {exc}") from exc
-
-
-def load_lua(name: str) -> str:
-    return resources.files("state").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
-
-
 def _fields(item: ContentItem, now: float) -> dict[str, str]:
     if not isinstance(item.item_id, str) or not ID_PATTERN.fullmatch(item.item_id):
         raise InvalidBatchError(f"invalid item id {item.item_id!r}")
@@ -108,7 +87,7 @@ def _fields(item: ContentItem, now: float) -> dict[str, str]:
 
 
 def _record(item_id: str, raw: Mapping[bytes | str, bytes | str]) -> CatalogRecord | None:
-    fields = {_text(k): _text(v) for k, v in raw.items()}
+    fields = {text(k): text(v) for k, v in raw.items()}
     if keys.FIELD_TITLE not in fields:
         return None
     features = json.loads(fields.get(keys.FIELD_FEATURES, "{}"))
@@ -183,7 +162,7 @@ class CatalogStore:
             return []
         with redis_errors_as_state("catalog dirty"):
             flat = await self._read_script(keys=[self._dirty, self._redirty], args=[limit])
-        return [(_text(flat[i]), float(_text(flat[i + 1]))) for i in range(0, len(flat), 2)]
+        return [(text(flat[i]), float(text(flat[i + 1]))) for i in range(0, len(flat), 2)]
 
     async def clear_dirty(self, marks: Sequence[tuple[str, float]]) -> int:
         """Remove handled marks; one put again since `dirty` read it has a new score and stays."""

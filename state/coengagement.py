@@ -63,6 +63,18 @@ class EventLike(Protocol):
 
 
 @dataclass(frozen=True)
+class Event:
+    """A plain engagement that satisfies `EventLike`, for callers without a contract object."""
+
+    user_id: str
+    item_id: str
+    action: str
+    ts: float
+    weight: float | None = None
+    context_id: str | None = None
+
+
+@dataclass(frozen=True)
 class SeqEntry:
     """One action in a user's sequence."""
 

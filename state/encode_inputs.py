@@ -28,10 +28,10 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from state import keys
-from state.catalog import load_lua, redis_errors_as_state
 from state.coengagement import SeqEntry, decayed, sum_shards, top_k
 from state.config import StateConfig
 from state.keys import ItemKeys, ShardKeys
+from state.redis_io import load_lua, redis_errors_as_state, text
 
 
 @dataclass(frozen=True)
@@ -87,12 +87,8 @@ class EncodeBasis:
         )
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _int(value: bytes | str | None) -> int:
-    return 0 if value is None else int(_text(value))
+    return 0 if value is None else int(text(value))
 
 
 class EncodeInputs:
@@ -107,7 +103,7 @@ class EncodeInputs:
     async def _shards(self) -> list[ShardKeys]:
         with redis_errors_as_state("shards"):
             tags = await self._client.smembers(keys.shards_key(self._prefix))
-        return [ShardKeys(self._prefix, t) for t in sorted(_text(tag) for tag in tags)]
+        return [ShardKeys(self._prefix, t) for t in sorted(text(tag) for tag in tags)]
 
     async def items(self, item_ids: Iterable[str], k: int, now: float) -> dict[str, ItemInputs]:
         """Version, degree and top-k neighbours (decayed to `now`) of each item."""
@@ -154,8 +150,8 @@ class EncodeInputs:
             degree += _int(raw_deg)
             if raw_t0 is None or not flat:
                 continue
-            scores = {_text(member): float(score) for member, score in flat}
-            parts.append(decayed(scores, float(_text(raw_t0)), self._cfg.decay_lambda, now))
+            scores = {text(member): float(score) for member, score in flat}
+            parts.append(decayed(scores, float(text(raw_t0)), self._cfg.decay_lambda, now))
         return ItemInputs(item_id, version, degree, top_k(sum_shards(parts), k))
 
     async def users(
@@ -179,9 +175,9 @@ class EncodeInputs:
         ):
             sequence = []
             for value in raw_seq:
-                item_id, action, ts = _text(value).split(keys.ENTRY_SEP)
+                item_id, action, ts = text(value).split(keys.ENTRY_SEP)
                 sequence.append(SeqEntry(item_id, action, float(ts)))
-            ts_max = None if raw_ts is None else float(_text(raw_ts))
+            ts_max = None if raw_ts is None else float(text(raw_ts))
             out[user_id] = UserInputs(user_id, _int(raw_v), ts_max, sequence)
         return out
 
@@ -199,7 +195,7 @@ class EncodeInputs:
         out = {}
         for item_id, (raw_v, raw_m, raw_b) in zip(ids, replies, strict=True):
             if raw_v is not None and raw_m is not None and raw_b is not None:
-                out[item_id] = EncodeBasis.from_json(_int(raw_v), _text(raw_m), _text(raw_b))
+                out[item_id] = EncodeBasis.from_json(_int(raw_v), text(raw_m), text(raw_b))
         return out
 
     async def put_bases(self, bases: Mapping[str, EncodeBasis]) -> int:

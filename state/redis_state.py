@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
 
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
@@ -20,8 +18,9 @@ from redis import exceptions as redis_errors
 from state import keys
 from state.coengagement import EventLike, SeqEntry, decayed, sum_shards, top_k
 from state.config import CONTEXT_ACTION, REBASE_EXPONENT, StateConfig
-from state.exceptions import InvalidBatchError, StateError, StateUnavailableError
+from state.exceptions import InvalidBatchError, StateError
 from state.keys import DirtyKind, ShardKeys
+from state.redis_io import load_lua, redis_errors_as_state, text
 
 
 @dataclass(frozen=True)
@@ -36,26 +35,6 @@ class ApplyResult:
     watermark: int
 
 
-def _load_lua(name: str) -> str:
-    return resources.files("state").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
-
-
-def _text(value: bytes | str) -> str:
-    """Replies are bytes or str depending on the client's decode_responses; accept both."""
-    return value.decode() if isinstance(value, bytes) else value
-
-
-@contextmanager
-def _redis_errors(what: str) -> Iterator[None]:
-    """Map redis-py errors onto the package's errors: transient ones say "retry"."""
-    try:
-        yield
-    except (redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
-        raise StateUnavailableError(f"{what}: redis unavailable: {exc}") from exc
-    except redis_errors.RedisError as exc:
-        raise StateError(f"{what}: {exc}") from exc
-
-
 class RedisState:
     """Async access to the state of the engagements stream, sharded by Kafka partition."""
 
@@ -64,9 +43,9 @@ class RedisState:
         self._cfg = config
         self._prefix = keys.check_prefix(prefix)
         self._lam = config.decay_lambda
-        self._apply_script = client.register_script(_load_lua(keys.SCRIPT_APPLY))
-        self._read_dirty_script = client.register_script(_load_lua(keys.SCRIPT_READ_DIRTY))
-        self._clear_dirty_script = client.register_script(_load_lua(keys.SCRIPT_CLEAR_DIRTY))
+        self._apply_script = client.register_script(load_lua(keys.SCRIPT_APPLY))
+        self._read_dirty_script = client.register_script(load_lua(keys.SCRIPT_READ_DIRTY))
+        self._clear_dirty_script = client.register_script(load_lua(keys.SCRIPT_CLEAR_DIRTY))
         self._apply_args = self._static_apply_args(config)
         self._known_shards: set[str] = set()
 
@@ -120,7 +99,7 @@ class RedisState:
         """Make the shard visible to readers before its first write (idempotent SADD)."""
         if shard.tag in self._known_shards:
             return
-        with _redis_errors("register shard"):
+        with redis_errors_as_state("register shard"):
             await self._client.sadd(keys.shards_key(self._prefix), shard.tag)
         self._known_shards.add(shard.tag)
 
@@ -140,7 +119,7 @@ class RedisState:
 
     async def _run_apply(self, shard: ShardKeys, payload: str) -> ApplyResult:
         """One apply script call with an already-encoded batch (tests feed malformed ones)."""
-        with _redis_errors("apply"):
+        with redis_errors_as_state("apply"):
             try:
                 reply = await self._apply_script(
                     keys=[shard.watermark()], args=[*self._apply_args, payload]
@@ -148,39 +127,39 @@ class RedisState:
             except redis_errors.ResponseError as exc:
                 raise InvalidBatchError(f"apply refused on shard {shard.tag}: {exc}") from exc
         applied, skipped, watermark = reply
-        return ApplyResult(int(applied), int(skipped), int(_text(watermark)))
+        return ApplyResult(int(applied), int(skipped), int(text(watermark)))
 
     # -- reads: one shard ---------------------------------------------------------------------
 
     async def watermark(self, topic: str, partition: int) -> int | None:
         """Highest applied offset of the partition, or None before its first apply."""
-        with _redis_errors("watermark"):
+        with redis_errors_as_state("watermark"):
             raw = await self._client.get(self._shard(topic, partition).watermark())
-        return None if raw is None else int(_text(raw))
+        return None if raw is None else int(text(raw))
 
     async def user_sequence(self, topic: str, partition: int, user_id: str) -> list[SeqEntry]:
         """The user's stored actions, oldest first."""
-        with _redis_errors("user_sequence"):
+        with redis_errors_as_state("user_sequence"):
             raw = await self._client.lrange(self._shard(topic, partition).sequence(user_id), 0, -1)
         entries = []
         for value in raw:
-            item_id, action, ts = _text(value).split(keys.ENTRY_SEP)
+            item_id, action, ts = text(value).split(keys.ENTRY_SEP)
             entries.append(SeqEntry(item_id, action, float(ts)))
         return entries
 
     async def user_version(self, topic: str, partition: int, user_id: str) -> int:
         """Bumped once per applied event of the user; 0 for an unknown user."""
         key = self._shard(topic, partition).user(user_id)
-        with _redis_errors("user_version"):
+        with redis_errors_as_state("user_version"):
             raw = await self._client.hget(key, keys.FIELD_VERSION)
-        return 0 if raw is None else int(_text(raw))
+        return 0 if raw is None else int(text(raw))
 
     # -- reads: all shards ------------------------------------------------------------------
 
     async def _shards(self) -> list[ShardKeys]:
-        with _redis_errors("shards"):
+        with redis_errors_as_state("shards"):
             tags = await self._client.smembers(keys.shards_key(self._prefix))
-        return [ShardKeys(self._prefix, _text(tag)) for tag in sorted(_text(t) for t in tags)]
+        return [ShardKeys(self._prefix, text(tag)) for tag in sorted(text(t) for t in tags)]
 
     async def item_neighbours(self, item_id: str, k: int, now: float) -> list[tuple[str, float]]:
         """The item's top-k neighbours, weights summed over shards and decayed to `now`.
@@ -190,7 +169,7 @@ class RedisState:
         shards = await self._shards()
         if not shards:
             return []
-        with _redis_errors("item_neighbours"):
+        with redis_errors_as_state("item_neighbours"):
             async with self._client.pipeline(transaction=False) as pipe:
                 for shard in shards:
                     # Each shard's top k_max, as a trim would leave it (see coengagement rule 7).
@@ -207,8 +186,8 @@ class RedisState:
         for flat, raw_t0 in zip(replies[0::2], replies[1::2], strict=True):
             if raw_t0 is None or not flat:
                 continue
-            scores = {_text(member): float(score) for member, score in flat}
-            parts.append(decayed(scores, float(_text(raw_t0)), self._lam, now))
+            scores = {text(member): float(score) for member, score in flat}
+            parts.append(decayed(scores, float(text(raw_t0)), self._lam, now))
         return top_k(sum_shards(parts), k)
 
     async def item_version(self, item_id: str) -> int:
@@ -216,12 +195,12 @@ class RedisState:
         shards = await self._shards()
         if not shards:
             return 0
-        with _redis_errors("item_version"):
+        with redis_errors_as_state("item_version"):
             async with self._client.pipeline(transaction=False) as pipe:
                 for shard in shards:
                     pipe.hget(shard.item(item_id), keys.FIELD_VERSION)
                 replies = await pipe.execute()
-        return sum(int(_text(raw)) for raw in replies if raw is not None)
+        return sum(int(text(raw)) for raw in replies if raw is not None)
 
     async def dirty_backlog(self) -> dict[str, int]:
         """Number of pending dirty marks per kind over all shards (for a gauge)."""
@@ -229,7 +208,7 @@ class RedisState:
         backlog: dict[str, int] = dict.fromkeys(keys.DIRTY_KINDS, 0)
         if not shards:
             return backlog
-        with _redis_errors("dirty_backlog"):
+        with redis_errors_as_state("dirty_backlog"):
             async with self._client.pipeline(transaction=False) as pipe:
                 for shard in shards:
                     for kind in keys.DIRTY_KINDS:
@@ -252,11 +231,11 @@ class RedisState:
         if limit < 1:
             return []
         shard = self._shard(topic, partition)
-        with _redis_errors("dirty"):
+        with redis_errors_as_state("dirty"):
             flat = await self._read_dirty_script(
                 keys=[shard.dirty(kind), shard.redirty(kind)], args=[limit]
             )
-        return [(_text(flat[i]), float(_text(flat[i + 1]))) for i in range(0, len(flat), 2)]
+        return [(text(flat[i]), float(text(flat[i + 1]))) for i in range(0, len(flat), 2)]
 
     async def clear_dirty(
         self, topic: str, partition: int, kind: DirtyKind, marks: Sequence[tuple[str, float]]
@@ -270,7 +249,7 @@ class RedisState:
             if not math.isfinite(score):
                 raise StateError(f"dirty mark score must be finite, got {score!r}")
             args += [member, repr(float(score))]
-        with _redis_errors("clear_dirty"):
+        with redis_errors_as_state("clear_dirty"):
             removed = await self._clear_dirty_script(
                 keys=[shard.dirty(kind), shard.redirty(kind)], args=args
             )

@@ -7,27 +7,16 @@ marks) and must still equal the reference.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 import redis.asyncio as aioredis
 
 from state import CoEngagementGraph, RedisState, StateConfig
 from state.bench import run_state_bench
+from state.coengagement import Event as Ev
 
 pytestmark = pytest.mark.integration
 
 TOPIC = "eng"
-
-
-@dataclass(frozen=True)
-class Ev:
-    user_id: str
-    item_id: str
-    action: str
-    ts: float
-    weight: float | None = None
-    context_id: str | None = None
 
 
 async def test_one_call_over_many_chunks_equals_reference(

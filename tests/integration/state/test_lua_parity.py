@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 import zlib
-from dataclasses import dataclass
 
 import pytest
 import redis.asyncio as aioredis
@@ -12,21 +11,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from state import CoEngagementGraph, RedisState, StateConfig, merge_neighbours
+from state.coengagement import Event as Ev
 
 pytestmark = pytest.mark.integration
 
 TOPIC = "eng"
 PARTITIONS = 3
-
-
-@dataclass(frozen=True)
-class Ev:
-    user_id: str
-    item_id: str
-    action: str
-    ts: float
-    weight: float | None = None
-    context_id: str | None = None
 
 
 @st.composite

@@ -4,29 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
 from state import ApplyResult, CoEngagementGraph, RedisState, StateConfig, merge_neighbours
+from state.coengagement import Event as Ev
 from state.exceptions import InvalidBatchError
 from state.keys import ShardKeys, shard_tag
 
 pytestmark = pytest.mark.integration
 
 TOPIC = "engagements"
-
-
-@dataclass(frozen=True)
-class Ev:
-    user_id: str
-    item_id: str
-    action: str
-    ts: float
-    weight: float | None = None
-    context_id: str | None = None
 
 
 async def snapshot(client: aioredis.Redis, prefix: str) -> dict[bytes, Any]:

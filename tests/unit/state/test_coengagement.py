@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from state import CoEngagementGraph, SeqEntry, StateConfig, merge_neighbours
+from state.coengagement import Event as Ev
 from state.exceptions import InvalidBatchError
 
 DAY = 86400.0
-
-
-@dataclass(frozen=True)
-class Ev:
-    user_id: str
-    item_id: str
-    action: str
-    ts: float
-    weight: float | None = None
-    context_id: str | None = None
 
 
 def graph(**overrides: object) -> CoEngagementGraph:
