@@ -23,6 +23,7 @@ from streams.metrics import IngestMetrics
 from streams.records import SourceRecord
 from streams.resources import Wired, wire_core
 from streams.settings import Settings
+from streams.updater import start_updater
 
 log = logging.getLogger(__name__)
 BACKLOG_EVERY_S = 5.0
@@ -65,9 +66,14 @@ class BatchRuntime:
         self.limits = limits
         self.stats = RunStats()
         self._stopping = asyncio.Event()
+        self._failed = False
 
     def stop(self) -> None:
         self._stopping.set()
+
+    def _fail(self) -> None:
+        self._failed = True
+        self.stop()
 
     async def run(self) -> RunStats:
         loop = asyncio.get_running_loop()
@@ -78,8 +84,24 @@ class BatchRuntime:
             kafka = consumer(self.settings, self.settings.topics.engagements)
             await kafka.start()
             resources.push_async_callback(kafka.stop)
+            updater = await start_updater(
+                self.settings,
+                wired.redis,
+                self.metrics,
+                lambda: self._shards(kafka),
+                resources,
+                on_fatal=self._fail,
+            )
             await self._loop(kafka, wired)
+            if updater is not None and not self._stopping.is_set():
+                await updater.drain()  # a bounded run ends with every mark turned into vectors
+            if self._failed:
+                raise RuntimeError("the updater failed; see the log")
         return self.stats
+
+    def _shards(self, kafka: AIOKafkaConsumer) -> list[tuple[str, int]]:
+        """The partitions this worker owns: their marks are its to re-encode."""
+        return sorted((tp.topic, tp.partition) for tp in kafka.assignment())
 
     async def _loop(self, kafka: AIOKafkaConsumer, wired: Wired) -> None:
         idle_since = backlog_at = time.monotonic()

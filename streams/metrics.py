@@ -5,11 +5,13 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from streams.events import REASONS
+from streams.reencode_rules import PassStats
 
 NAMESPACE = "sagestream"
 BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
 SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 EXTRA_REASONS = ("key_mismatch", "empty_value")
+FRESHNESS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60)
 
 
 class IngestMetrics:
@@ -65,6 +67,63 @@ class IngestMetrics:
         )
         for reason in (*sorted(REASONS), *EXTRA_REASONS):
             self.invalid.labels(reason=reason)
+        self._updater_metrics()
+
+    def _updater_metrics(self) -> None:
+        r, ns = self.registry, NAMESPACE
+        self.freshness = Histogram(
+            "freshness_seconds",
+            "Upsert time minus the first event time that dirtied the entity",
+            ["kind"],
+            buckets=FRESHNESS_BUCKETS,
+            namespace=ns,
+            registry=r,
+        )
+        self.encode_seconds = Histogram(
+            "encode_seconds",
+            "onnxruntime seconds per pass",
+            buckets=SECONDS_BUCKETS,
+            namespace=ns,
+            registry=r,
+        )
+        self.upsert_seconds = Histogram(
+            "upsert_seconds",
+            "Qdrant upsert seconds per pass",
+            buckets=SECONDS_BUCKETS,
+            namespace=ns,
+            registry=r,
+        )
+        self.reencodes = Counter(
+            "reencodes", "Entities re-encoded, by reason", ["reason"], namespace=ns, registry=r
+        )
+        self.reencode_skips = Counter(
+            "reencode_skips",
+            "Dirty entities whose change was not material",
+            ["kind"],
+            namespace=ns,
+            registry=r,
+        )
+        self.model_version = Gauge(
+            "serving_model_version",
+            "1 for the model version this worker encodes with",
+            ["version"],
+            namespace=ns,
+            registry=r,
+        )
+
+    def observe_pass(self, stats: PassStats) -> None:
+        """Export one re-encode pass (streams/reencode.py)."""
+        if stats.idle:
+            return
+        for kind, samples in stats.freshness_s.items():
+            for seconds in samples:
+                self.freshness.labels(kind=kind).observe(seconds)
+        self.encode_seconds.observe(stats.encode_s)
+        self.upsert_seconds.observe(stats.upsert_s)
+        for reason, count in stats.reasons.items():
+            self.reencodes.labels(reason=reason).inc(count)
+        self.reencode_skips.labels(kind="users").inc(stats.users_skipped)
+        self.reencode_skips.labels(kind="items").inc(stats.items_skipped)
 
     def serve(self, host: str, port: int) -> None:
         """Expose /metrics; port 0 means no endpoint (tests, benchmarks)."""

@@ -136,6 +136,13 @@ class FaultSettings(_Section):
     action: Literal["kill", "raise"] = "kill"
 
 
+class ModelSettings(_Section):
+    """Where the worker finds its encoders; no registry (or nothing promoted) means ingest only."""
+
+    registry: Path | None = None
+    threads: int = Field(default=1, ge=1)  # onnxruntime intra-op threads
+
+
 class MetricsSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=9464, ge=0, le=65535)  # 0 turns the endpoint off
@@ -167,6 +174,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = IngestSettings()
     metrics: MetricsSettings = MetricsSettings()
     faults: FaultSettings = FaultSettings()
+    models: ModelSettings = ModelSettings()
     reencode: ReencodeSettings = ReencodeSettings()
     stack: StackConfig = StackConfig()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

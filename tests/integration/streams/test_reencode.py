@@ -15,12 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from encoders.data import ACTION_CODES, FloatArray
-from encoders.features import FeaturizerConfig
-from encoders.model import ModelConfig
-from encoders.registry import ModelRegistry
 from encoders.runtime import EncoderBundle
-from encoders.train import TrainConfig
-from encoders.workflow import train_and_export
 from state import (
     CoEngagementGraph,
     RedisState,
@@ -33,17 +28,16 @@ from state import (
 from state.catalog import CatalogRecord, CatalogStore
 from state.encode_inputs import EncodeInputs
 from state.keys import ShardKeys, shard_tag
-from streams.commands.train import build_training_data
 from streams.events import CatalogItem, Engagement
 from streams.generate import GeneratorConfig, generate_catalog, generate_events
 from streams.reencode import PassStats, Reencoder
 from streams.settings import Settings
+from tests.integration.models import publish_tiny_model
 
 pytestmark = pytest.mark.integration
 
 PARTITIONS = 3
 STREAM = GeneratorConfig(users=30, items=60, communities=3, events=700, seed=23)
-FEATURIZER = FeaturizerConfig(buckets_per_kind=256, max_tokens=24)
 
 
 def partition_of(user_id: str) -> int:
@@ -53,30 +47,8 @@ def partition_of(user_id: str) -> int:
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> EncoderBundle:
     """A tiny model trained for one epoch on the test stream and published to a registry."""
-    catalog = {item.item_id: item for item in generate_catalog(STREAM)}
-    data = build_training_data(list(generate_events(STREAM)), catalog, FEATURIZER, k=5)
-    model = ModelConfig(
-        buckets_per_kind=FEATURIZER.buckets_per_kind,
-        dense_width=FEATURIZER.dense_width,
-        dropout=0.0,
-        d_model=16,
-        out_dim=8,
-        neighbours=4,
-        seq_len=6,
-    )
-    train = TrainConfig(
-        epochs=1,
-        batch_size=64,
-        random_negatives=32,
-        in_batch_negatives=32,
-        pair_batch=64,
-        feature_batch=32,
-        threads=1,
-        seed=3,
-    )
-    registry = ModelRegistry(tmp_path_factory.mktemp("registry"))
-    outcome = train_and_export(data, FEATURIZER, model, train, registry)
-    return registry.load(outcome.version)
+    registry, version = publish_tiny_model(tmp_path_factory.mktemp("registry"), STREAM)
+    return registry.load(version)
 
 
 class World:
