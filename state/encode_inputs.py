@@ -28,10 +28,11 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from state import keys
-from state.coengagement import SeqEntry, decayed, sum_shards, top_k
+from state.coengagement import SeqEntry
 from state.config import StateConfig
 from state.keys import ItemKeys, ShardKeys
 from state.redis_io import load_lua, redis_errors_as_state, text
+from state.redis_state import merge_shard_lists, queue_shard_list
 
 
 @dataclass(frozen=True)
@@ -119,13 +120,7 @@ class EncodeInputs:
                         pipe.hmget(shard.item(item_id), fields)
                 for shard in shards:
                     for item_id in ids:
-                        pipe.zrange(
-                            shard.neighbours(item_id),
-                            0,
-                            self._cfg.k_max - 1,
-                            desc=True,
-                            withscores=True,
-                        )
+                        queue_shard_list(pipe, shard, item_id, self._cfg.k_max)
                 replies = await pipe.execute()
         half = len(shards) * len(ids)
         heads, lists = replies[:half], replies[half:]
@@ -143,16 +138,11 @@ class EncodeInputs:
         now: float,
     ) -> ItemInputs:
         """One item over all shards, as `RedisState.item_neighbours` and `item_version` read it."""
-        version = degree = 0
-        parts = []
-        for (raw_v, raw_deg, raw_t0), flat in zip(heads, lists, strict=True):
-            version += _int(raw_v)
-            degree += _int(raw_deg)
-            if raw_t0 is None or not flat:
-                continue
-            scores = {text(member): float(score) for member, score in flat}
-            parts.append(decayed(scores, float(text(raw_t0)), self._cfg.decay_lambda, now))
-        return ItemInputs(item_id, version, degree, top_k(sum_shards(parts), k))
+        version = sum(_int(raw_v) for raw_v, _, _ in heads)
+        degree = sum(_int(raw_deg) for _, raw_deg, _ in heads)
+        per_shard = zip(lists, (raw_t0 for _, _, raw_t0 in heads), strict=True)
+        neighbours = merge_shard_lists(per_shard, self._cfg.decay_lambda, now, k)
+        return ItemInputs(item_id, version, degree, neighbours)
 
     async def users(
         self, topic: str, partition: int, user_ids: Iterable[str]

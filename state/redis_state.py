@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
+from redis.asyncio.client import Pipeline
 
 from state import keys
 from state.coengagement import EventLike, SeqEntry, decayed, sum_shards, top_k
@@ -33,6 +34,27 @@ class ApplyResult:
     applied: int
     skipped: int
     watermark: int
+
+
+def queue_shard_list(pipe: Pipeline, shard: ShardKeys, item_id: str, k_max: int) -> None:
+    """Queue one shard's top `k_max` of an item, as a trim would leave it (coengagement rule 7)."""
+    pipe.zrange(shard.neighbours(item_id), 0, k_max - 1, desc=True, withscores=True)
+
+
+def merge_shard_lists(
+    per_shard: Iterable[tuple[Sequence[tuple[bytes | str, float]], bytes | str | None]],
+    lam: float,
+    now: float,
+    k: int,
+) -> list[tuple[str, float]]:
+    """(stored list, t0) replies of one item's shards → its top-k weights decayed to `now`."""
+    parts = []
+    for flat, raw_t0 in per_shard:
+        if raw_t0 is None or not flat:
+            continue
+        scores = {text(member): float(score) for member, score in flat}
+        parts.append(decayed(scores, float(text(raw_t0)), lam, now))
+    return top_k(sum_shards(parts), k)
 
 
 class RedisState:
@@ -172,23 +194,10 @@ class RedisState:
         with redis_errors_as_state("item_neighbours"):
             async with self._client.pipeline(transaction=False) as pipe:
                 for shard in shards:
-                    # Each shard's top k_max, as a trim would leave it (see coengagement rule 7).
-                    pipe.zrange(
-                        shard.neighbours(item_id),
-                        0,
-                        self._cfg.k_max - 1,
-                        desc=True,
-                        withscores=True,
-                    )
+                    queue_shard_list(pipe, shard, item_id, self._cfg.k_max)
                     pipe.hget(shard.item(item_id), keys.FIELD_T0)
                 replies = await pipe.execute()
-        parts = []
-        for flat, raw_t0 in zip(replies[0::2], replies[1::2], strict=True):
-            if raw_t0 is None or not flat:
-                continue
-            scores = {text(member): float(score) for member, score in flat}
-            parts.append(decayed(scores, float(text(raw_t0)), self._lam, now))
-        return top_k(sum_shards(parts), k)
+        return merge_shard_lists(zip(replies[0::2], replies[1::2], strict=True), self._lam, now, k)
 
     async def item_version(self, item_id: str) -> int:
         """Sum of the item's per-shard versions: grows with every change in any shard."""
