@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from operator import attrgetter
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from streams.events import (
     Action,
@@ -189,32 +189,30 @@ def _load_pairs(path: Path) -> Dataset:
     return Dataset(events)
 
 
-def _load_jsonl_events(path: Path) -> Dataset:
-    """One wire-format engagement per line; any rejection is an error with its line number."""
-    events = []
+_Decoded = TypeVar("_Decoded", Engagement, CatalogItem)
+
+
+def _decoded_lines(
+    path: Path, decode: Callable[[bytes], _Decoded | Rejection]
+) -> Iterator[_Decoded]:
+    """Wire-format records, one per non-blank line; a rejection is an error with its line number."""
     with path.open("rb") as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
                 continue
-            result = decode_engagement(line.rstrip(b"\r\n"))
+            result = decode(line.rstrip(b"\r\n"))
             if isinstance(result, Rejection):
                 raise _error(path, line_no, f"{result.reason}: {result.detail}")
-            events.append(result)
-    return Dataset(events)
+            yield result
+
+
+def _load_jsonl_events(path: Path) -> Dataset:
+    return Dataset(list(_decoded_lines(path, decode_engagement)))
 
 
 def load_catalog(path: Path) -> dict[str, CatalogItem]:
-    """A JSONL catalog in the wire format; any rejection is an error with its line number."""
-    items = {}
-    with path.open("rb") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            result = decode_catalog_item(line.rstrip(b"\r\n"))
-            if isinstance(result, Rejection):
-                raise _error(path, line_no, f"{result.reason}: {result.detail}")
-            items[result.item_id] = result
-    return items
+    """A JSONL catalog in the wire format."""
+    return {item.item_id: item for item in _decoded_lines(path, decode_catalog_item)}
 
 
 _LOADERS = {
