@@ -247,6 +247,7 @@ class VectorStore:
         self._client: QdrantClient | None = None
         self._lock = threading.RLock()
         self._embedded = config.url is None
+        self.failing_since: float | None = None  # monotonic time of the first failed try in a row
 
     # -- connection and retries --------------------------------------------------------------
 
@@ -285,11 +286,14 @@ class VectorStore:
             try:
                 client = self._connect()
                 with self._serialised():
-                    return action(client)
+                    result = action(client)
+                self.failing_since = None
+                return result
             except (ApiException, OSError, ValueError, RuntimeError) as err:
                 if not is_transient(err):
                     raise StateError(f"Qdrant refused {what}: {err}") from err
                 now = time.monotonic()
+                self.failing_since = self.failing_since or now
                 started = now if started is None else started
                 left = cfg.unavailable_after_s - (now - started)
                 if left <= 0:

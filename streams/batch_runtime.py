@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from streams.catalog_consumer import start_catalog_consumer
 from streams.ingest import BatchOutcome
 from streams.limits import RunLimits
 from streams.metrics import IngestMetrics
 from streams.records import SourceRecord
 from streams.resources import Wired, wire_core
 from streams.settings import Settings
-from streams.updater import start_updater
+from streams.updater import Updater, start_updater
 
 log = logging.getLogger(__name__)
 BACKLOG_EVERY_S = 5.0
@@ -67,6 +68,7 @@ class BatchRuntime:
         self.stats = RunStats()
         self._stopping = asyncio.Event()
         self._failed = False
+        self._paused = False
 
     def stop(self) -> None:
         self._stopping.set()
@@ -91,10 +93,12 @@ class BatchRuntime:
                 lambda: self._shards(kafka),
                 resources,
                 on_fatal=self._fail,
+                faults=wired.faults,
             )
-            await self._loop(kafka, wired)
+            start_catalog_consumer(self.settings, wired, self.metrics, resources, self._fail)
+            await self._loop(kafka, wired, updater)
             if updater is not None and not self._stopping.is_set():
-                await updater.drain()  # a bounded run ends with every mark turned into vectors
+                await updater.drain(self._stopping)  # a bounded run ends with fresh vectors
             if self._failed:
                 raise RuntimeError("the updater failed; see the log")
         return self.stats
@@ -103,10 +107,12 @@ class BatchRuntime:
         """The partitions this worker owns: their marks are its to re-encode."""
         return sorted((tp.topic, tp.partition) for tp in kafka.assignment())
 
-    async def _loop(self, kafka: AIOKafkaConsumer, wired: Wired) -> None:
+    async def _loop(self, kafka: AIOKafkaConsumer, wired: Wired, updater: Updater | None) -> None:
         idle_since = backlog_at = time.monotonic()
         within_ms = int(self.settings.ingest.batch_within_s * 1000)
         while not self._stopping.is_set():
+            if self._backpressure(kafka, updater):
+                idle_since = time.monotonic()  # a paused worker is waiting, not idle
             fetched = await kafka.getmany(
                 timeout_ms=within_ms, max_records=self.settings.ingest.batch_max
             )
@@ -123,14 +129,35 @@ class BatchRuntime:
                 self._count(len(records), kafka, outcome)
                 idle_since = time.monotonic()
             if time.monotonic() - backlog_at > BACKLOG_EVERY_S:
-                await self._record_backlog(wired)
+                await self._record_backlog(wired, updater)
                 backlog_at = time.monotonic()
             if self._limit_reached(idle_since):
                 break
 
-    async def _record_backlog(self, wired: Wired) -> None:
-        for kind, count in (await wired.state.dirty_backlog()).items():
+    async def _record_backlog(self, wired: Wired, updater: Updater | None) -> None:
+        backlog = await wired.state.dirty_backlog()
+        for kind, count in backlog.items():
             self.metrics.dirty_backlog.labels(kind=kind).set(count)
+        if updater is not None:
+            updater.observe_backlog(sum(backlog.values()))
+
+    def _backpressure(self, kafka: AIOKafkaConsumer, updater: Updater | None) -> bool:
+        """Pause every owned partition while the updater cannot keep up; True while paused.
+
+        Paused partitions still heartbeat and rebalance; `getmany` just returns nothing. Pausing
+        is re-applied each round, since a rebalance hands out partitions unpaused."""
+        paused = updater is not None and updater.paused
+        if paused:
+            kafka.pause(*kafka.assignment())
+        elif kafka.paused():
+            kafka.resume(*kafka.paused())
+        if paused != self._paused:
+            log.warning(
+                "consumption %s", "paused: vector updates are behind" if paused else "resumed"
+            )
+            self._paused = paused
+            self.metrics.paused.set(int(paused))
+        return paused
 
     async def _commit(self, kafka: AIOKafkaConsumer, outcome: BatchOutcome) -> None:
         offsets = {TopicPartition(t, p): o for (t, p), o in outcome.next_offsets.items()}

@@ -9,6 +9,7 @@ the replay a no-op.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -20,14 +21,23 @@ from typing import Any, cast
 import faust
 from faust.types import TP, EventT
 
+from streams.catalog_consumer import start_catalog_consumer
 from streams.limits import RunLimits
 from streams.metrics import IngestMetrics
 from streams.records import SourceRecord
 from streams.resources import Wired, wire_core
 from streams.settings import Settings
+from streams.updater import Updater, start_updater
 
 log = logging.getLogger(__name__)
 EXIT_FATAL = 70
+PAUSE_POLL_S = 0.2
+
+
+def _exit_fatal() -> None:
+    """End the process before Faust can ack anything (see the module docstring)."""
+    logging.shutdown()
+    os._exit(EXIT_FATAL)
 
 
 def _credentials(settings: Settings) -> Any:
@@ -58,6 +68,8 @@ class FaustRuntime:
         self.processed = 0
         self.started_at = self.last_batch_at = time.monotonic()
         self.first_batch_at: float | None = None
+        self._updater: Updater | None = None
+        self._finishing = False
         self.app = self._build_app()
 
     def _build_app(self) -> faust.App:
@@ -86,11 +98,40 @@ class FaustRuntime:
         async with AsyncExitStack() as resources:
             wired = await wire_core(self.settings, self.metrics, resources)
             self._wired = wired
+            self._updater = await start_updater(
+                self.settings,
+                wired.redis,
+                self.metrics,
+                self._shards,
+                resources,
+                on_fatal=_exit_fatal,
+                faults=wired.faults,
+            )
+            start_catalog_consumer(self.settings, wired, self.metrics, resources, _exit_fatal)
             ingest = self.settings.ingest
             async for events in cast(faust.Stream[bytes], stream).take_events(
                 ingest.batch_max, within=ingest.batch_within_s
             ):
                 await self._process(wired, events)
+                await self._hold_while_paused()
+
+    def _shards(self) -> list[tuple[str, int]]:
+        """The partitions this worker owns: their marks are its to re-encode."""
+        return sorted((tp.topic, tp.partition) for tp in self.app.consumer.assignment())
+
+    async def _hold_while_paused(self) -> None:
+        """Backpressure: take no further batch while the updater cannot keep up. Faust's own
+        buffer (`stream_buffer_maxsize`) then fills and its consumer stops fetching."""
+        updater = self._updater
+        if updater is None or not updater.paused:
+            return
+        log.warning("consumption paused: vector updates are behind")
+        self.metrics.paused.set(1)
+        while updater.paused:
+            await asyncio.sleep(PAUSE_POLL_S)
+            self.last_batch_at = time.monotonic()  # waiting, not idle
+        self.metrics.paused.set(0)
+        log.warning("consumption resumed")
 
     async def _process(self, wired: Wired, events: Sequence[EventT[Any]]) -> None:
         records = [_record(e) for e in events]
@@ -101,13 +142,12 @@ class FaustRuntime:
             wired.faults.at("before_commit")  # Faust acks the batch when the agent moves on
         except BaseException:
             log.critical("batch failed; stopping without ack or commit", exc_info=True)
-            logging.shutdown()
-            os._exit(EXIT_FATAL)
+            _exit_fatal()
         self.processed += len(records)
         self.last_batch_at = time.monotonic()
         self._record_lag(outcome.next_offsets)
         if self.limits.max_events is not None and self.processed >= self.limits.max_events:
-            self._stop("processed %d events", self.processed)
+            await self._finish("processed %d events", self.processed)
 
     def _record_lag(self, next_offsets: dict[tuple[str, int], int]) -> None:
         consumer = self.app.consumer
@@ -121,11 +161,23 @@ class FaustRuntime:
     async def _tick(self) -> None:
         wired = getattr(self, "_wired", None)
         if wired is not None:
-            for kind, count in (await wired.state.dirty_backlog()).items():
+            backlog = await wired.state.dirty_backlog()
+            for kind, count in backlog.items():
                 self.metrics.dirty_backlog.labels(kind=kind).set(count)
+            if self._updater is not None:
+                self._updater.observe_backlog(sum(backlog.values()))
         idle = self.limits.until_idle_s
         if idle is not None and self._idle_for() > idle:
-            self._stop("idle for %.0fs after %d events", idle, self.processed)
+            await self._finish("idle for %.0fs after %d events", idle, self.processed)
+
+    async def _finish(self, why: str, *args: object) -> None:
+        """A bounded run ends with every mark turned into vectors, then stops."""
+        if self._finishing:
+            return
+        self._finishing = True
+        if self._updater is not None:
+            await self._updater.drain(asyncio.Event())
+        self._stop(why, *args)
 
     def _idle_for(self) -> float:
         """Before the first batch, allow a minute for joining the group and fetching."""

@@ -111,6 +111,23 @@ class IngestMetrics:
             registry=r,
         )
 
+        self.model_rejections = Counter(
+            "model_rejections",
+            "Promoted model versions a worker refused to load (the old one kept serving)",
+            ["version"],
+            namespace=ns,
+            registry=r,
+        )
+        self.model_switches = Counter(
+            "model_switches", "Completed switches (backfill + alias flip)", namespace=ns, registry=r
+        )
+        self.paused = Gauge(
+            "consumption_paused",
+            "1 while consumption is paused for the vector store (failing or backlog)",
+            namespace=ns,
+            registry=r,
+        )
+
     def observe_pass(self, stats: PassStats) -> None:
         """Export one re-encode pass (streams/reencode.py)."""
         if stats.idle:

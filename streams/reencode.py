@@ -41,7 +41,7 @@ import asyncio
 import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,6 +101,8 @@ class Reencoder:
         self._content_cache: OrderedDict[tuple[str, int], FloatArray] = OrderedDict()
         self._prepared: str | None = None
         self.bundle = bundle
+        self.shadow: Reencoder | None = None  # the next model while a switch dual-writes
+        self._after_vector_write: Callable[[], None] = lambda: None
 
     @classmethod
     def connect(
@@ -122,6 +124,10 @@ class Reencoder:
             settings,
         )
 
+    def on_vector_write(self, hook: Callable[[], None]) -> None:
+        """Call `hook` after each pass's upserts, before its marks are cleared (crash tests)."""
+        self._after_vector_write = hook
+
     def swap(self, bundle: EncoderBundle) -> None:
         """Encode with another model version from the next pass on (cached content is its own).
 
@@ -138,14 +144,18 @@ class Reencoder:
         on_pass: Callable[[PassStats], None] | None = None,
         *,
         catalog: bool = True,
+        between: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """Pass after pass until `stop`: right away while a pass drains full pages of marks,
-        otherwise `window_s` after the previous pass began, so new marks coalesce."""
+        otherwise `window_s` after the previous pass began, so new marks coalesce. `between`
+        runs after each pass (model lifecycle steps), never while a pass is in flight."""
         while not stop.is_set():
             began = time.monotonic()
             stats = await self.run_pass(shards(), catalog=catalog)
             if on_pass is not None:
                 on_pass(stats)
+            if between is not None:
+                await between()
             if stats.more_waiting:
                 continue
             wait = self._cfg.window_s - (time.monotonic() - began)
@@ -167,17 +177,32 @@ class Reencoder:
     # -- one pass --------------------------------------------------------------------------------
 
     async def run_pass(self, shards: Sequence[Shard], *, catalog: bool = True) -> PassStats:
-        """Drain, decide, encode, upsert, record bases, clear; see the module docstring."""
+        """Drain, write every target, clear; see the module docstring."""
         stats = PassStats()
         marks = await self._drain(shards, catalog)
         stats.marks = marks.count()
         stats.more_waiting = marks.full(self._cfg.marks_per_shard)
         if stats.idle:
             return stats
+        await self.write(marks, stats)
+        if self.shadow is not None:  # a model switch is under way: dual writes
+            await self.shadow.write(marks, PassStats(), primary=False)
+        self._after_vector_write()
+        await self._clear(marks)
+        return stats
+
+    async def write(
+        self, marks: Marks, stats: PassStats, *, primary: bool = True, insert_only: bool = False
+    ) -> None:
+        """Encode what `marks` name with this model and upsert it (steps 2-6).
+
+        The primary (serving) model skips immaterial item changes and records bases and
+        freshness; a shadow (the next model during a switch) and a backfill encode every item
+        named, since the recorded bases belong to the primary model.
+        """
         await self._prepare()
-        dirty_items = marks.items()
         arrived = {item_id for item_id, _ in marks.catalog}
-        plans = await self._plan_items(dirty_items, arrived, stats)
+        plans = await self._plan_items(marks.items(), arrived, stats, skip=primary)
         users = {
             shard: await self._inputs.users(*shard, ids) for shard, ids in marks.users().items()
         }
@@ -185,11 +210,16 @@ class Reencoder:
         vectors = await self._encode_items(plans, stats)
         records = [self._item_record(plan, vectors[i]) for i, plan in plans.items()]
         records += await self._encode_users(users, {**stored, **vectors}, stats)
-        await self._upsert(records, stats)
-        self._freshness(stats, plans, marks)
-        await self._inputs.put_bases({i: p.basis for i, p in plans.items()})
-        await self._clear(marks)
-        return stats
+        await self._upsert(records, stats, insert_only)
+        if primary:
+            self._freshness(stats, plans, marks)
+            await self._inputs.put_bases({i: p.basis for i, p in plans.items()})
+
+    def spawn(self, bundle: EncoderBundle) -> Reencoder:
+        """A scheduler for another model on the same state and store (a switch's shadow)."""
+        return Reencoder(
+            self._state, self._inputs, self._catalog, self._store, bundle, self._cfg, self._clock
+        )
 
     async def _prepare(self) -> None:
         """Create this model's collections once per bundle (idempotent on the store's side)."""
@@ -217,9 +247,10 @@ class Reencoder:
     # -- items -----------------------------------------------------------------------------------
 
     async def _plan_items(
-        self, first_ts: Mapping[str, float], arrived: set[str], stats: PassStats
+        self, first_ts: Mapping[str, float], arrived: set[str], stats: PassStats, *, skip: bool
     ) -> dict[str, _ItemPlan]:
-        """Read dirty items' state, basis and content; keep those that must be encoded."""
+        """Read dirty items' state, basis and content; keep those that must be encoded
+        (all of them unless `skip`: immaterial changes are skipped only by the primary)."""
         ids = list(first_ts)
         if not ids:
             return {}
@@ -238,6 +269,8 @@ class Reencoder:
             reason = item_reason(
                 basis, self.bundle.version, item_id in arrived, content.content_version, changed
             )
+            if reason is None and not skip:
+                reason = "neighbours"
             if reason is None:
                 stats.items_skipped += 1
                 continue
@@ -433,11 +466,15 @@ class Reencoder:
 
     # -- writes and bookkeeping --------------------------------------------------------------------
 
-    async def _upsert(self, records: Sequence[VectorRecord], stats: PassStats) -> None:
+    async def _upsert(
+        self, records: Sequence[VectorRecord], stats: PassStats, insert_only: bool
+    ) -> None:
         if not records:
             return
         began = time.perf_counter()
-        await asyncio.to_thread(self._store.upsert, self.bundle.version, records)
+        await asyncio.to_thread(
+            self._store.upsert, self.bundle.version, records, insert_only=insert_only
+        )
         stats.upsert_s += time.perf_counter() - began
 
     def _freshness(self, stats: PassStats, plans: Mapping[str, _ItemPlan], marks: Marks) -> None:

@@ -49,6 +49,7 @@ class Wired:
     state: RedisState
     redis: aioredis.Redis
     faults: Faults
+    dead_letters: KafkaDeadLetterSink
 
 
 async def wire_core(settings: Settings, metrics: IngestMetrics, stack: AsyncExitStack) -> Wired:
@@ -63,4 +64,4 @@ async def wire_core(settings: Settings, metrics: IngestMetrics, stack: AsyncExit
     sink = KafkaDeadLetterSink(dlq_producer, settings.topics.dlq_suffix)
     faults = Faults(settings.faults)
     core = IngestCore(state, sink, metrics, settings.ingest, faults)
-    return Wired(core, state, client, faults)
+    return Wired(core, state, client, faults, sink)

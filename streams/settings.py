@@ -125,7 +125,9 @@ class IngestSettings(_Section):
     retry_max_s: float = Field(default=5.0, gt=0)
 
 
-FaultPoint = Literal["after_dead_letters", "after_state_write", "before_commit"]
+FaultPoint = Literal[
+    "after_dead_letters", "after_state_write", "after_vector_write", "before_commit"
+]
 
 
 class FaultSettings(_Section):
@@ -134,6 +136,9 @@ class FaultSettings(_Section):
     point: FaultPoint | None = None
     after: int = Field(default=1, ge=1)  # fire on this pass of the point
     action: Literal["kill", "raise"] = "kill"
+    # Make the vector store unreachable for this long from its first write (scenario 6): the
+    # embedded store has no server to stop, so the outage is injected where the sink calls it.
+    store_outage_s: float = Field(default=0.0, ge=0)
 
 
 class ModelSettings(_Section):
@@ -141,6 +146,8 @@ class ModelSettings(_Section):
 
     registry: Path | None = None
     threads: int = Field(default=1, ge=1)  # onnxruntime intra-op threads
+    poll_s: float = Field(default=10.0, gt=0)  # how often a worker looks for a newly promoted one
+    backfill_page: int = Field(default=500, ge=1)  # entities per backfill step between passes
 
 
 class MetricsSettings(_Section):
@@ -159,6 +166,9 @@ class ReencodeSettings(_Section):
     # top-K neighbour ids did not change; 0 re-encodes on every change (exact mode, tests).
     item_min_change: float = Field(default=0.1, ge=0)
     content_cache: int = Field(default=50_000, ge=0)  # content vectors kept between passes
+    # Backpressure: consumption pauses while the vector store is failing, or while more marks
+    # than this wait (dirty backlog, read every few seconds), and resumes once below half of it.
+    max_backlog: int = Field(default=200_000, ge=1)
 
 
 class Settings(BaseSettings):

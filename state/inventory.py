@@ -1,0 +1,75 @@
+"""Every entity the state knows, in pages: what a backfill must encode for a new model.
+
+Users live in their partition's shard (``P:{T}:u:<user>``); items appear in every shard that saw
+them (``P:{T}:i:<item>``) and in the catalog (``P:{i:<item>}:cat``), so item ids are
+deduplicated across the scans. SCAN visits every key that exists for the whole scan at least
+once; a key created meanwhile may be missed, which a backfill tolerates because the entity's
+new state also leaves a dirty mark that the live (dual-writing) passes encode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import redis.asyncio as aioredis
+
+from state import keys
+from state.keys import ShardKeys
+from state.redis_io import redis_errors_as_state, text
+
+Shard = tuple[str, int]
+
+
+def parse_tag(tag: str) -> Shard:
+    """``engagements.3`` -> ("engagements", 3): the inverse of `keys.shard_tag`."""
+    topic, _, partition = tag.rpartition(".")
+    return topic, int(partition)
+
+
+async def shard_list(client: aioredis.Redis, prefix: str) -> list[Shard]:
+    """Every (topic, partition) whose events were ever applied."""
+    with redis_errors_as_state("shards"):
+        tags = await client.smembers(keys.shards_key(keys.check_prefix(prefix)))
+    return sorted(parse_tag(text(tag)) for tag in tags)
+
+
+async def _scan(client: aioredis.Redis, match: str, page: int) -> AsyncIterator[list[str]]:
+    """Key names matching `match`, about `page` at a time."""
+    cursor: int = 0
+    while True:
+        with redis_errors_as_state("scan"):
+            cursor, found = await client.scan(cursor, match=match, count=page)
+        if found:
+            yield [text(k) for k in found]
+        if cursor == 0:
+            return
+
+
+async def user_pages(
+    client: aioredis.Redis, prefix: str, page: int
+) -> AsyncIterator[tuple[Shard, list[str]]]:
+    """Pages of user ids, each from one shard."""
+    for topic, partition in await shard_list(client, prefix):
+        head = ShardKeys(prefix, keys.shard_tag(topic, partition)).user("")
+        async for names in _scan(client, head + "*", page):
+            yield (topic, partition), [name[len(head) :] for name in names]
+
+
+async def item_pages(client: aioredis.Redis, prefix: str, page: int) -> AsyncIterator[list[str]]:
+    """Pages of item ids engaged in any shard or present in the catalog, each id once."""
+    seen: set[str] = set()
+    heads = [
+        ShardKeys(prefix, keys.shard_tag(topic, partition)).item("")
+        for topic, partition in await shard_list(client, prefix)
+    ]
+    catalog_head = keys.ItemKeys(prefix, "").base.removesuffix("}" + keys.SEP)
+    patterns = [(head + "*", head, "") for head in heads]
+    patterns.append((catalog_head + "*", catalog_head, "}" + keys.SEP + keys.CATALOG))
+    for match, head, tail in patterns:
+        matcher = match + tail
+        async for names in _scan(client, matcher, page):
+            ids = [name[len(head) : len(name) - len(tail)] for name in names]
+            fresh = [i for i in ids if i not in seen]
+            seen.update(fresh)
+            if fresh:
+                yield fresh
