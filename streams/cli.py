@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "streams.commands.bench",
     "streams.commands.demo",
     "streams.commands.train",
+    "streams.commands.retrain",
 )
 
 

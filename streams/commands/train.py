@@ -19,7 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from encoders.data import ACTION_CODES, TrainingData, UserSequence, training_length
+from encoders.data import (
+    ACTION_CODES,
+    FloatArray,
+    IntArray,
+    TrainingData,
+    UserSequence,
+    training_length,
+)
 from encoders.exceptions import ModelRejected, RegistryError
 from encoders.features import ContentFeaturizer, FeaturizerConfig, infer_dense_layout
 from encoders.model import ModelConfig
@@ -43,16 +50,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     train = sub.add_parser("train", help="train, evaluate and publish a model version")
     _data_args(train)
     train.add_argument("--out", type=Path, required=True, help="model registry root")
-    train.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
-    train.add_argument("--dim", type=int, default=64, help="output embedding size D")
-    train.add_argument("--seq-len", type=int, default=50, help="actions per user sequence M")
-    train.add_argument("--neighbours", type=int, default=10, help="neighbour tokens per item K")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--threads", type=int, default=2)
-    train.add_argument("--max-minutes", type=float, help="stop training after this long")
+    model_args(train)
     train.add_argument("--promote", action="store_true", help="promote the new version")
-    for flag in ("neighbours", "content", "logq", "random-negatives"):
-        train.add_argument(f"--no-{flag}", action="store_true", help=f"ablation: no {flag}")
     train.set_defaults(func=run_train)
 
     ev = sub.add_parser("eval", help="re-evaluate a saved model version through onnxruntime")
@@ -71,6 +70,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action.add_argument("version")
         action.set_defaults(func=func)
     actions.add_parser("rollback").set_defaults(func=run_models_rollback)
+
+
+def model_args(parser: argparse.ArgumentParser) -> None:
+    """Model size, optimisation and ablation flags; `retrain` shares them, defaults included."""
+    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
+    parser.add_argument("--dim", type=int, default=64, help="output embedding size D")
+    parser.add_argument("--seq-len", type=int, default=50, help="actions per user sequence M")
+    parser.add_argument("--neighbours", type=int, default=10, help="neighbour tokens per item K")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--max-minutes", type=float, help="stop training after this long")
+    for flag in ("neighbours", "content", "logq", "random-negatives"):
+        parser.add_argument(f"--no-{flag}", action="store_true", help=f"ablation: no {flag}")
 
 
 def _data_args(parser: argparse.ArgumentParser) -> None:
@@ -142,14 +154,28 @@ def build_training_data(
     missing = [i for i in item_ids if i not in catalog]
     if missing:
         log.warning("%d items have no catalog entry: their id is their only content", len(missing))
-    contents = [catalog.get(i) or _NoContent(i) for i in item_ids]
-    token_ids, dense = ContentFeaturizer(featurizer_cfg).featurise_many(contents)
+    token_ids, dense = featurise_items(item_ids, catalog, featurizer_cfg)
     index = {item_id: i for i, item_id in enumerate(item_ids)}
     sequences, ordered = user_sequences(events, index)
     train_events = [e for evs in ordered for e in evs[: training_length(len(evs))]]
     log.info("building neighbour lists from %d training events", len(train_events))
     neighbours, weights, degrees = neighbour_lists(train_events, item_ids, k)
     return TrainingData(item_ids, token_ids, dense, neighbours, weights, degrees, tuple(sequences))
+
+
+def featurise_items(
+    item_ids: Sequence[str], catalog: Mapping[str, CatalogItem], featurizer_cfg: FeaturizerConfig
+) -> tuple[IntArray, FloatArray]:
+    """``token_ids`` and ``dense`` rows of ``item_ids`` (an item without an entry: its id)."""
+    contents = [catalog.get(i) or _NoContent(i) for i in item_ids]
+    return ContentFeaturizer(featurizer_cfg).featurise_many(contents)
+
+
+def featurizer_for(catalog: Mapping[str, CatalogItem], no_content: bool) -> FeaturizerConfig:
+    """Featuriser settings read off the catalog: its named dense vectors and their widths."""
+    names, dims = infer_dense_layout(catalog.values())
+    featurizer_cfg = FeaturizerConfig(dense_names=names, dense_dims=dims)
+    return replace(featurizer_cfg, use_text=False) if no_content else featurizer_cfg
 
 
 def load_training_data(
@@ -159,10 +185,7 @@ def load_training_data(
     dataset = load_dataset(args.data, args.format, args.items)
     events = list(dataset.events)
     if featurizer_cfg is None:
-        names, dims = infer_dense_layout(dataset.items.values())
-        featurizer_cfg = FeaturizerConfig(dense_names=names, dense_dims=dims)
-        if getattr(args, "no_content", False):
-            featurizer_cfg = replace(featurizer_cfg, use_text=False)
+        featurizer_cfg = featurizer_for(dataset.items, getattr(args, "no_content", False))
     k = max(BASELINE_NEIGHBOURS, getattr(args, "neighbours", 0))
     data = build_training_data(events, dataset.items, featurizer_cfg, k)
     log.info(
@@ -211,6 +234,14 @@ def _configs(args: argparse.Namespace, feat: FeaturizerConfig) -> tuple[ModelCon
         max_seconds=None if args.max_minutes is None else args.max_minutes * 60.0,
     )
     return model_cfg, train_cfg
+
+
+def training_configs(
+    args: argparse.Namespace, catalog: Mapping[str, CatalogItem]
+) -> tuple[FeaturizerConfig, ModelConfig, TrainConfig]:
+    """Everything :func:`model_args` flags say, once the catalog fixes the featuriser layout."""
+    feat = featurizer_for(catalog, args.no_content)
+    return (feat, *_configs(args, feat))
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -39,6 +39,35 @@ def test_worker_waits_for_healthy_dependencies_and_exposes_metrics() -> None:
     assert (COMPOSE.parent / worker["build"]["dockerfile"]).exists()
 
 
+def test_retrainer_runs_every_six_hours_on_the_workers_image_and_registry() -> None:
+    services = load()["services"]
+    worker, retrainer = services["worker"], services["retrainer"]
+    assert retrainer["build"] == worker["build"]
+    assert retrainer["command"] == ["sagestream", "retrain", "--every", "6h"]
+    assert "kafka" in retrainer["depends_on"]
+    for name in ("SAGESTREAM_KAFKA__BOOTSTRAP_SERVERS", "SAGESTREAM_MODELS__REGISTRY"):
+        assert retrainer["environment"][name] == worker["environment"][name], name
+    registry = worker["environment"]["SAGESTREAM_MODELS__REGISTRY"]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in worker["volumes"]}
+    assert registry in mounts and f"{mounts[registry]}:{registry}" in retrainer["volumes"]
+
+
+def test_prometheus_scrapes_the_workers_metrics_port() -> None:
+    prometheus = load()["services"]["prometheus"]
+    assert prometheus["image"].startswith("prom/prometheus:")
+    mounted = {v.split(":")[1]: v.split(":")[0] for v in prometheus["volumes"]}
+    config = mounted["/etc/prometheus/prometheus.yml"]
+    scrape = yaml.safe_load((COMPOSE.parent / config).read_text())
+    targets = [
+        target
+        for job in scrape["scrape_configs"]
+        for static in job["static_configs"]
+        for target in static["targets"]
+    ]
+    port = load()["services"]["worker"]["environment"]["SAGESTREAM_METRICS__PORT"]
+    assert targets == [f"worker:{port}"]
+
+
 def test_compose_client_accepts_the_file_where_one_exists() -> None:
     """`docker compose config` validates the file fully; hosts without the plugin parse it above."""
     docker = shutil.which("docker")
