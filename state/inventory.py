@@ -33,16 +33,24 @@ async def shard_list(client: aioredis.Redis, prefix: str) -> list[Shard]:
     return sorted(parse_tag(text(tag)) for tag in tags)
 
 
+SCAN_COUNT = 1000  # keys SCAN visits per call: the pattern matches a few of them
+
+
 async def _scan(client: aioredis.Redis, match: str, page: int) -> AsyncIterator[list[str]]:
-    """Key names matching `match`, about `page` at a time."""
+    """Key names matching `match`, `page` at a time (the last page may be shorter)."""
     cursor: int = 0
+    names: list[str] = []
     while True:
         with redis_errors_as_state("scan"):
-            cursor, found = await client.scan(cursor, match=match, count=page)
-        if found:
-            yield [text(k) for k in found]
+            cursor, found = await client.scan(cursor, match=match, count=SCAN_COUNT)
+        names.extend(text(k) for k in found)
+        while len(names) >= page:
+            yield names[:page]
+            names = names[page:]
         if cursor == 0:
-            return
+            break
+    if names:
+        yield names
 
 
 async def user_pages(

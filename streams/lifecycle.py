@@ -82,6 +82,7 @@ class Backfill:
         self.progress.users += stats.users_encoded
         self.progress.pages += 1
         self.progress.seconds += time.perf_counter() - began
+        log.debug("backfill %s: %s", self.writer.bundle.version, self.progress)
         return False
 
     async def run(self, report_every: int = 20) -> BackfillProgress:

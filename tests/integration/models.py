@@ -15,7 +15,9 @@ from streams.generate import GeneratorConfig, generate_catalog, generate_events
 FEATURIZER = FeaturizerConfig(buckets_per_kind=256, max_tokens=24)
 
 
-def publish_tiny_model(root: Path, stream: GeneratorConfig) -> tuple[ModelRegistry, str]:
+def publish_tiny_model(
+    root: Path, stream: GeneratorConfig, seed: int = 3
+) -> tuple[ModelRegistry, str]:
     """One epoch on `stream`, published into a registry at `root`; returns it and the version."""
     catalog = {item.item_id: item for item in generate_catalog(stream)}
     data = build_training_data(list(generate_events(stream)), catalog, FEATURIZER, k=5)
@@ -36,7 +38,7 @@ def publish_tiny_model(root: Path, stream: GeneratorConfig) -> tuple[ModelRegist
         pair_batch=64,
         feature_batch=32,
         threads=1,
-        seed=3,
+        seed=seed,
     )
     registry = ModelRegistry(root)
     outcome = train_and_export(data, FEATURIZER, model, train, registry)

@@ -1,47 +1,39 @@
-"""The re-encode scheduler on the real Redis, embedded Qdrant and a briefly trained model.
-
-The oracle recomputes every vector from scratch: the stream's own graph rules in Python
-(`CoEngagementGraph`, one per partition, merged like the readers), the catalog, and the same
-model, with none of the scheduler's code (RELIABILITY I2).
-"""
+"""The re-encode scheduler on the real Redis, embedded Qdrant and a briefly trained model,
+checked against the from-scratch oracle of tests/integration/vectors_world.py."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
 import redis.asyncio as aioredis
 
-from encoders.data import ACTION_CODES, FloatArray
 from encoders.runtime import EncoderBundle
 from state import (
-    CoEngagementGraph,
-    RedisState,
     VectorRecord,
     VectorStore,
     VectorStoreConfig,
     VectorStoreUnavailable,
-    merge_neighbours,
 )
-from state.catalog import CatalogRecord, CatalogStore
-from state.encode_inputs import EncodeInputs
 from state.keys import ShardKeys, shard_tag
 from streams.events import CatalogItem, Engagement
 from streams.generate import GeneratorConfig, generate_catalog, generate_events
-from streams.reencode import PassStats, Reencoder
+from streams.reencode import PassStats
 from streams.settings import Settings
 from tests.integration.models import publish_tiny_model
+from tests.integration.vectors_world import (
+    PARTITIONS,
+    World,
+    assert_close,
+    assert_matches_oracle,
+    partition_of,
+)
 
 pytestmark = pytest.mark.integration
 
-PARTITIONS = 3
 STREAM = GeneratorConfig(users=30, items=60, communities=3, events=700, seed=23)
-
-
-def partition_of(user_id: str) -> int:
-    return int(user_id.removeprefix("u")) % PARTITIONS
 
 
 @pytest.fixture(scope="module")
@@ -49,51 +41,6 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> EncoderBundle:
     """A tiny model trained for one epoch on the test stream and published to a registry."""
     registry, version = publish_tiny_model(tmp_path_factory.mktemp("registry"), STREAM)
     return registry.load(version)
-
-
-class World:
-    """One test's Redis state, catalog, vector store and scheduler, plus the applied events."""
-
-    def __init__(
-        self, client: aioredis.Redis, settings: Settings, bundle: EncoderBundle, store: VectorStore
-    ) -> None:
-        prefix = settings.redis.key_prefix
-        self.client, self.settings, self.bundle, self.store = client, settings, bundle, store
-        self.topic = settings.topics.engagements
-        self.state = RedisState(client, settings.state, prefix)
-        self.catalog = CatalogStore(client, prefix)
-        self.inputs = EncodeInputs(client, settings.state, prefix)
-        self.reencoder = Reencoder.connect(
-            client, settings.state, prefix, store, bundle, settings.reencode
-        )
-        self.events: dict[int, list[Engagement]] = {p: [] for p in range(PARTITIONS)}
-        self.content: dict[str, CatalogItem] = {}
-
-    @property
-    def shards(self) -> list[tuple[str, int]]:
-        return [(self.topic, p) for p in range(PARTITIONS)]
-
-    async def apply(self, events: Sequence[Engagement]) -> None:
-        for p in range(PARTITIONS):
-            mine = [e for e in events if partition_of(e.user_id) == p]
-            start = len(self.events[p])
-            await self.state.apply(self.topic, p, list(enumerate(mine, start)))
-            self.events[p].extend(mine)
-
-    async def put(self, items: Sequence[CatalogItem]) -> None:
-        await self.catalog.put(items)
-        self.content.update({i.item_id: i for i in items})
-
-    def vectors(self, kind: str, ids: Sequence[str]) -> dict[str, tuple[FloatArray, int, float]]:
-        found = self.store.get(kind, ids, version=self.bundle.version)  # type: ignore[arg-type]
-        return {
-            e: (p.vector, int(p.payload["state_version"]), float(p.payload["updated_at"]))
-            for e, p in found.items()
-        }
-
-    def engaged(self) -> tuple[list[str], list[str]]:
-        every = [e for evs in self.events.values() for e in evs]
-        return sorted({e.user_id for e in every}), sorted({e.item_id for e in every})
 
 
 @pytest.fixture
@@ -114,79 +61,6 @@ def world(
         return World(redis_client, settings, bundle, store)
 
     return factory
-
-
-# -- the oracle ------------------------------------------------------------------------------
-
-
-def _graphs(world: World) -> list[CoEngagementGraph]:
-    graphs = []
-    for p in range(PARTITIONS):
-        graph = CoEngagementGraph(world.settings.state)
-        graph.add_many(world.events[p], range(len(world.events[p])))
-        graphs.append(graph)
-    return graphs
-
-
-def rows(vectors: list[FloatArray], width: int) -> FloatArray:
-    return np.stack(vectors) if vectors else np.zeros((0, width), dtype=np.float32)
-
-
-def relative(weights: list[float]) -> FloatArray:
-    """Weights over the strongest, in float64 first: read far from their origin, raw decayed
-    weights underflow float32 (the model reads only these ratios)."""
-    top = max(weights, default=1.0)
-    return np.asarray([w / top for w in weights], dtype=np.float32)
-
-
-def oracle(world: World) -> tuple[dict[str, FloatArray], dict[str, FloatArray]]:
-    """Every engaged item's and user's vector, recomputed from the events and the catalog."""
-    bundle, graphs = world.bundle, _graphs(world)
-    users, items = world.engaged()
-    everything = sorted(set(items) | set(world.content))
-    records = [world.content.get(i) or CatalogRecord.empty(i) for i in everything]
-    content = dict(zip(everything, bundle.content_vectors(records), strict=True))
-    lists = {i: merge_neighbours(graphs, i, bundle.neighbours, 2e9) for i in everything}
-    item_vecs = bundle.item_vectors(
-        np.stack([content[i] for i in everything]),
-        [rows([content[n] for n, _ in lists[i]], bundle.content_dim) for i in everything],
-        [relative([w for _, w in lists[i]]) for i in everything],
-        np.asarray([sum(g.item_degree(i) for g in graphs) for i in everything], np.float32),
-    )
-    item_vectors = dict(zip(everything, item_vecs, strict=True))
-    histories = []
-    for user in users:
-        seq = graphs[partition_of(user)].sequence(user)[-(bundle.seq_len + 1) :]
-        histories.append(
-            (
-                np.stack([item_vectors[e.item_id] for e in seq]),
-                np.asarray([ACTION_CODES[e.action] for e in seq]),
-                np.asarray([e.ts for e in seq]),
-            )
-        )
-    user_vectors = dict(zip(users, bundle.user_vectors(histories), strict=True))
-    return user_vectors, item_vectors
-
-
-def assert_close(got: FloatArray, want: FloatArray, what: str) -> None:
-    cosine = float(np.dot(got, want) / (np.linalg.norm(got) * np.linalg.norm(want)))
-    assert cosine >= 0.99999, f"{what}: cosine {cosine}"
-
-
-async def assert_matches_oracle(world: World) -> None:
-    users, items = world.engaged()
-    want_users, want_items = oracle(world)
-    stored_users, stored_items = world.vectors("users", users), world.vectors("items", items)
-    assert set(stored_users) == set(users) and set(stored_items) == set(items)
-    contents = await world.catalog.get(items)
-    for item_id, (vector, version, _) in stored_items.items():
-        cv = contents[item_id].content_version if item_id in contents else 0
-        assert version == await world.state.item_version(item_id) + cv, item_id
-        assert_close(vector, want_items[item_id], item_id)
-    for user_id, (vector, version, _) in stored_users.items():
-        p = partition_of(user_id)
-        assert version == await world.state.user_version(world.topic, p, user_id), user_id
-        assert_close(vector, want_users[user_id], user_id)
 
 
 def stream() -> list[Engagement]:
