@@ -44,11 +44,20 @@ class World:
             client, settings.state, prefix, store, bundle, settings.reencode
         )
         self.events: dict[int, list[Engagement]] = {p: [] for p in range(PARTITIONS)}
+        self.owner: dict[str, int] = {}  # user -> partition, for worlds fed by Kafka
         self.content: dict[str, CatalogItem] = {}
 
     @property
     def shards(self) -> list[tuple[str, int]]:
-        return [(self.topic, p) for p in range(PARTITIONS)]
+        return [(self.topic, p) for p in self.events]
+
+    def partition(self, user_id: str) -> int:
+        return self.owner[user_id] if user_id in self.owner else partition_of(user_id)
+
+    def replayed(self, events: dict[int, list[Engagement]]) -> None:
+        """Take the events a worker applied from Kafka (per partition, in offset order)."""
+        self.events = {p: list(evs) for p, evs in events.items()}
+        self.owner = {e.user_id: p for p, evs in events.items() for e in evs}
 
     async def apply(self, events: Sequence[Engagement]) -> None:
         for p in range(PARTITIONS):
@@ -79,12 +88,12 @@ class World:
 # -- the oracle ------------------------------------------------------------------------------
 
 
-def _graphs(world: World) -> list[CoEngagementGraph]:
-    graphs = []
-    for p in range(PARTITIONS):
+def _graphs(world: World) -> dict[int, CoEngagementGraph]:
+    graphs = {}
+    for p in world.events:
         graph = CoEngagementGraph(world.settings.state)
         graph.add_many(world.events[p], range(len(world.events[p])))
-        graphs.append(graph)
+        graphs[p] = graph
     return graphs
 
 
@@ -108,17 +117,21 @@ def oracle(
     everything = sorted(set(items) | set(world.content))
     records = [world.content.get(i) or CatalogRecord.empty(i) for i in everything]
     content = dict(zip(everything, bundle.content_vectors(records), strict=True))
-    lists = {i: merge_neighbours(graphs, i, bundle.neighbours, 2e9) for i in everything}
+    lists = {
+        i: merge_neighbours(list(graphs.values()), i, bundle.neighbours, 2e9) for i in everything
+    }
     item_vecs = bundle.item_vectors(
         np.stack([content[i] for i in everything]),
         [rows([content[n] for n, _ in lists[i]], bundle.content_dim) for i in everything],
         [relative([w for _, w in lists[i]]) for i in everything],
-        np.asarray([sum(g.item_degree(i) for g in graphs) for i in everything], np.float32),
+        np.asarray(
+            [sum(g.item_degree(i) for g in graphs.values()) for i in everything], np.float32
+        ),
     )
     item_vectors = dict(zip(everything, item_vecs, strict=True))
     histories = []
     for user in users:
-        seq = graphs[partition_of(user)].sequence(user)[-(bundle.seq_len + 1) :]
+        seq = graphs[world.partition(user)].sequence(user)[-(bundle.seq_len + 1) :]
         histories.append(
             (
                 np.stack([item_vectors[e.item_id] for e in seq]),
@@ -159,7 +172,7 @@ async def assert_matches_oracle(world: World, bundle: EncoderBundle | None = Non
     behind = 0
     graphs = _graphs(world)
     for user_id, (vector, version, updated) in stored_users.items():
-        p = partition_of(user_id)
+        p = world.partition(user_id)
         assert version == await world.state.user_version(world.topic, p, user_id), user_id
         history = {e.item_id for e in graphs[p].sequence(user_id)[-(seq_len + 1) :]}
         if max(stored_items[i][2] for i in history) > updated:
