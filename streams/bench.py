@@ -51,11 +51,14 @@ class Series:
 
 
 def bench_settings(base: Settings, topic: str) -> Settings:
-    """A fresh consumer group and key prefix on the shared bench topic."""
+    """A fresh consumer group and key prefix on the shared bench topic; the catalog topic is the
+    bench's own (empty), so the worker's catalog consumer reads nobody else's items."""
     tag = uuid.uuid4().hex[:8]
     return base.model_copy(
         update={
-            "topics": base.topics.model_copy(update={"engagements": topic}),
+            "topics": base.topics.model_copy(
+                update={"engagements": topic, "items": f"{topic}-items"}
+            ),
             "kafka": base.kafka.model_copy(update={"group_id": f"bench-{tag}"}),
             "redis": base.redis.model_copy(update={"key_prefix": f"bench{tag}"}),
         }
