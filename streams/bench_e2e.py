@@ -12,8 +12,9 @@ On a fresh topic holding N generated events:
 
 Freshness: the same worker (same consumer group, Redis prefix and vector store, so it continues
 after the N events with warm state) runs with the default settings while a paced producer in
-another process offers half of sagestream's measured rate for `load_seconds`, each event stamped
-with its send time. The samples are the re-encoder's own, per entity and pass
+another process offers a share (`load_fraction`, half by default) of sagestream's measured rate
+for `load_seconds`, each event stamped with its send time. The samples are the re-encoder's own,
+per entity and pass
 (`PassStats.freshness_s`: the upsert's return minus the oldest event that dirtied the entity),
 collected through the metrics' `observe_pass`, the on_pass hook the updater calls after every
 pass. Measured from the oldest pending event, they are the pessimistic end; the `event_ts_max`
@@ -59,6 +60,7 @@ from streams.reencode_rules import PassStats
 from streams.resources import redis_client
 from streams.settings import Settings
 from streams.topics import ensure_topics
+from streams.updater import MEMORY
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,8 @@ class E2EConfig:
     naive_events: int | None = None  # None: min(events, NAIVE_EVENTS_MAX)
     model: Path | None = None  # a registry root with a promoted version, or a version directory
     png: Path | None = None
+    qdrant: str = "memory"  # embedded Qdrant: "memory", or "disk" (a path per run)
+    load_fraction: float = 0.5  # offered load for freshness, as a share of sagestream's max
     users: int = 5000
     items: int = 10000
     seed: int = 7
@@ -258,8 +262,10 @@ async def under_load(
 # -- the run -----------------------------------------------------------------------------------
 
 
-def _path_settings(base: Settings, topic: str, registry: Path, qdrant: Path) -> Settings:
+def _path_settings(base: Settings, topic: str, registry: Path, qdrant: Path | None) -> Settings:
+    """One path's settings; `qdrant` None means an in-memory embedded store."""
     settings = bench_settings(base, topic)
+    qdrant = qdrant or Path(MEMORY)
     return settings.model_copy(
         update={
             "models": settings.models.model_copy(update={"registry": registry}),
@@ -269,7 +275,14 @@ def _path_settings(base: Settings, topic: str, registry: Path, qdrant: Path) -> 
     )
 
 
+def _where(settings: Settings) -> str:
+    return "in memory" if str(settings.qdrant.path) == MEMORY else "on disk"
+
+
 def count_vectors(path: Path, version: str) -> dict[str, int]:
+    """Points per kind in an on-disk store; an in-memory one is gone with its worker ({})."""
+    if not path.exists():
+        return {}
     with VectorStore(VectorStoreConfig(path=str(path))) as store:
         return {kind: store.count(kind, version=version) for kind in ("users", "items")}
 
@@ -325,11 +338,12 @@ def run_e2e_bench(base: Settings, cfg: E2EConfig) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="sagestream-e2e-") as tmp:
         work = Path(tmp)
         registry, version = prepare_model(cfg.model, work / "models", cfg.stream(cfg.events))
-        naive = _path_settings(base, topic, registry, work / "qdrant-naive")
-        sage = _path_settings(base, topic, registry, work / "qdrant-sagestream")
+        disk = cfg.qdrant == "disk"
+        naive = _path_settings(base, topic, registry, work / "qdrant-naive" if disk else None)
+        sage = _path_settings(base, topic, registry, work / "qdrant-sagestream" if disk else None)
         try:
             result, sage_eps = _throughput(cfg, naive, sage, work, version)
-            result["freshness"] = _freshness(cfg, sage, sage_eps / 2, work)
+            result["freshness"] = _freshness(cfg, sage, sage_eps * cfg.load_fraction, work)
         finally:
             for settings in (naive, sage):
                 asyncio.run(drop_prefix(settings))
@@ -373,7 +387,7 @@ def _throughput(
         "events": cfg.events,
         "partitions": sage.topics.partitions,
         "cpus": os.cpu_count(),
-        "qdrant": "embedded (local mode), one store per path",
+        "qdrant": f"embedded (local mode, {_where(sage)}), one store per path",
         "eps": {
             "ceiling": round(ceiling),
             "naive": round(naive_eps),
@@ -410,6 +424,7 @@ def _freshness(cfg: E2EConfig, sage: Settings, rate: float, work: Path) -> dict[
     return {
         "method": "per entity and pass: upsert return minus its oldest dirtying event",
         "offered_eps": round(rate),
+        "load_fraction": cfg.load_fraction,
         "achieved_eps": round(load["sent"] / load["seconds"]),
         "events": int(load["sent"]),
         "load_seconds": cfg.load_seconds,

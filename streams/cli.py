@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "streams.commands.demo",
     "streams.commands.train",
     "streams.commands.retrain",
+    "streams.commands.vectors",
 )
 
 

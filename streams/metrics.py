@@ -146,3 +146,24 @@ class IngestMetrics:
         """Expose /metrics; port 0 means no endpoint (tests, benchmarks)."""
         if port:
             start_http_server(port, addr=host, registry=self.registry)
+
+
+def quantile_from_buckets(cumulative: dict[float, float], q: float) -> float:
+    """The q-quantile of a Prometheus histogram (cumulative counts per upper bound), linearly
+    interpolated inside its bucket as `histogram_quantile` does; the +Inf bucket reports the
+    highest finite bound."""
+    bounds = sorted(cumulative)
+    total = cumulative[bounds[-1]] if bounds else 0.0
+    if total <= 0:
+        return float("nan")
+    rank = q * total
+    lower, below = 0.0, 0.0
+    for bound in bounds:
+        count = cumulative[bound]
+        if count >= rank:
+            if bound == float("inf"):
+                return lower
+            inside = count - below
+            return lower + (bound - lower) * ((rank - below) / inside if inside else 0.0)
+        lower, below = bound, count
+    return lower

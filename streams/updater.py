@@ -201,11 +201,14 @@ class Updater:
                 delay = min(delay * 2, RETRY_MAX_S)
 
 
+MEMORY = ":memory:"  # qdrant.path for an in-memory embedded store (benchmarks, tests)
+
+
 def vector_store(settings: Settings) -> VectorStore:
     q = settings.qdrant
     config = VectorStoreConfig(
         url=q.url,
-        path=None if q.url else str(q.path),
+        path=None if q.url or str(q.path) == MEMORY else str(q.path),
         api_key=q.api_key.get_secret_value() if q.api_key else None,
     )
     if settings.faults.store_outage_s > 0:

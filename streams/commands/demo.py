@@ -1,137 +1,203 @@
-"""`sagestream demo`: the real local stack, a generated stream, the worker, the state growing."""
+"""`sagestream demo`: the whole loop on the real local stack, end to end, in a few minutes.
+
+1. stack up (Kafka KRaft + Redis with AOF, on loopback);
+2. a generated catalog and a first part of a generated stream into Kafka;
+3. a first model: `sagestream retrain` replays that log, trains, publishes and promotes;
+4. the worker with the updater, while the rest of the stream arrives live at `--rate`;
+5. freshness of the live part (upsert time minus event time), from the worker's /metrics;
+6. recommendations read back from Qdrant the way a downstream recommender reads them.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
-from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
 
 from deploy import stack
-from state import RedisState
 from streams.commands.common import say, settings_of
+from streams.commands.vectors import recommend, show
+from streams.events import Engagement
 from streams.generate import GeneratorConfig, generate_catalog, generate_events
+from streams.metrics import quantile_from_buckets
 from streams.produce import produce_catalog, produce_engagements
-from streams.resources import redis_client
 from streams.settings import Settings
 from streams.topics import ensure_topics
+from streams.updater import vector_store
+
+PROM = "sagestream_"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser("demo", help="stack up, generate a stream, run the worker, watch state")
+    parser = sub.add_parser("demo", help="stack, stream, first model, worker, fresh vectors")
     parser.add_argument("--events", type=int, default=30_000)
-    parser.add_argument("--rate", type=float, default=3000.0, help="offered events per second")
-    parser.add_argument("--runtime", choices=["faust", "batch"], default="faust")
+    parser.add_argument("--history", type=float, default=0.6, help="share produced before training")
+    parser.add_argument("--rate", type=float, default=1000.0, help="live events per second")
+    parser.add_argument("--runtime", choices=["batch", "faust"], default="batch")
+    parser.add_argument("--epochs", type=int, default=4, help="epochs of the first model")
+    parser.add_argument("--workdir", type=Path, default=Path("var/demo"))
     parser.add_argument("--seed", type=int, default=7)
     parser.set_defaults(func=run)
 
 
+def demo_settings(base: Settings, workdir: Path) -> Settings:
+    """The user's settings, with the demo's own registry and embedded Qdrant under `workdir`.
+
+    Fresh names each run (topics, group, key prefix), so a second demo starts clean."""
+    tag = time.strftime("%Y%m%d%H%M%S")
+    return base.model_copy(
+        update={
+            "topics": base.topics.model_copy(
+                update={"engagements": f"demo-{tag}", "items": f"demo-items-{tag}"}
+            ),
+            "kafka": base.kafka.model_copy(update={"group_id": f"demo-{tag}"}),
+            "redis": base.redis.model_copy(update={"key_prefix": f"demo{tag}"}),
+            "models": base.models.model_copy(update={"registry": workdir / tag / "models"}),
+            "qdrant": base.qdrant.model_copy(update={"path": workdir / tag / "qdrant"}),
+        }
+    )
+
+
 def run(args: argparse.Namespace) -> int:
-    settings = settings_of(args)
-    say("1/4 starting the local stack (the first run downloads Kafka with Maven)")
+    settings = demo_settings(settings_of(args), args.workdir)
+    env = dict(os.environ, **settings.to_env())
+    say("1/6 starting the local stack (the first run downloads Kafka with Maven)")
     for row in stack.up(settings.stack):
         say("    " + row.line())
     ensure_topics(settings)
     cfg = GeneratorConfig(events=args.events, seed=args.seed)
-    say(
-        f"2/4 producing {args.events} generated events at {args.rate:.0f}/s to "
-        f"'{settings.topics.engagements}' ({cfg.users} users, {cfg.items} items)"
-    )
+    events = list(generate_events(cfg))
+    cut = int(len(events) * args.history)
+    say(f"2/6 {len(generate_catalog(cfg))} catalog items and {cut} past events into Kafka")
     produce_catalog(settings, generate_catalog(cfg))
-    producer = threading.Thread(
-        target=produce_engagements,
-        args=(settings, generate_events(cfg)),
-        kwargs={"rate": args.rate},
-        daemon=True,
-    )
-    producer.start()
+    produce_engagements(settings, events[:cut])
+    say(f"3/6 training a first model on the retained log ({args.epochs} epochs)")
+    retrain = [sys.executable, "-m", "streams.cli", "retrain", "--epochs", str(args.epochs)]
+    if subprocess.run([*retrain, "--dim", "32"], env=env, check=False).returncode != 0:
+        say("    training failed; see the log above")
+        return 1
     say(
-        f"3/4 running the worker ({args.runtime} runtime); metrics on "
+        f"4/6 the worker ({args.runtime} runtime) catches up, then {len(events) - cut} live events "
+        f"at {args.rate:.0f}/s; metrics on "
         f"http://{settings.metrics.host}:{settings.metrics.port}/metrics"
     )
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streams.cli",
-            "worker",
-            "--runtime",
-            args.runtime,
-            "--until-idle",
-            "5",
-        ],
-        env=dict(os.environ, **settings.to_env()),
-    )
-    try:
-        _watch(settings, worker)
-    finally:
-        if worker.poll() is None:
-            worker.terminate()
-        worker.wait()
-    say("4/4 what the state holds now")
-    asyncio.run(_show(settings, cfg))
+    live = _run_worker(settings, env, args.runtime, events[cut:], args.rate, cut)
+    say("5/6 freshness of the live events (vector upsert time minus event time)")
+    for kind in ("users", "items"):
+        say(f"    {kind:<5} {live.line(kind)}")
+    say("6/6 what a downstream recommender reads from Qdrant now")
+    with vector_store(settings) as store:
+        last = events[-1]
+        show(recommend(store, last.user_id, None, 5))
+        show(recommend(store, None, last.item_id, 5))
+    say(f"    try: SAGESTREAM_QDRANT__PATH={settings.qdrant.path} sagestream query --user ID")
     return 0
 
 
-def _applied(settings: Settings) -> int | None:
+@dataclass
+class Freshness:
+    """Freshness histogram deltas of the live phase, per kind: bucket bound -> count."""
+
+    before: dict[str, dict[float, float]]
+    after: dict[str, dict[float, float]]
+
+    def line(self, kind: str) -> str:
+        delta = {
+            le: n - self.before.get(kind, {}).get(le, 0.0)
+            for le, n in self.after.get(kind, {}).items()
+        }
+        total = delta.get(float("inf"), 0.0)
+        if total <= 0:
+            return "no samples"
+        p50, p99 = (quantile_from_buckets(delta, q) for q in (0.5, 0.99))
+        return f"{total:>7,.0f} vectors   p50 {p50:.2f}s   p99 {p99:.2f}s"
+
+
+def _run_worker(
+    settings: Settings,
+    env: dict[str, str],
+    runtime: str,
+    live: list[Engagement],
+    rate: float,
+    history: int,
+) -> Freshness:
+    """Run the worker; once it has caught up (history applied, no marks left in a backlog
+    reading, refreshed every 5 s), produce the live part; stop it when that is done too."""
+    cmd = [sys.executable, "-m", "streams.cli", "worker", "--runtime", runtime]
+    worker = subprocess.Popen(cmd, env=env)
+    before: dict[str, dict[float, float]] = {}
+    after: dict[str, dict[float, float]] = {}
+    producer: threading.Thread | None = None
+    caught_up_at: float | None = None
+    total = history + len(live)
+    try:
+        while worker.poll() is None:
+            time.sleep(1.0)
+            text = _scrape(settings)
+            if text is None:
+                continue
+            applied, backlog = _counter(text, "events_applied_total"), _backlog(text)
+            say(f"    applied {applied:>8,.0f} events   waiting for re-encoding: {backlog:>6,.0f}")
+            if caught_up_at is None and applied >= history:
+                caught_up_at = time.monotonic()
+            settled = caught_up_at is not None and time.monotonic() - caught_up_at > 6.0
+            if producer is None and settled and backlog == 0:
+                before = _freshness_buckets(text)
+                producer = threading.Thread(
+                    target=produce_engagements,
+                    args=(settings, live),
+                    kwargs={"rate": rate, "stamp_now": True},
+                    daemon=True,
+                )
+                producer.start()
+            if producer is not None:
+                after = _freshness_buckets(text)
+                if applied >= total and backlog == 0 and not producer.is_alive():
+                    break
+    finally:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+        worker.wait()
+    return Freshness(before, after)
+
+
+def _scrape(settings: Settings) -> str | None:
     url = f"http://{settings.metrics.host}:{settings.metrics.port}/metrics"
     try:
         with urllib.request.urlopen(url, timeout=1) as response:
-            text = response.read().decode()
+            return str(response.read().decode())
     except OSError:
         return None
+
+
+def _counter(text: str, name: str) -> float:
     for line in text.splitlines():
-        if line.startswith("sagestream_events_applied_total "):
-            return int(float(line.split()[1]))
-    return None
+        if line.startswith(PROM + name + " "):
+            return float(line.split()[1])
+    return 0.0
 
 
-def _watch(settings: Settings, worker: subprocess.Popen[bytes]) -> None:
-    last = -1
-    while worker.poll() is None:
-        time.sleep(1.0)
-        applied = _applied(settings)
-        if applied is not None and applied != last:
-            backlog = asyncio.run(_backlog(settings))
-            say(
-                f"    applied {applied:>8,} events   waiting for re-encoding: "
-                f"{backlog.get('users', 0):>6,} user and {backlog.get('items', 0):>6,} item marks"
-            )
-            last = applied
+def _backlog(text: str) -> float:
+    head = PROM + "dirty_backlog{"
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(head))
 
 
-async def _backlog(settings: Settings) -> dict[str, int]:
-    client = redis_client(settings.redis)
-    try:
-        return await RedisState(client, settings.state, settings.redis.key_prefix).dirty_backlog()
-    finally:
-        await client.aclose()
-
-
-async def _show(settings: Settings, cfg: GeneratorConfig) -> None:
-    from kafka.partitioner.default import murmur2
-
-    client = redis_client(settings.redis)
-    state = RedisState(client, settings.state, settings.redis.key_prefix)
-    try:
-        last = deque(generate_events(cfg), maxlen=1)[0]  # the freshest user and item
-        user = last.user_id
-        partition = (murmur2(user.encode()) & 0x7FFFFFFF) % settings.topics.partitions
-        seq = await state.user_sequence(settings.topics.engagements, partition, user)
-        say(
-            f"    user {user}: {len(seq)} actions kept, latest: "
-            + ", ".join(f"{e.action} {e.item_id}" for e in seq[-5:])
-        )
-        item = last.item_id
-        now = last.ts
-        neighbours = await state.item_neighbours(item, 5, now)
-        say(
-            f"    item {item}: top neighbours " + ", ".join(f"{n} ({w:.3f})" for n, w in neighbours)
-        )
-    finally:
-        await client.aclose()
+def _freshness_buckets(text: str) -> dict[str, dict[float, float]]:
+    """freshness_seconds_bucket{kind=...,le=...} counts, per kind."""
+    out: dict[str, dict[float, float]] = {}
+    head = PROM + "freshness_seconds_bucket{"
+    for line in text.splitlines():
+        if not line.startswith(head):
+            continue
+        labels, value = line[len(head) :].split("} ")
+        parts = dict(p.split("=") for p in labels.split(","))
+        kind, le = parts["kind"].strip('"'), parts["le"].strip('"')
+        out.setdefault(kind, {})[float(le)] = float(value)
+    return out

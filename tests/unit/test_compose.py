@@ -42,7 +42,9 @@ def test_worker_waits_for_healthy_dependencies_and_exposes_metrics() -> None:
 def test_retrainer_runs_every_six_hours_on_the_workers_image_and_registry() -> None:
     services = load()["services"]
     worker, retrainer = services["worker"], services["retrainer"]
-    assert retrainer["build"] == worker["build"]
+    worker_build = worker["build"]
+    assert {k: v for k, v in retrainer["build"].items() if k != "args"} == worker_build
+    assert retrainer["build"]["args"]["EXTRAS"] == "[train]"  # torch, for training
     assert retrainer["command"] == ["sagestream", "retrain", "--every", "6h"]
     assert "kafka" in retrainer["depends_on"]
     for name in ("SAGESTREAM_KAFKA__BOOTSTRAP_SERVERS", "SAGESTREAM_MODELS__REGISTRY"):

@@ -18,7 +18,7 @@ def test_e2e_bench_reports_consistent_figures(
     make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
     png = tmp_path / "freshness.png"
-    cfg = E2EConfig(events=600, load_seconds=5, png=png, users=120, items=300)
+    cfg = E2EConfig(events=600, load_seconds=5, png=png, users=120, items=300, qdrant="disk")
     result = run_e2e_bench(make_settings(), cfg)
 
     eps = result["eps"]
