@@ -5,11 +5,12 @@ readers pipeline a whole batch in one round trip with the same rules (each shard
 decayed to `now`, summed over shards, top k; versions summed over shards). The integration tests
 check they agree with `RedisState.item_neighbours`, `item_version` and `user_sequence`.
 
-Versions are read before the inputs they label, in one ordered pipeline: an apply that lands in
-between can only make the inputs newer than the version, never older, and it bumps the version
-and re-dirties the entity, so the entity is encoded again with a higher version. The reverse
-order could label old inputs with a new version, and the store's guard would then refuse the
-correct vector as "not newer".
+Items are read with one script call per shard and page (`lua/read_items.lua`), so each shard's
+version, degree and list of an item are one snapshot. Shards are read one after the other: an
+apply that lands on a shard already read makes the item newer than the label read, bumps its
+version and re-dirties it, so it is encoded again with a higher version; the label never claims
+more than the inputs hold, so the store's guard never refuses a correct vector as "not newer".
+Users are read versions first, then sequences, in one ordered pipeline, for the same reason.
 
 The basis (`EncodeBasis`) is what an item's current vector was computed from: neighbour ids,
 their weights relative to the strongest, the degree and the content version. It lives in Redis
@@ -24,6 +25,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -32,7 +34,9 @@ from state.coengagement import SeqEntry
 from state.config import StateConfig
 from state.keys import ItemKeys, ShardKeys
 from state.redis_io import load_lua, redis_errors_as_state, text
-from state.redis_state import merge_shard_lists, queue_shard_list
+from state.redis_state import merge_shard_lists
+
+READ_PAGE = 500  # items per read script call: bounds one call's time inside Redis
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,8 @@ class EncodeInputs:
         self._cfg = config
         self._prefix = keys.check_prefix(prefix)
         self._put_basis = client.register_script(load_lua(keys.SCRIPT_PUT_BASIS))
+        self._read_items = client.register_script(load_lua(keys.SCRIPT_READ_ITEMS))
+        self._layout = keys.lua_layout()
 
     async def _shards(self) -> list[ShardKeys]:
         with redis_errors_as_state("shards"):
@@ -112,35 +118,31 @@ class EncodeInputs:
         shards = await self._shards()
         if not ids or not shards:
             return {i: ItemInputs(i, 0, 0, []) for i in ids}
-        fields = (keys.FIELD_VERSION, keys.FIELD_DEGREE, keys.FIELD_T0)
-        with redis_errors_as_state("item inputs"):
-            async with self._client.pipeline(transaction=False) as pipe:
-                for shard in shards:  # versions first: see the module docstring
-                    for item_id in ids:
-                        pipe.hmget(shard.item(item_id), fields)
-                for shard in shards:
-                    for item_id in ids:
-                        queue_shard_list(pipe, shard, item_id, self._cfg.k_max)
-                replies = await pipe.execute()
-        half = len(shards) * len(ids)
-        heads, lists = replies[:half], replies[half:]
+        per_shard = [await self._read_shard(shard, ids) for shard in shards]
         return {
-            item_id: self._merge(item_id, heads[col :: len(ids)], lists[col :: len(ids)], k, now)
+            item_id: self._merge(item_id, [replies[col] for replies in per_shard], k, now)
             for col, item_id in enumerate(ids)
         }
 
-    def _merge(
-        self,
-        item_id: str,
-        heads: Sequence[Sequence[bytes | str | None]],
-        lists: Sequence[Sequence[tuple[bytes | str, float]]],
-        k: int,
-        now: float,
-    ) -> ItemInputs:
+    async def _read_shard(self, shard: ShardKeys, ids: Sequence[str]) -> list[Any]:
+        """Every item's (version, degree, t0, flat list) in one shard, a page per script call."""
+        out: list[Any] = []
+        with redis_errors_as_state("item inputs"):
+            for start in range(0, len(ids), READ_PAGE):
+                page = ids[start : start + READ_PAGE]
+                out += await self._read_items(
+                    keys=[shard.watermark()], args=[self._layout, self._cfg.k_max, *page]
+                )
+        return out
+
+    def _merge(self, item_id: str, replies: Sequence[Any], k: int, now: float) -> ItemInputs:
         """One item over all shards, as `RedisState.item_neighbours` and `item_version` read it."""
-        version = sum(_int(raw_v) for raw_v, _, _ in heads)
-        degree = sum(_int(raw_deg) for _, raw_deg, _ in heads)
-        per_shard = zip(lists, (raw_t0 for _, _, raw_t0 in heads), strict=True)
+        version = sum(_int(raw_v) for raw_v, _, _, _ in replies)
+        degree = sum(_int(raw_deg) for _, raw_deg, _, _ in replies)
+        per_shard = [
+            ([(flat[i], float(flat[i + 1])) for i in range(0, len(flat), 2)], raw_t0)
+            for _, _, raw_t0, flat in replies
+        ]
         neighbours = merge_shard_lists(per_shard, self._cfg.decay_lambda, now, k)
         return ItemInputs(item_id, version, degree, neighbours)
 

@@ -58,6 +58,7 @@ FIELD_T0 = "t0"
 SCRIPT_APPLY = "apply_batch"
 SCRIPT_READ_DIRTY = "read_dirty"
 SCRIPT_CLEAR_DIRTY = "clear_dirty"
+SCRIPT_READ_ITEMS = "read_items"
 
 DirtyKind = Literal["users", "items"]
 DIRTY_KINDS: tuple[DirtyKind, ...] = ("users", "items")

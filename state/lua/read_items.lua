@@ -1,0 +1,30 @@
+-- Read many items' state in one shard in one call: what the re-encoder needs to encode them.
+--
+-- One call per shard and page of items replaces a pipelined HMGET + ZRANGE per (shard, item):
+-- the same reads, but one command to pack, send and parse instead of two per item. Reading in one
+-- script also makes each item's version, degree, origin and list one consistent snapshot.
+--
+-- KEYS[1]  the shard's watermark key (as in apply_batch.lua: every key is built from it, so all
+--          carry its hash tag and the call stays in one cluster slot)
+-- ARGV[1]  key layout JSON (state/keys.py: lua_layout)
+-- ARGV[2]  k_max: entries read from each list, as a trim would leave it (coengagement rule 7)
+-- ARGV[3..] item ids
+-- Returns one {version|nil, degree|nil, t0|nil, {member, score, member, score, ...}} per item.
+
+local L = cjson.decode(ARGV[1])
+local wm_key = KEYS[1]
+if string.sub(wm_key, -#L.wm) ~= L.wm then
+  return redis.error_reply('sagestream: KEYS[1] is not a watermark key')
+end
+local base = string.sub(wm_key, 1, #wm_key - #L.wm)
+local k_max = tonumber(ARGV[2])
+local item_head = base .. L.item .. L.sep
+local nb_head = base .. L.nb .. L.sep
+local out = {}
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  local head = redis.call('HMGET', item_head .. id, L.f_version, L.f_degree, L.f_t0)
+  local list = redis.call('ZRANGE', nb_head .. id, 0, k_max - 1, 'REV', 'WITHSCORES')
+  out[#out + 1] = {head[1], head[2], head[3], list}
+end
+return out
