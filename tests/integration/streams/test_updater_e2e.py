@@ -24,7 +24,9 @@ pytestmark = pytest.mark.integration
 STREAM = GeneratorConfig(users=40, items=80, communities=3, events=900, seed=29)
 
 
+@pytest.mark.parametrize("runtime", ["batch", "faust"])
 async def test_generated_events_become_vectors_a_recommender_can_query(
+    runtime: str,
     make_settings: Callable[..., Settings],
     redis_client: aioredis.Redis,
     tmp_path: Path,
@@ -40,7 +42,7 @@ async def test_generated_events_become_vectors_a_recommender_can_query(
     produce_engagements(settings, generate_events(STREAM))
     log = tmp_path / "worker.log"
     code = await asyncio.to_thread(
-        run_worker, settings, "--runtime", "batch", "--until-idle", "4", log=log
+        run_worker, settings, "--runtime", runtime, "--until-idle", "4", log=log
     )
     assert code == 0, log.read_text()[-3000:]
 
