@@ -102,8 +102,13 @@ def decayed(scores: Mapping[str, float], t0: float, lam: float, now: float) -> d
     The exponent is capped so a `now` absurdly far before the list's origin reads huge weights
     instead of raising OverflowError.
     """
-    factor = math.exp(min(-lam * (now - t0), _MAX_EXPONENT))
+    factor = decay_factor(t0, lam, now)
     return {member: score * factor for member, score in scores.items()}
+
+
+def decay_factor(t0: float, lam: float, now: float) -> float:
+    """What every stored score of a list with origin `t0` is multiplied by to read it at `now`."""
+    return math.exp(min(-lam * (now - t0), _MAX_EXPONENT))
 
 
 def stored_top(scores: Mapping[str, float], k_max: int) -> list[tuple[str, float]]:

@@ -22,6 +22,7 @@ upserted, so a crash in between re-encodes rather than skipping an item whose ve
 
 from __future__ import annotations
 
+import heapq
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,11 +31,10 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from state import keys
-from state.coengagement import SeqEntry
+from state.coengagement import SeqEntry, decay_factor
 from state.config import StateConfig
 from state.keys import ItemKeys, ShardKeys
 from state.redis_io import load_lua, redis_errors_as_state, text
-from state.redis_state import merge_shard_lists
 
 READ_PAGE = 500  # items per read script call: bounds one call's time inside Redis
 
@@ -136,15 +136,23 @@ class EncodeInputs:
         return out
 
     def _merge(self, item_id: str, replies: Sequence[Any], k: int, now: float) -> ItemInputs:
-        """One item over all shards, as `RedisState.item_neighbours` and `item_version` read it."""
-        version = sum(_int(raw_v) for raw_v, _, _, _ in replies)
-        degree = sum(_int(raw_deg) for _, raw_deg, _, _ in replies)
-        per_shard = [
-            ([(flat[i], float(flat[i + 1])) for i in range(0, len(flat), 2)], raw_t0)
-            for _, _, raw_t0, flat in replies
-        ]
-        neighbours = merge_shard_lists(per_shard, self._cfg.decay_lambda, now, k)
-        return ItemInputs(item_id, version, degree, neighbours)
+        """One item over all shards, as `RedisState.item_neighbours` and `item_version` read it:
+        each shard's list decayed to `now`, summed in shard order, top k with ties by id. The
+        same arithmetic as `merge_shard_lists`, on raw reply bytes (ids are ASCII, so byte order
+        is id order); only the k kept are decoded. This loop is the re-encoder's hottest."""
+        version = degree = 0
+        total: dict[bytes | str, float] = {}
+        for raw_v, raw_deg, raw_t0, flat in replies:
+            version += _int(raw_v)
+            degree += _int(raw_deg)
+            if raw_t0 is None or not flat:
+                continue
+            factor = decay_factor(float(text(raw_t0)), self._cfg.decay_lambda, now)
+            for i in range(0, len(flat), 2):
+                member = flat[i]
+                total[member] = total.get(member, 0.0) + float(flat[i + 1]) * factor
+        best = heapq.nsmallest(max(k, 0), total.items(), key=lambda kv: (-kv[1], kv[0]))
+        return ItemInputs(item_id, version, degree, [(text(m), w) for m, w in best])
 
     async def users(
         self, topic: str, partition: int, user_ids: Iterable[str]
