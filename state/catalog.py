@@ -156,6 +156,20 @@ class CatalogStore:
                 found[item_id] = record
         return found
 
+    async def versions(self, item_ids: Iterable[str]) -> dict[str, int]:
+        """Content versions of the items that have content (one pipelined round trip)."""
+        ids = list(dict.fromkeys(item_ids))
+        if not ids:
+            return {}
+        with redis_errors_as_state("catalog versions"):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for item_id in ids:
+                    pipe.hget(
+                        keys.ItemKeys(self._prefix, item_id).catalog(), keys.FIELD_CONTENT_VERSION
+                    )
+                replies = await pipe.execute()
+        return {i: int(text(raw)) for i, raw in zip(ids, replies, strict=True) if raw is not None}
+
     async def dirty(self, limit: int) -> list[tuple[str, float]]:
         """Up to `limit` oldest "content arrived" marks as (item id, put wall time)."""
         if limit < 1:

@@ -37,9 +37,9 @@ PROM = "sagestream_"
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("demo", help="stack, stream, first model, worker, fresh vectors")
-    parser.add_argument("--events", type=int, default=30_000)
+    parser.add_argument("--events", type=int, default=16_000)
     parser.add_argument("--history", type=float, default=0.6, help="share produced before training")
-    parser.add_argument("--rate", type=float, default=1000.0, help="live events per second")
+    parser.add_argument("--rate", type=float, default=250.0, help="live events per second")
     parser.add_argument("--runtime", choices=["batch", "faust"], default="batch")
     parser.add_argument("--epochs", type=int, default=4, help="epochs of the first model")
     parser.add_argument("--workdir", type=Path, default=Path("var/demo"))
