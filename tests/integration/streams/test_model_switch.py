@@ -26,7 +26,7 @@ from streams.events import Engagement
 from streams.generate import GeneratorConfig, generate_catalog, generate_events
 from streams.metrics import IngestMetrics
 from streams.settings import Settings
-from streams.updater import Lifecycle, Updater
+from streams.updater import Lifecycle, Updater, run_backfill
 from tests.integration.models import publish_tiny_model
 from tests.integration.vectors_world import World, assert_matches_oracle
 
@@ -204,3 +204,34 @@ def clone(source: ModelRegistry, version: str, into: ModelRegistry) -> str:
     for path in source.path(version).iterdir():
         (staging / path.name).write_bytes(path.read_bytes())
     return into.publish(staging, source.show(version))
+
+
+async def test_backfill_command_fills_a_new_version_then_flips(
+    redis_client: aioredis.Redis,
+    make_settings: Callable[..., Settings],
+    models: tuple[Path, str, str],
+    tmp_path: Path,
+) -> None:
+    """`sagestream backfill --version V --flip`: every entity into V (insert_only), then flip."""
+    root, first, second = models
+    registry = ModelRegistry(root)
+    settings = make_settings(
+        models={"registry": str(root), "backfill_page": 32},
+        qdrant={"path": str(tmp_path / "qdrant")},
+        reencode={"item_min_change": 0.0},
+    )
+    with VectorStore(VectorStoreConfig(path=str(tmp_path / "qdrant"))) as store:
+        world = World(redis_client, settings, registry.load(first), store)
+        await world.put(generate_catalog(STREAM))
+        await world.apply(list(generate_events(STREAM))[:600])
+        store.prepare(first, world.bundle.dim)
+        store.flip(first)
+        await world.reencoder.run_until_idle(world.shards)
+    done = await run_backfill(settings, redis_client, second, flip=True)
+    users, _ = world.engaged()
+    assert done["insert_only"] == 1.0
+    assert done["users"] == len(users) and done["items"] == len(generate_catalog(STREAM))
+    with VectorStore(VectorStoreConfig(path=str(tmp_path / "qdrant"))) as store:
+        world.store = store
+        assert store.serving_version() == second
+        assert await assert_matches_oracle(world, registry.load(second)) == 0
