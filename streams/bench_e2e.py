@@ -141,41 +141,13 @@ def prepare_model(model: Path | None, root: Path, stream: GeneratorConfig) -> tu
 
 
 def train_tiny_model(root: Path, stream: GeneratorConfig) -> str:
-    """One epoch of a tiny model on the stream's first events, published and promoted."""
-    from encoders.features import FeaturizerConfig
-    from encoders.model import ModelConfig
-    from encoders.train import TrainConfig
-    from encoders.workflow import train_and_export
-    from streams.commands.train import build_training_data
-    from streams.generate import generate_catalog
+    """One epoch of the tests' tiny model on the stream's first events, published and promoted."""
+    from streams.tiny_model import publish_tiny_model
 
     started = time.perf_counter()
-    events = list(generate_events(replace(stream, events=min(stream.events, TRAIN_EVENTS))))
-    log.info("training a tiny model (one epoch on %d events)", len(events))
-    featurizer = FeaturizerConfig(buckets_per_kind=256, max_tokens=24)
-    catalog = {item.item_id: item for item in generate_catalog(stream)}
-    data = build_training_data(events, catalog, featurizer, k=5)
-    model = ModelConfig(
-        buckets_per_kind=featurizer.buckets_per_kind,
-        dense_width=featurizer.dense_width,
-        dropout=0.0,
-        d_model=16,
-        out_dim=8,
-        neighbours=4,
-        seq_len=6,
-    )
-    train = TrainConfig(
-        epochs=1,
-        batch_size=64,
-        random_negatives=32,
-        in_batch_negatives=32,
-        pair_batch=64,
-        feature_batch=32,
-        threads=1,
-        seed=3,
-    )
-    registry = ModelRegistry(root)
-    version = train_and_export(data, featurizer, model, train, registry).version
+    first = replace(stream, events=min(stream.events, TRAIN_EVENTS))
+    log.info("training a tiny model (one epoch on %d events)", first.events)
+    registry, version = publish_tiny_model(root, first)
     registry.promote(version)
     log.info("trained and promoted %s in %.0fs", version, time.perf_counter() - started)
     return version

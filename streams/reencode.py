@@ -347,35 +347,36 @@ class Reencoder:
         ]
         return np.concatenate(parts)
 
+    def _cached(self, item_id: str, content_version: int) -> FloatArray | None:
+        """The cached content vector of this content version (marked recently used), if any."""
+        key = (item_id, content_version)
+        vector = self._content_cache.get(key)
+        if vector is not None:
+            self._content_cache.move_to_end(key)
+        return vector
+
     async def _cached_neighbours(self, ids: set[str]) -> dict[str, FloatArray]:
         """Content vectors of neighbours whose content version is cached: one small read of
         their versions instead of their whole records (a neighbour list names ten or so items
         per dirty item, and most of them are cached)."""
         versions = await self._catalog.versions(ids)
-        cache = self._content_cache
-        out = {}
-        for item_id in ids:
-            key = (item_id, versions.get(item_id, 0))
-            if key in cache:
-                cache.move_to_end(key)
-                out[item_id] = cache[key]
-        return out
+        found = {i: self._cached(i, versions.get(i, 0)) for i in ids}
+        return {i: vector for i, vector in found.items() if vector is not None}
 
     async def _content_vectors(
         self, records: Mapping[str, CatalogRecord], stats: PassStats
     ) -> dict[str, FloatArray]:
         """Content vectors, from the cache when the item's content version is unchanged."""
-        cache = self._content_cache
         out: dict[str, FloatArray] = {}
         missing = []
         for item_id, record in records.items():
-            key = (item_id, record.content_version)
-            if key in cache:
-                cache.move_to_end(key)
-                out[item_id] = cache[key]
-            else:
+            vector = self._cached(item_id, record.content_version)
+            if vector is None:
                 missing.append(record)
+            else:
+                out[item_id] = vector
         if missing:
+            cache = self._content_cache
             rows = await self._timed(stats, self._content_rows, missing)
             for record, row in zip(missing, rows, strict=True):
                 out[record.item_id] = row

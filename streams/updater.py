@@ -61,9 +61,9 @@ class Lifecycle:
     async def step(self) -> None:
         """One backfill page of a switch in progress, or a registry poll when one is due."""
         if self.switch is not None:
-            old = self._reencoder.bundle.version
+            old = self._current
             if await self.switch.step(self._store):
-                self._serving(old, self._reencoder.bundle.version)
+                self._serving(old, self._current)
                 self.switch = None
             return
         if time.monotonic() - self._polled >= self._settings.models.poll_s:
@@ -72,8 +72,7 @@ class Lifecycle:
 
     async def poll(self) -> None:
         version = await asyncio.to_thread(self._registry.promoted)
-        current = self._reencoder.bundle.version
-        if version is None or version == current or version in self._rejected:
+        if version is None or version == self._current or version in self._rejected:
             return
         bundle = await self._load(version)
         if bundle is not None:

@@ -21,6 +21,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+
 from deploy import stack
 from streams.commands.common import say, settings_of
 from streams.commands.vectors import recommend, show
@@ -143,13 +146,15 @@ def _run_worker(
             text = _scrape(settings)
             if text is None:
                 continue
-            applied, backlog = _counter(text, "events_applied_total"), _backlog(text)
+            samples = _samples(text)
+            applied = _total(samples, "events_applied_total")
+            backlog = _total(samples, "dirty_backlog")
             say(f"    applied {applied:>8,.0f} events   waiting for re-encoding: {backlog:>6,.0f}")
             if caught_up_at is None and applied >= history:
                 caught_up_at = time.monotonic()
             settled = caught_up_at is not None and time.monotonic() - caught_up_at > 6.0
             if producer is None and settled and backlog == 0:
-                before = _freshness_buckets(text)
+                before = _freshness_buckets(samples)
                 producer = threading.Thread(
                     target=produce_engagements,
                     args=(settings, live),
@@ -158,7 +163,7 @@ def _run_worker(
                 )
                 producer.start()
             if producer is not None:
-                after = _freshness_buckets(text)
+                after = _freshness_buckets(samples)
                 if applied >= total and backlog == 0 and not producer.is_alive():
                     break
     finally:
@@ -177,27 +182,19 @@ def _scrape(settings: Settings) -> str | None:
         return None
 
 
-def _counter(text: str, name: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(PROM + name + " "):
-            return float(line.split()[1])
-    return 0.0
+def _samples(text: str) -> list[Sample]:
+    return [s for family in text_string_to_metric_families(text) for s in family.samples]
 
 
-def _backlog(text: str) -> float:
-    head = PROM + "dirty_backlog{"
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(head))
+def _total(samples: list[Sample], name: str) -> float:
+    """The sum of a metric's samples over its labels (a counter, or the backlog of all kinds)."""
+    return sum(s.value for s in samples if s.name == PROM + name)
 
 
-def _freshness_buckets(text: str) -> dict[str, dict[float, float]]:
-    """freshness_seconds_bucket{kind=...,le=...} counts, per kind."""
+def _freshness_buckets(samples: list[Sample]) -> dict[str, dict[float, float]]:
+    """freshness_seconds_bucket counts per kind: upper bound -> cumulative count."""
     out: dict[str, dict[float, float]] = {}
-    head = PROM + "freshness_seconds_bucket{"
-    for line in text.splitlines():
-        if not line.startswith(head):
-            continue
-        labels, value = line[len(head) :].split("} ")
-        parts = dict(p.split("=") for p in labels.split(","))
-        kind, le = parts["kind"].strip('"'), parts["le"].strip('"')
-        out.setdefault(kind, {})[float(le)] = float(value)
+    for s in samples:
+        if s.name == PROM + "freshness_seconds_bucket":
+            out.setdefault(s.labels["kind"], {})[float(s.labels["le"])] = s.value
     return out

@@ -109,10 +109,12 @@ def relative(weights: list[float]) -> FloatArray:
 
 
 def oracle(
-    world: World, bundle: EncoderBundle | None = None
+    world: World,
+    bundle: EncoderBundle | None = None,
+    graphs: dict[int, CoEngagementGraph] | None = None,
 ) -> tuple[dict[str, FloatArray], dict[str, FloatArray]]:
     """Every engaged item's and user's vector, recomputed from the events and the catalog."""
-    bundle, graphs = bundle or world.bundle, _graphs(world)
+    bundle, graphs = bundle or world.bundle, graphs or _graphs(world)
     users, items = world.engaged()
     everything = sorted(set(items) | set(world.content))
     records = [world.content.get(i) or CatalogRecord.empty(i) for i in everything]
@@ -159,7 +161,8 @@ async def assert_matches_oracle(world: World, bundle: EncoderBundle | None = Non
     """
     users, items = world.engaged()
     model = (bundle or world.bundle).version
-    want_users, want_items = oracle(world, bundle)
+    graphs = _graphs(world)
+    want_users, want_items = oracle(world, bundle, graphs)
     stored_users = world.vectors("users", users, model)
     stored_items = world.vectors("items", items, model)
     assert set(stored_users) == set(users) and set(stored_items) == set(items)
@@ -170,7 +173,6 @@ async def assert_matches_oracle(world: World, bundle: EncoderBundle | None = Non
         assert_close(vector, want_items[item_id], item_id)
     seq_len = (bundle or world.bundle).seq_len
     behind = 0
-    graphs = _graphs(world)
     for user_id, (vector, version, updated) in stored_users.items():
         p = world.partition(user_id)
         assert version == await world.state.user_version(world.topic, p, user_id), user_id

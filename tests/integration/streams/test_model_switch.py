@@ -26,8 +26,8 @@ from streams.events import Engagement
 from streams.generate import GeneratorConfig, generate_catalog, generate_events
 from streams.metrics import IngestMetrics
 from streams.settings import Settings
+from streams.tiny_model import publish_tiny_model
 from streams.updater import Lifecycle, Updater, run_backfill
-from tests.integration.models import publish_tiny_model
 from tests.integration.vectors_world import World, assert_matches_oracle
 
 pytestmark = pytest.mark.integration

@@ -22,7 +22,7 @@ from streams.events import CatalogItem, Engagement
 from streams.generate import GeneratorConfig, generate_catalog, generate_events
 from streams.reencode import PassStats
 from streams.settings import Settings
-from tests.integration.models import publish_tiny_model
+from streams.tiny_model import publish_tiny_model
 from tests.integration.vectors_world import (
     PARTITIONS,
     World,

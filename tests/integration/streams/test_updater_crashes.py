@@ -21,6 +21,7 @@ from state import RedisState, VectorStore, VectorStoreConfig
 from streams.generate import GeneratorConfig, generate_catalog, generate_events
 from streams.produce import produce_catalog, produce_engagements
 from streams.settings import Settings
+from streams.tiny_model import publish_tiny_model
 from streams.topics import ensure_topics
 from tests.integration.harness import (
     Oracle,
@@ -30,7 +31,6 @@ from tests.integration.harness import (
     read_topic,
     run_worker,
 )
-from tests.integration.models import publish_tiny_model
 from tests.integration.vectors_world import World, assert_matches_oracle
 
 pytestmark = pytest.mark.integration
@@ -57,6 +57,16 @@ def worker_settings(
         qdrant={"path": str(qdrant)},
         reencode={"item_min_change": 0.0, "window_s": 0.05},
     )
+
+
+def stack_with_catalog(
+    make_settings: Callable[..., Settings], registry: ModelRegistry, qdrant: Path
+) -> Settings:
+    """The worker's settings, its topics created and the generated catalog produced."""
+    settings = worker_settings(make_settings, registry, qdrant)
+    ensure_topics(settings)
+    produce_catalog(settings, generate_catalog(STREAM))
+    return settings
 
 
 def with_faults(settings: Settings, **faults: object) -> Settings:
@@ -116,15 +126,11 @@ async def test_kill_9_at_each_named_point_loses_nothing_and_never_goes_back(
     registry: ModelRegistry,
     tmp_path: Path,
 ) -> None:
-    settings = worker_settings(make_settings, registry, tmp_path / "qdrant")
-    ensure_topics(settings)
-    produce_catalog(settings, generate_catalog(STREAM))
+    settings = stack_with_catalog(make_settings, registry, tmp_path / "qdrant")
     events = list(generate_events(STREAM))
     third = len(events) // len(KILLS) + 1
-    users = {e.user_id for e in generate_events(STREAM)}
-    items = {e.item_id for e in generate_events(STREAM)} | {
-        i.item_id for i in generate_catalog(STREAM)
-    }
+    users = {e.user_id for e in events}
+    items = {e.item_id for e in events} | {i.item_id for i in generate_catalog(STREAM)}
     state = RedisState(redis_client, settings.state, prefix=settings.redis.key_prefix)
     args = ("--runtime", "batch", "--until-idle", "4")
     seen: Versions = {}
@@ -163,9 +169,7 @@ async def test_vector_store_outage_pauses_consumption_and_converges_after(
     registry: ModelRegistry,
     tmp_path: Path,
 ) -> None:
-    settings = worker_settings(make_settings, registry, tmp_path / "qdrant")
-    ensure_topics(settings)
-    produce_catalog(settings, generate_catalog(STREAM))
+    settings = stack_with_catalog(make_settings, registry, tmp_path / "qdrant")
     produce_engagements(settings, generate_events(STREAM))
     outage = with_faults(settings, store_outage_s=12.0)
     worker_log = tmp_path / "outage.log"

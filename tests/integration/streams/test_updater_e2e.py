@@ -15,9 +15,9 @@ from state import RedisState, VectorStore, VectorStoreConfig
 from streams.generate import GeneratorConfig, generate_events
 from streams.produce import produce_engagements
 from streams.settings import Settings
+from streams.tiny_model import publish_tiny_model
 from streams.topics import ensure_topics
 from tests.integration.harness import read_topic, run_worker
-from tests.integration.models import publish_tiny_model
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,5 @@
-"""A tiny model trained briefly on a generated stream and published, for tests that encode."""
+"""A tiny model trained briefly on a generated stream and published: for tests that encode and
+for the end-to-end bench when it is given no model. Needs the trainer extra (torch)."""
 
 from __future__ import annotations
 
