@@ -24,6 +24,7 @@ from encoders.registry import ModelRegistry
 from state import StateError, VectorStore, VectorStoreConfig
 from streams.events import Engagement
 from streams.generate import GeneratorConfig, generate_catalog, generate_events
+from streams.lifecycle import Backfill
 from streams.metrics import IngestMetrics
 from streams.settings import Settings
 from streams.tiny_model import publish_tiny_model
@@ -91,11 +92,56 @@ class Reader(threading.Thread):
             self.errors.append(f"{user}: one search mixed versions")
 
 
+class Feed:
+    """Paces the stream by the switch itself, so the overlap holds on any machine.
+
+    Each backfill page first applies the next chunk of events, and the call that finds the
+    backfill done applies whatever is left before the flip: events flow through the whole switch
+    however fast the machine runs it. A page also waits until the reader has read the old
+    version a few times, so the reader sees both sides of the flip.
+    """
+
+    def __init__(self, world: World, events: list[Engagement], reader: Reader) -> None:
+        self.world, self.rest, self.reader = world, events, reader
+        self.pages_fed = 0
+
+    def pace(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        page = Backfill.step
+
+        async def paced(backfill: Backfill) -> bool:
+            await until(lambda: self.reader.rounds >= READER_ROUNDS, "the reader's first rounds")
+            await self.feed(CHUNK)
+            done = await page(backfill)
+            if done:
+                await self.feed(len(self.rest))
+            return done
+
+        monkeypatch.setattr(Backfill, "step", paced)
+
+    async def feed(self, n: int) -> None:
+        chunk, self.rest = self.rest[:n], self.rest[n:]
+        if chunk:
+            await self.world.apply(chunk)
+            self.pages_fed += 1
+
+
+CHUNK, READER_ROUNDS = 25, 25
+
+
+async def until(condition: Callable[[], bool], what: str, deadline_s: float = 120.0) -> None:
+    """Wait for a condition another task or thread makes true; the deadline only catches hangs."""
+    began = time.monotonic()
+    while not condition():
+        assert time.monotonic() - began < deadline_s, f"still waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
 async def test_switch_under_load_never_shows_readers_a_gap(
     redis_client: aioredis.Redis,
     make_settings: Callable[..., Settings],
     models: tuple[Path, str, str],
     store: VectorStore,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     root, first, second = models
     registry = ModelRegistry(root)
@@ -124,27 +170,28 @@ async def test_switch_under_load_never_shows_readers_a_gap(
         lifecycle,
     )
     reader = Reader(store, world.engaged()[0])
+    feed = Feed(world, events[800:], reader)
+    feed.pace(monkeypatch)
     reader.start()
     updater.start()
+    began = time.monotonic()
     registry.promote(second)
-    began, rest = time.monotonic(), events[800:]
-    while switches(metrics) == 0 and time.monotonic() - began < 120:
-        if rest:  # events keep flowing through the whole switch
-            chunk, rest = rest[:25], rest[25:]
-            await world.apply(chunk)
-        await asyncio.sleep(0.05)
-    await world.apply(rest)
-    await asyncio.sleep(0.5)  # a few more rounds on the new version
+    await until(lambda: switches(metrics) > 0, "the switch")
+    flipped_at = reader.rounds
+    await until(lambda: reader.rounds >= flipped_at + READER_ROUNDS, "reads after the flip")
     await updater.drain(asyncio.Event())
     reader.stop.set()
     await asyncio.to_thread(reader.join, 30)
 
     took = time.monotonic() - began
     log.info(
-        "model switch %s -> %s in %.1fs under load: %d reader rounds, %d errors, versions seen %s",
+        "model switch %s -> %s in %.1fs under load: %d events in %d chunks during it, "
+        "%d reader rounds, %d errors, versions seen %s",
         first,
         second,
         took,
+        len(events) - 800,
+        feed.pages_fed,
         reader.rounds,
         len(reader.errors),
         sorted(reader.versions),
@@ -152,8 +199,9 @@ async def test_switch_under_load_never_shows_readers_a_gap(
     assert not failed
     assert switches(metrics) == 1 and store.serving_version() == second
     assert not reader.errors, reader.errors[:5]
-    assert reader.versions == {first, second} and reader.rounds >= 50
-    assert not rest, "the switch finished before every event was applied"
+    assert reader.versions == {first, second} and reader.rounds >= 2 * READER_ROUNDS
+    assert not feed.rest, "the switch finished before every event was applied"
+    assert feed.pages_fed >= 2, "no backfill page overlapped the stream"
     # the new version holds every entity, each equal to a from-scratch encode (users built
     # before a later change of one of their items are reported, not failed: no fan-out)
     behind = await assert_matches_oracle(world, registry.load(second))
