@@ -17,7 +17,7 @@ from encoders.model import ModelConfig
 class Batch:
     """One step's examples; item arrays use -1 for padding."""
 
-    inputs: IntArray  # [B, M] items of user windows, left-aligned
+    inputs: IntArray  # [B, m] items of user windows, left-aligned (m <= M: the longest)
     actions: IntArray  # [B, M]
     times: FloatArray  # [B, M, 5]
     next_items: IntArray  # [B, M] target after each position
@@ -87,13 +87,29 @@ class BatchMaker:
         b = np.concatenate(b_parts) if b_parts else np.zeros(0, dtype=np.int64)
         return a.astype(np.int64), b.astype(np.int64)
 
-    def epoch(self, batch_size: int) -> Iterator[Batch]:
+    def epoch(self, batch_size: int, pool_batches: int = 32) -> Iterator[Batch]:
+        """Shuffled batches of windows of similar length: each pool of ``pool_batches`` batches
+        is sorted by length before it is cut, and the batches are shuffled again, so a batch
+        of short histories costs what it holds (see ``_batch``)."""
         order = self.rng.permutation(len(self.windows))
-        for start in range(0, len(order), batch_size):
-            yield self._batch([self.windows[i] for i in order[start : start + batch_size]])
+        pool = batch_size * pool_batches
+        batches = []
+        for start in range(0, len(order), pool):
+            chunk = order[start : start + pool]
+            chunk = chunk[np.argsort([self._length(self.windows[i]) for i in chunk], kind="stable")]
+            batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+        for pick in self.rng.permutation(len(batches)):
+            yield self._batch([self.windows[i] for i in batches[pick]])
+
+    @staticmethod
+    def _length(window: tuple[int, int, int]) -> int:
+        _, s, end = window
+        return end - 1 - s
 
     def _batch(self, windows: list[tuple[int, int, int]]) -> Batch:
-        b, m = len(windows), self.m
+        """Arrays as wide as the batch's longest window (at most M): windows are left-aligned,
+        so the cut columns are padding only."""
+        b, m = len(windows), max(self._length(w) for w in windows)
         inputs = np.full((b, m), -1, dtype=np.int64)
         actions = np.zeros((b, m), dtype=np.int64)
         times = np.zeros((b, m, NUM_TIME_FEATURES), dtype=np.float32)

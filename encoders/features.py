@@ -6,6 +6,11 @@ owns its own slice of one hash table, so the model can pool kinds separately:
 
     id 0                                   padding
     1 + k * buckets + (hash(token) % buckets)   token of kind k, k = index in TOKEN_KINDS
+    1 + K * buckets + (hash(id) % id_buckets)   the item's own id (K = len(TOKEN_KINDS)), first
+
+The id token gives every item a learned identity of its own (the strongest signal a catalogue
+with history has) in a range large enough that two items rarely share a bucket; content still
+carries new items, and the model drops the id in training so it learns to do without.
 
 The hash is blake2b (8 bytes), stable across processes and machines; Python's salted ``hash()``
 is never used. Precomputed numeric vectors (``features`` on a catalog item) are concatenated in
@@ -37,6 +42,8 @@ class ContentLike(Protocol):
     """Anything with an item's content fields (``streams.events.CatalogItem`` fits)."""
 
     @property
+    def item_id(self) -> str: ...
+    @property
     def title(self) -> str: ...
     @property
     def text(self) -> str: ...
@@ -55,15 +62,16 @@ class FeaturizerConfig:
     dense_names: tuple[str, ...] = ()
     dense_dims: tuple[int, ...] = ()
     use_text: bool = True  # False: categories and dense vectors only (the no-content ablation)
+    id_buckets: int = 0  # hash range of the item-id token; 0: no id token (versions before it)
 
     def __post_init__(self) -> None:
-        assert self.buckets_per_kind > 0 and self.max_tokens > 0
+        assert self.buckets_per_kind > 0 and self.max_tokens > 0 and self.id_buckets >= 0
         assert len(self.dense_names) == len(self.dense_dims), "one dim per dense name"
 
     @property
     def table_size(self) -> int:
         """Rows of the token embedding table, padding row 0 included."""
-        return 1 + len(TOKEN_KINDS) * self.buckets_per_kind
+        return 1 + len(TOKEN_KINDS) * self.buckets_per_kind + self.id_buckets
 
     @property
     def dense_width(self) -> int:
@@ -81,6 +89,7 @@ class FeaturizerConfig:
             dense_names=tuple(str(n) for n in raw["dense_names"]),
             dense_dims=tuple(int(d) for d in raw["dense_dims"]),
             use_text=bool(raw.get("use_text", True)),
+            id_buckets=int(raw.get("id_buckets", 0)),
         )
 
 
@@ -116,8 +125,11 @@ class ContentFeaturizer:
     def __init__(self, config: FeaturizerConfig) -> None:
         self.config = config
 
-    def token_ids(self, title: str, text: str, categories: Sequence[str]) -> IntArray:
-        """Hashed token ids, padded with 0 to ``max_tokens``; kinds in TOKEN_KINDS order."""
+    def token_ids(
+        self, title: str, text: str, categories: Sequence[str], item_id: str = ""
+    ) -> IntArray:
+        """Hashed token ids, padded with 0 to ``max_tokens``: the id token first (when the
+        config has an id range), then kinds in TOKEN_KINDS order."""
         words, bigrams, chars = (
             text_tokens(f"{title} {text}") if self.config.use_text else ([], [], [])
         )
@@ -125,6 +137,9 @@ class ContentFeaturizer:
         buckets = self.config.buckets_per_kind
         seen: set[int] = set()
         ids: list[int] = []
+        if self.config.id_buckets:
+            offset = 1 + len(TOKEN_KINDS) * buckets
+            ids.append(offset + stable_hash(f"id:{item_id}") % self.config.id_buckets)
         for kind, tokens in enumerate(kinds):
             for token in tokens:
                 token_id = 1 + kind * buckets + stable_hash(token) % buckets
@@ -149,7 +164,8 @@ class ContentFeaturizer:
 
     def featurise(self, item: ContentLike) -> tuple[IntArray, FloatArray]:
         """One item's arrays: token ids ``[T]`` and dense ``[F]``."""
-        return self.token_ids(item.title, item.text, item.categories), self.dense(item.features)
+        tokens = self.token_ids(item.title, item.text, item.categories, item.item_id)
+        return tokens, self.dense(item.features)
 
     def featurise_many(self, items: Sequence[ContentLike]) -> tuple[IntArray, FloatArray]:
         """Stacked arrays for ``items``: token ids ``[N, T]`` and dense ``[N, F]``."""

@@ -48,3 +48,12 @@ def log_q_from_counts(counts: Tensor, draws: float) -> Tensor:
     proportionally to ``counts`` (the in-batch sampler), floored to stay finite."""
     p = counts.to(torch.float32) / torch.clamp(counts.sum(), min=1.0)
     return torch.log(torch.clamp(p * draws, min=1e-12))
+
+
+def full_softmax_loss(
+    queries: Tensor, items: Tensor, positive_ids: Tensor, temperature: Tensor
+) -> Tensor:
+    """Mean cross-entropy of each query over every item ``[N, D]``, its positive the class: the
+    exact softmax, affordable when the catalogue is small (SASRec-CE)."""
+    assert queries.shape[1] == items.shape[1], "query and item dims differ"
+    return F.cross_entropy((queries / temperature) @ items.T, positive_ids)

@@ -1,11 +1,12 @@
 """The torch models, in one readable file (nanoGPT style).
 
 ContentEncoder   hashed token ids + dense vector        -> content vector   [B, d]
-ItemEncoder      own content + K neighbour contents + degree -> item vector [B, D] (L2-normalised)
+ItemEncoder      own content + K pooled neighbour contents + degree -> item vector [B, D] (L2)
 UserEncoder      last M item vectors + actions + times   -> user vector      [B, D] (L2-normalised)
 
-There is no item-id embedding anywhere: an item is its content plus its neighbours' content, so a
-new item encodes from its content alone (zero neighbours), which is the cold-start path.
+An item's identity is one more content token (a hashed id, see encoders.features), dropped at
+random in training, so a new item still encodes from its content alone (an unseen id bucket,
+zero neighbours), which is the cold-start path.
 ``ModelConfig`` is saved with every model version and in the ONNX metadata.
 """
 
@@ -32,11 +33,12 @@ class ModelConfig:
     d_model: int = 64
     out_dim: int = 64
     n_heads: int = 4
-    item_layers: int = 1
     user_layers: int = 2
     neighbours: int = 10  # K: neighbour tokens per item
     seq_len: int = 50  # M: actions per user sequence
     dropout: float = 0.1
+    id_buckets: int = 0  # the featuriser's id-token range (0: no id token)
+    id_dropout: float = 0.1  # training only: share of items encoded without their id
 
     def __post_init__(self) -> None:
         assert self.d_model % self.n_heads == 0, "d_model must be divisible by n_heads"
@@ -44,7 +46,12 @@ class ModelConfig:
 
     @property
     def table_size(self) -> int:
-        return 1 + NUM_TOKEN_KINDS * self.buckets_per_kind
+        return 1 + NUM_TOKEN_KINDS * self.buckets_per_kind + self.id_buckets
+
+    @property
+    def token_kinds(self) -> int:
+        """Pooled token kinds: the content kinds, plus the id when there is an id range."""
+        return NUM_TOKEN_KINDS + (1 if self.id_buckets else 0)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -107,43 +114,74 @@ class ContentEncoder(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.buckets = cfg.buckets_per_kind
+        self.buckets, self.id_dropout = cfg.buckets_per_kind, cfg.id_dropout
         self.embed = nn.Embedding(cfg.table_size, cfg.d_model, padding_idx=0)
         nn.init.normal_(self.embed.weight, std=0.1)
         with torch.no_grad():
             self.embed.weight[0].zero_()
-        self.kind_proj = nn.Linear(NUM_TOKEN_KINDS * cfg.d_model, cfg.d_model)
+        self.kind_proj = nn.Linear(cfg.token_kinds * cfg.d_model, cfg.d_model)
         self.dense_proj = nn.Linear(cfg.dense_width, cfg.d_model)
         self.ln = nn.LayerNorm(cfg.d_model)
-        self.register_buffer("kinds", torch.arange(NUM_TOKEN_KINDS), persistent=False)
+        self.register_buffer("kinds", torch.arange(cfg.token_kinds), persistent=False)
+
+    def kind_of(self, token_ids: Tensor) -> Tensor:
+        """Each token's kind; the id range sits after the content kinds, all of it one kind."""
+        kind = torch.div(torch.clamp(token_ids - 1, min=0), self.buckets, rounding_mode="floor")
+        return torch.clamp(kind, max=NUM_TOKEN_KINDS)
 
     def forward(self, token_ids: Tensor, dense: Tensor) -> Tensor:
         b, _t = token_ids.shape
         assert dense.dim() == 2 and dense.shape[0] == b, f"dense {tuple(dense.shape)} vs batch {b}"
         emb = self.embed(token_ids)  # [B, T, d]
-        kind = torch.div(torch.clamp(token_ids - 1, min=0), self.buckets, rounding_mode="floor")
-        member = (kind.unsqueeze(-1) == self.kinds) & (token_ids > 0).unsqueeze(-1)  # [B, T, k]
+        member = (self.kind_of(token_ids).unsqueeze(-1) == self.kinds) & (token_ids > 0).unsqueeze(
+            -1
+        )  # [B, T, k]
         weights = member.to(emb.dtype)
         pooled = weights.transpose(1, 2) @ emb  # [B, k, d]
-        pooled = pooled / torch.clamp(weights.sum(dim=1), min=1.0).unsqueeze(-1)
-        h = self.kind_proj(pooled.reshape(b, -1)) + self.dense_proj(dense)  # [B, d]
+        counts = weights.sum(dim=1)  # [B, k]
+        return self._project(pooled, counts, dense)
+
+    def from_bags(self, tokens: Tensor, bag_sizes: Tensor, dense: Tensor) -> Tensor:
+        """``forward`` for tokens already grouped by row and kind: ``tokens`` flat, ``bag_sizes
+        [B, k]`` how many each (row, kind) holds. Training's path: it gathers only real tokens
+        (half the time of the padded form); the padded form is what exports to ONNX."""
+        b, k = bag_sizes.shape
+        offsets = torch.cumsum(bag_sizes.reshape(-1), 0) - bag_sizes.reshape(-1)
+        pooled = F.embedding_bag(tokens, self.embed.weight, offsets, mode="sum")
+        return self._project(pooled.view(b, k, -1), bag_sizes.to(pooled.dtype), dense)
+
+    def _project(self, pooled: Tensor, counts: Tensor, dense: Tensor) -> Tensor:
+        """Per-kind sums ``[B, k, d]`` and counts ``[B, k]`` to content vectors ``[B, d]``."""
+        if self.training and self.id_dropout > 0 and counts.shape[1] > NUM_TOKEN_KINDS:
+            keep = torch.rand(counts.shape[0], 1, device=counts.device) >= self.id_dropout
+            kept = torch.cat([torch.ones_like(counts[:, :NUM_TOKEN_KINDS]), keep.to(counts)], 1)
+            pooled, counts = pooled * kept.unsqueeze(-1), counts * kept
+        pooled = pooled / torch.clamp(counts, min=1.0).unsqueeze(-1)
+        h = self.kind_proj(pooled.reshape(pooled.shape[0], -1)) + self.dense_proj(dense)
         out: Tensor = self.ln(h)
         return out
 
 
 class ItemEncoder(nn.Module):
-    """Summary token + own content token + K neighbour content tokens, weighted by log(1+w)."""
+    """Own content plus importance-pooled neighbour content (PinSage), then a residual MLP.
+
+    Each neighbour's pull is its co-engagement weight relative to the list's strongest (so a
+    uniformly decayed list encodes the same whenever it is read) sharpened by a learned power,
+    plus how well it matches the item's own content; absent neighbours (weight 0) get none. An
+    item without neighbours pools nothing and encodes from its content alone.
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         d = cfg.d_model
-        self.summary = nn.Parameter(torch.zeros(d))
-        self.token_type = nn.Parameter(torch.randn(3, d) * 0.02)  # summary, self, neighbour
-        self.weight_fn = nn.Sequential(nn.Linear(1, 16), nn.Tanh(), nn.Linear(16, 1), nn.Softplus())
+        self.message = nn.Sequential(nn.Linear(d, d), nn.GELU())
+        self.query = nn.Linear(d, d, bias=False)
+        nn.init.zeros_(self.query.weight)  # start as PinSage's pure importance pooling
+        self.sharpness = nn.Parameter(torch.ones(()))
         self.degree_proj = nn.Linear(3, d)
         nn.init.normal_(self.degree_proj.weight, std=0.02)
-        self.blocks = nn.ModuleList(
-            Block(d, cfg.n_heads, cfg.dropout) for _ in range(cfg.item_layers)
+        self.mlp = nn.Sequential(
+            nn.Linear(2 * d, 2 * d), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(2 * d, d)
         )
         self.ln_f = nn.LayerNorm(d)
         self.head = nn.Linear(d, cfg.out_dim)
@@ -154,32 +192,26 @@ class ItemEncoder(nn.Module):
         b, k, d = neighbour_content.shape
         assert content.shape == (b, d), f"content {tuple(content.shape)} vs {(b, d)}"
         assert neighbour_weights.shape == (b, k), f"weights {tuple(neighbour_weights.shape)}"
-        present = neighbour_weights > 0  # [B, K]
-        # weights are relative to the list's strongest neighbour, so a uniformly decayed list
-        # (forward decay read at a later `now`) encodes the same
-        w = torch.clamp(neighbour_weights, min=0.0)
-        w = w / torch.clamp(w.max(dim=1, keepdim=True).values, min=1e-30)
-        log_w = torch.log1p(w).unsqueeze(-1)  # [B, K, 1]
-        nbr = neighbour_content * self.weight_fn(log_w) + self.token_type[2]  # [B, K, d]
         assert degree.shape == (b,), f"degree {tuple(degree.shape)} != ({b},)"
+        present = neighbour_weights > 0  # [B, K]
+        shown = present.to(content.dtype)
+        w = torch.clamp(neighbour_weights, min=0.0)
+        w = w / torch.clamp(w.max(dim=1, keepdim=True).values, min=1e-30)  # (0, 1], 1 = strongest
+        log_w = torch.log(torch.clamp(w, min=1e-6))  # [B, K]
+        fit = (neighbour_content @ self.query(content).unsqueeze(-1)).squeeze(-1) / math.sqrt(d)
+        score = (self.sharpness * log_w + fit).masked_fill(~present, -1e9)
+        pull = F.softmax(score, dim=1) * shown  # all-absent rows pull nothing
+        pooled = (pull.unsqueeze(1) @ self.message(neighbour_content)).squeeze(1)  # [B, d]
         stats = torch.stack(
             [
-                torch.log1p(present.to(content.dtype).sum(1)),
-                log_w.squeeze(-1).sum(1),
+                torch.log1p(shown.sum(1)),
+                (log_w * shown).sum(1) / torch.clamp(shown.sum(1), min=1.0),
                 torch.log1p(torch.clamp(degree, min=0.0)),
             ],
             dim=1,
         )  # [B, 3]
-        summary = (self.summary + self.token_type[0] + self.degree_proj(stats)).unsqueeze(1)
-        own = (content + self.token_type[1]).unsqueeze(1)
-        x = torch.cat([summary, own, nbr], dim=1)  # [B, 2+K, d]
-        keys = torch.cat([torch.ones_like(present[:, :2]), present], dim=1)  # [B, 2+K]
-        allowed = keys[:, None, None, :]  # [B, 1, 1, 2+K]
-        for block in self.blocks:
-            x = block(x, allowed)
-        # read out the summary plus the item's own token, so its content is never diluted away
-        out = self.head(self.ln_f(x[:, 0] + x[:, 1]))  # [B, D]
-        return F.normalize(out, dim=-1)
+        h = content + self.mlp(torch.cat([content, pooled], dim=1)) + self.degree_proj(stats)
+        return F.normalize(self.head(self.ln_f(h)), dim=-1)
 
 
 class UserEncoder(nn.Module):
@@ -207,14 +239,16 @@ class UserEncoder(nn.Module):
         )
 
     def hidden(self, item_vectors: Tensor, actions: Tensor, time_features: Tensor) -> Tensor:
-        """Hidden state at every position ``[B, M, d]``; position t sees positions 0..t only."""
+        """Hidden state at every position ``[B, m, d]``; position t sees positions 0..t only.
+        Serving passes the full M; training may pass only the first m <= M positions (the rest
+        is padding a causal model never reads), so short sequences cost what they hold."""
         b, m, _ = item_vectors.shape
-        assert m == self.seq_len, f"sequence length {m} != model's fixed M={self.seq_len}"
+        assert m <= self.seq_len, f"sequence length {m} > model's M={self.seq_len}"
         assert actions.shape == (b, m) and time_features.shape[:2] == (b, m)
         x = self.in_proj(item_vectors) + self.action(actions) + self.time_proj(time_features)
-        x = x + self.position  # [B, M, d]
+        x = x + self.position[:m]  # [B, m, d]
         for block in self.blocks:
-            x = block(x, self.causal)
+            x = block(x, self.causal[:, :, :m, :m])
         out: Tensor = self.ln_f(x)
         return out
 

@@ -5,10 +5,21 @@
 3. user-item:    at every position of a user's sequence, the next item and one item from a short
                  future window (PinnerFormer's dense all-action loss)
 
-Each step encodes the content of every item it touches (and their neighbours), runs the item
-encoder on them, and feeds those item vectors to the user encoder, so user-task gradients flow
-into the item encoder. Negatives are the in-batch positives (logQ-corrected by item counts) plus
-uniformly drawn items. Everything random comes from one seed; ``torch.set_num_threads`` is set.
+Each step encodes the content of every item it touches, runs the item encoder on them, and feeds
+those item vectors to the user encoder, so user-task gradients flow into the item encoder. A step's
+cost follows its events, not the catalogue:
+
+- neighbours' content comes from a cache of every item's content vector (detached; refreshed for
+  the items a step encodes and wholly at each epoch), so an item costs one content encoding, not
+  1 + K (historical embeddings, as GNNAutoScale; PinnerFormer freezes its item side outright);
+- a catalogue of at most ``full_softmax_items`` is scored whole (an exact softmax, SASRec-CE);
+  a larger one gets the in-batch positives (logQ-corrected by item counts) plus uniformly drawn
+  items as negatives;
+- validation ranks a fixed sample of at most ``validation_users`` users.
+
+``fit`` keeps the best validation epoch and stops after ``patience`` epochs without a better one, or
+when ``max_seconds`` is spent. Everything random comes from one seed; ``torch.set_num_threads``
+is set.
 """
 
 from __future__ import annotations
@@ -21,13 +32,21 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from encoders.batches import Batch, BatchMaker
+from encoders.contract import NUM_TOKEN_KINDS
 from encoders.data import IntArray, TrainingData
-from encoders.evaluate import leave_one_out, rank_metrics, sample_negatives, vector_scorer
+from encoders.evaluate import (
+    EvalCases,
+    leave_one_out,
+    rank_metrics,
+    sample_negatives,
+    vector_scorer,
+)
 from encoders.inference import encode_items, encode_users
-from encoders.losses import log_q_from_counts, sampled_softmax_loss
+from encoders.losses import full_softmax_loss, log_q_from_counts, sampled_softmax_loss
 from encoders.model import ModelConfig, SageModel
 
 log = logging.getLogger(__name__)
@@ -44,7 +63,10 @@ class TrainConfig:
     lr: float = 3e-3
     seed: int = 0
     threads: int = 2
-    random_negatives: int = 256
+    random_negatives: int = 1024
+    full_softmax_items: int = 4096  # score every item when the catalogue is at most this big
+    patience: int = 4  # epochs without a better validation score before stopping
+    validation_users: int = 3000
     in_batch_negatives: int = 256
     pair_batch: int = 512
     feature_batch: int = 256
@@ -92,14 +114,22 @@ class Trainer:
             cfg.feature_batch,
         )
         self.counts = torch.as_tensor(self.batches.item_counts, dtype=torch.float32)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=0.0)
-        self.token_ids = torch.as_tensor(data.token_ids)
+        self.opt = torch.optim.AdamW(
+            self.model.parameters(), lr=cfg.lr, weight_decay=0.0, fused=True
+        )
+        self.bag_tokens, self.bag_sizes = token_bags(self.model, data.token_ids)
         self.dense = torch.as_tensor(data.dense)
         k = model_cfg.neighbours
-        self.neighbours = torch.as_tensor(data.neighbours[:, :k])
+        self.neighbours = torch.clamp(torch.as_tensor(data.neighbours[:, :k]), min=0)  # pads: w 0
         weights = data.neighbour_weights[:, :k] * float(cfg.use_neighbours)
         self.weights = torch.as_tensor(weights, dtype=torch.float32)
         self.degrees = torch.as_tensor(data.degrees, dtype=torch.float32)
+        self.everything = torch.arange(self.n_items)
+        self.full_softmax = self.n_items <= cfg.full_softmax_items
+        self.content_cache = torch.zeros(self.n_items, model_cfg.d_model)
+        self.validation = _sample_cases(
+            self.batches.validation, self.batches.val_negatives, cfg.validation_users, cfg.seed
+        )
 
     def _loss(
         self,
@@ -109,8 +139,13 @@ class Trainer:
         negatives: IntArray,
         vec: Callable[[Tensor], Tensor],
     ) -> Tensor:
-        """Sampled softmax of one task. Negatives: ``in_batch`` positives of other queries (drawn
-        proportionally to item counts, as far as the batch follows them) plus uniform items."""
+        """Softmax of one task over every item (small catalogues), else sampled: ``in_batch``
+        positives of other queries (drawn proportionally to item counts, as far as the batch
+        follows them) plus uniform items."""
+        tau = self.model.temperature(task)
+        if self.full_softmax:
+            full: Tensor = full_softmax_loss(queries, vec(self.everything), pos_ids, tau)
+            return full
         pick = torch.randint(0, len(pos_ids), (min(self.cfg.in_batch_negatives, len(pos_ids)),))
         uniform = torch.as_tensor(negatives, dtype=torch.int64)
         neg_ids = torch.cat([pos_ids[pick], uniform])
@@ -120,26 +155,45 @@ class Trainer:
             uniform_q = float(np.log(max(len(uniform), 1) / self.n_items))
             neg_q = torch.cat([in_batch_q[pos_ids[pick]], torch.full((len(uniform),), uniform_q)])
             log_q = (in_batch_q[pos_ids], neg_q)
-        tau = self.model.temperature(task)
         loss: Tensor = sampled_softmax_loss(
             queries, vec(pos_ids), pos_ids, vec(neg_ids), neg_ids, tau, log_q
         )
         return loss
 
+    def _content(self, rows: Tensor, drop_ids: bool = False) -> Tensor:
+        """Content vectors of ``rows`` through the model's bag path (real tokens only);
+        ``drop_ids`` encodes them as new items, without their id token."""
+        tokens, sizes = self.bag_tokens[rows], self.bag_sizes[rows]  # [U, T], [U, k]
+        if drop_ids and self.model.config.id_buckets:
+            tokens = torch.where(self.model.content.kind_of(tokens) == NUM_TOKEN_KINDS, 0, tokens)
+            sizes = torch.cat([sizes[:, :NUM_TOKEN_KINDS], torch.zeros_like(sizes[:, -1:])], 1)
+        out: Tensor = self.model.content.from_bags(tokens[tokens > 0], sizes, self.dense[rows])
+        return out
+
+    @torch.no_grad()
+    def refresh_content_cache(self, batch: int = 4096) -> None:
+        """Every item's content vector, in eval mode (no id dropout)."""
+        self.model.eval()
+        for start in range(0, self.n_items, batch):
+            rows = self.everything[start : start + batch]
+            self.content_cache[rows] = self._content(rows)
+        self.model.train()
+
     def _item_vectors(self, needed: Tensor) -> Tensor:
-        """Item vectors ``[len(needed), D]`` via content of the items and of their neighbours."""
-        nbrs = torch.clamp(self.neighbours[needed], min=0)  # [U, K]; pads have weight 0
-        rows = torch.unique(torch.cat([needed, nbrs.ravel()]))
-        content = self.model.content(self.token_ids[rows], self.dense[rows])  # [R, d]
-        own, nbr_rows = torch.searchsorted(rows, needed), torch.searchsorted(rows, nbrs)
+        """Item vectors ``[len(needed), D]``: fresh content for ``needed``, cached content for
+        their neighbours (the cache takes the fresh rows first)."""
+        content = self._content(needed)  # [U, d]
+        self.content_cache[needed] = content.detach()
+        nbr_content = self.content_cache[self.neighbours[needed]]  # [U, K, d]
         out: Tensor = self.model.item(
-            content[own], content[nbr_rows], self.weights[needed], self.degrees[needed]
+            content, nbr_content, self.weights[needed], self.degrees[needed]
         )
         return out
 
     def step(self, batch: Batch) -> dict[str, float]:
         """One optimisation step over the three tasks; returns the per-task losses."""
-        needed = torch.unique(torch.as_tensor(batch.items_touched()))
+        touched = torch.as_tensor(batch.items_touched())
+        needed = self.everything if self.full_softmax else torch.unique(touched)
         item_vec = self._item_vectors(needed)  # [U, D]
 
         def vec(ids: Tensor) -> Tensor:
@@ -170,21 +224,20 @@ class Trainer:
     def _feature_loss(self, items: Tensor, vec: Callable[[Tensor], Tensor]) -> Tensor:
         """Item embedding against its own features' encoding; other items' features negatives."""
         items = torch.unique(items)
-        feats = self.model.feature_vector(
-            self.model.content(self.token_ids[items], self.dense[items])
-        )
+        # the features without the id: what a new item has, so this task trains cold start
+        feats = self.model.feature_vector(self._content(items, drop_ids=True))
         tau = self.model.temperature(FEATURE_TASK)
         loss: Tensor = sampled_softmax_loss(vec(items), feats, items, feats, items, tau)
         return loss
 
     def validate(self) -> float:
-        """Full-ranking NDCG@10 on the validation targets."""
+        """Full-ranking NDCG@10 on the (sampled) validation targets."""
         self.model.eval()
-        cases = self.batches.validation
+        cases, negatives = self.validation
         items = encode_items(self.model, self.data, self.cfg.use_neighbours)
         users = encode_users(self.model, items, cases.histories)
         self.model.train()
-        metrics = rank_metrics(vector_scorer(users, items), cases, self.batches.val_negatives)
+        metrics = rank_metrics(vector_scorer(users, items), cases, negatives)
         return metrics["full"]["ndcg@10"]
 
     def fit(self, progress: Progress | None = None) -> TrainResult:
@@ -192,6 +245,7 @@ class Trainer:
         start, best = time.monotonic(), (-1.0, copy.deepcopy(self.model.state_dict()))
         steps = -(-len(self.batches.windows) // self.cfg.batch_size)
         for epoch in range(1, self.cfg.epochs + 1):
+            self.refresh_content_cache()
             sums: dict[str, float] = {}
             for step, batch in enumerate(self.batches.epoch(self.cfg.batch_size), start=1):
                 for k, v in self.step(batch).items():
@@ -211,6 +265,10 @@ class Trainer:
             if self.cfg.max_seconds is not None and time.monotonic() - start > self.cfg.max_seconds:
                 log.warning("stopping after epoch %d: time budget spent", epoch)
                 break
+            if epoch - result.best_epoch >= self.cfg.patience:
+                log.info("stopping after epoch %d: none better since %d", epoch, result.best_epoch)
+                break
+        log.info("serving epoch %d (validation NDCG@10 %.4f)", result.best_epoch, best[0])
         self.model.load_state_dict(best[1])
         self.model.eval()
         result.seconds = time.monotonic() - start
@@ -226,3 +284,29 @@ def model_test_metrics(
     items = encode_items(model, data, use_neighbours)
     users = encode_users(model, items, cases.histories)
     return rank_metrics(vector_scorer(users, items), cases, negatives)
+
+
+def _sample_cases(
+    cases: EvalCases, negatives: IntArray, limit: int, seed: int
+) -> tuple[EvalCases, IntArray]:
+    """At most ``limit`` of ``cases`` (a fixed draw), so validation costs the same at any size."""
+    if len(cases) <= limit:
+        return cases, negatives
+    rows = np.sort(np.random.default_rng(seed).choice(len(cases), size=limit, replace=False))
+    picked = EvalCases(
+        tuple(cases.histories[r] for r in rows),
+        cases.targets[rows],
+        tuple(cases.interacted[r] for r in rows),
+    )
+    return picked, negatives[rows]
+
+
+def token_bags(model: SageModel, token_ids: IntArray) -> tuple[Tensor, Tensor]:
+    """Each item's tokens ordered by kind (zeros last) and ``[N, k]`` tokens per kind, for
+    ``ContentEncoder.from_bags``; the featuriser puts the id first, so it is moved last."""
+    ids = torch.as_tensor(token_ids)
+    kind = model.content.kind_of(ids)
+    kind = torch.where(ids > 0, kind, len(model.content.kinds))  # padding sorts last
+    order = torch.sort(kind, dim=1, stable=True).indices
+    sizes = F.one_hot(kind, len(model.content.kinds) + 1)[..., :-1].sum(dim=1)
+    return torch.gather(ids, 1, order), sizes

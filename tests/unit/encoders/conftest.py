@@ -15,7 +15,7 @@ from encoders.workflow import TrainOutcome, train_and_export
 from streams.commands.train import build_training_data
 from streams.generate import GeneratorConfig, generate_catalog, generate_events
 
-FEATURIZER = FeaturizerConfig(buckets_per_kind=512, max_tokens=32)
+FEATURIZER = FeaturizerConfig(buckets_per_kind=512, max_tokens=32, id_buckets=1024)
 
 
 def model_config(**overrides: int) -> ModelConfig:
@@ -24,6 +24,7 @@ def model_config(**overrides: int) -> ModelConfig:
     return ModelConfig(
         buckets_per_kind=FEATURIZER.buckets_per_kind,
         dense_width=FEATURIZER.dense_width,
+        id_buckets=FEATURIZER.id_buckets,
         dropout=0.0,
         **base,
     )
@@ -39,6 +40,7 @@ def train_config(**overrides: object) -> TrainConfig:
         "feature_batch": 64,
         "threads": 1,
         "seed": 3,
+        "patience": 100,
     }
     base.update(overrides)
     return TrainConfig(**base)  # type: ignore[arg-type]

@@ -72,7 +72,7 @@ def test_promote_rollback_and_list(published: TrainOutcome, tmp_path: Path) -> N
 
 
 class _Item:
-    title, text, categories, features = "a brand new item", "", ("new",), None
+    item_id, title, text, categories, features = "i-new", "a brand new item", "", ("new",), None
 
 
 def test_truncated_file_is_rejected(published: TrainOutcome, tmp_path: Path) -> None:
