@@ -1,4 +1,5 @@
-"""`sagestream bench --stage ingest|encoders|e2e`: figures beside their baselines, in one run."""
+"""`sagestream bench --stage ingest|encoders|e2e|train`: figures beside their baselines, in one
+run."""
 
 from __future__ import annotations
 
@@ -14,15 +15,18 @@ from streams.commands.common import say, settings_of
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("bench", help="measure throughput against same-run baselines")
-    parser.add_argument("--stage", choices=["ingest", "encoders", "e2e"], default="ingest")
+    parser.add_argument("--stage", choices=["ingest", "encoders", "e2e", "train"], default="ingest")
     parser.add_argument(
         "--model",
         type=Path,
         help="model version directory (encoders, e2e) or registry root (e2e; default: train one)",
     )
-    parser.add_argument("--events", type=int, help="ingest 200,000, e2e 20,000")
+    parser.add_argument("--events", type=int, help="ingest 200,000, e2e 20,000, train 300,000")
+    parser.add_argument("--threads", type=int, default=2, help="train: torch threads")
     parser.add_argument(
-        "--repeats", type=int, help="runs per path, medians quoted (ingest 3, encoders 20)"
+        "--repeats",
+        type=int,
+        help="runs per path, medians quoted (ingest 3, encoders 20, train 2 epochs)",
     )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument(
@@ -55,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
         return run_encoders(args)
     if args.stage == "e2e":
         return run_e2e(args)
+    if args.stage == "train":
+        return run_train_stage(args)
     from streams.bench import run_ingest_bench
 
     settings = settings_of(args)
@@ -74,6 +80,39 @@ def run_encoders(args: argparse.Namespace) -> int:
         raise SystemExit("--stage encoders needs --model VERSION_DIR")
     result = run_encoder_bench(args.model, repeats=args.repeats or 20)
     sys.stdout.write(format_table(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def run_train_stage(args: argparse.Namespace) -> int:
+    """Epoch time on a generated 20k-item stream and on its 2k-item twin (same events)."""
+    from streams.bench_train import TrainBenchConfig, run_train_bench
+
+    cfg = TrainBenchConfig(
+        events=args.events or 300_000, repeats=args.repeats or 2, threads=args.threads
+    )
+    result = run_train_bench(cfg)
+    say(
+        f"training benchmark: {cfg.events:,} events, {cfg.users:,} users, "
+        f"{result['threads']} threads on {result['cpus']} CPUs, median of {cfg.repeats} epochs"
+    )
+    for size in result["sizes"]:
+        mode = "exact softmax" if size["exact_softmax"] else "sampled softmax"
+        say(
+            f"  {size['items']:>7,} items: epoch {size['epoch_s']:>6.1f} s "
+            f"({size['steps']} steps {size['steps_s']} s + validation {size['validation_s']} s, "
+            f"{mode}; data built in {size['build_s']} s; val NDCG@10 {size['val_ndcg@10']})"
+        )
+    goals = result["goals"]
+    say(
+        f"  epoch at {result['sizes'][0]['items']:,} items   goal <= "
+        f"{goals['epoch_s']['goal_max']:g} s: {_met(goals['epoch_s']['met'])}"
+    )
+    say(
+        f"  growth for 10x the catalogue {result['growth']:>5}x   goal <= "
+        f"{goals['growth']['goal_max']:g}x: {_met(goals['growth']['met'])}"
+    )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0
