@@ -1,4 +1,5 @@
-"""Leave-one-out evaluation: full ranking and SASRec's sampled protocol, with baselines.
+"""Leave-one-out evaluation: full ranking and SASRec's sampled protocol (baselines to score beside
+a model are in ``encoders.baselines``).
 
 Per user (time-ordered, at least three events): the last item is the test target, the second last
 the validation target, and the model sees everything before the target. Full ranking scores every
@@ -106,30 +107,6 @@ def rank_metrics(
         "full": {"recall@10": recall, "ndcg@10": ndcg},
         "sampled100": {"hr@10": hr, "ndcg@10": sndcg},
     }
-
-
-def popularity_scorer(item_counts: IntArray) -> ScoreFn:
-    """Every user gets the training-set popularity of each item."""
-    counts = item_counts.astype(np.float64)
-    return lambda start, stop: np.tile(counts, (stop - start, 1))
-
-
-def cooccurrence_scorer(
-    cases: EvalCases, neighbours: IntArray, weights: npt.NDArray[np.float32], last: int
-) -> ScoreFn:
-    """Item-to-item baseline from the neighbour lists alone: an item's score is the summed
-    co-engagement weight from the user's last ``last`` items."""
-    n_items = neighbours.shape[0]
-
-    def score(start: int, stop: int) -> FloatMatrix:
-        out = np.zeros((stop - start, n_items), dtype=np.float64)
-        for row, (items, _, _) in enumerate(cases.histories[start:stop]):
-            nbrs, w = neighbours[items[-last:]].ravel(), weights[items[-last:]].ravel()
-            keep = nbrs >= 0
-            np.add.at(out[row], nbrs[keep], w[keep])
-        return out
-
-    return score
 
 
 def vector_scorer(user_vectors: FloatMatrix, item_vectors: FloatMatrix) -> ScoreFn:

@@ -4,12 +4,18 @@ A run replays recent engagements (Kafka's retained log, or a JSONL archive), bui
 the way `sagestream train` does, trains, and publishes the candidate whatever it scores, so every
 run can be inspected with `sagestream models`. The candidate is promoted only when
 
-    nothing is serving   or   candidate >= serving * (1 - tolerance)
+    (nothing is serving   or   candidate >= serving * (1 - tolerance))
+    and candidate > co-occurrence   and   candidate > popularity
 
-Both versions are scored by one function (``encoders.workflow.evaluate_version``, through
+Every version is scored by one function (``encoders.workflow.evaluate_version``, through
 onnxruntime, as the worker runs them) on the same fresh data: full-ranking NDCG@10 on each user's
 held-out last event, the metric `train` reports. Not on the validation targets: the candidate
-picked its best epoch on those, which would flatter it against the serving version.
+picked its best epoch on those, which would flatter it against the serving version. The baselines
+(``encoders.baselines``: training popularity and the standard item co-occurrence recommender,
+fitted on the same histories) are scored on the same cases, and must be beaten outright: a model
+that a count table outranks is not worth serving. ``RetrainJob.baseline_gate=False`` (the
+``--no-baseline-gate`` flag) leaves only the comparison with serving, e.g. to bootstrap a first
+model; the baselines are still reported.
 
 Kafka is read the way a tool reads it, not the way the worker does: partitions assigned by hand,
 no consumer group, nothing committed, so the worker's group and offsets are never touched.
@@ -22,7 +28,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from operator import attrgetter
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -82,13 +88,16 @@ def parse_duration(text: str) -> float:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """The gate's verdict on one candidate, with the numbers it was made on."""
+    """The gate's verdict on one candidate, with the numbers it was made on. ``baselines`` holds
+    the gate metric of each baseline on the same cases (empty: none was scored)."""
 
     candidate: str
     candidate_score: float
     serving: str | None
     serving_score: float | None
     tolerance: float
+    baselines: Mapping[str, float] = field(default_factory=dict)
+    baseline_gate: bool = True  # False: baselines are reported, not required
 
     @property
     def bar(self) -> float | None:
@@ -98,20 +107,52 @@ class Decision:
         return self.serving_score * (1.0 - self.tolerance)
 
     @property
+    def unbeaten(self) -> tuple[str, ...]:
+        """Names of the baselines the candidate does not beat (strictly), best first."""
+        return tuple(
+            name
+            for name, score in sorted(self.baselines.items(), key=lambda kv: -kv[1])
+            if not self.candidate_score > score
+        )
+
+    @property
     def promote(self) -> bool:
         bar = self.bar
-        return bar is None or self.candidate_score >= bar
+        holds = bar is None or self.candidate_score >= bar
+        return holds and not (self.baseline_gate and self.unbeaten)
 
     def line(self) -> str:
         metric = "/".join(GATE_METRIC)
         got = f"candidate {self.candidate} {metric} {self.candidate_score:.4f}"
+        if self.promote:
+            verdict = f"promoted {self.candidate}"
+        elif self.serving is not None:
+            verdict = f"kept serving {self.serving}"
+        else:
+            verdict = f"did not promote {self.candidate}"
         if self.bar is None:
-            return f"promoted {self.candidate}: {got}; nothing was serving"
-        verdict = f"promoted {self.candidate}" if self.promote else f"kept serving {self.serving}"
-        return (
-            f"{verdict}: {got} {'>=' if self.promote else '<'} {self.bar:.4f} = serving "
-            f"{self.serving} {self.serving_score:.4f} x {1.0 - self.tolerance:g}"
+            against = "nothing was serving"
+        else:
+            sign = ">=" if self.candidate_score >= self.bar else "<"
+            against = (
+                f"{sign} {self.bar:.4f} = serving {self.serving} {self.serving_score:.4f} x "
+                f"{1.0 - self.tolerance:g}"
+            )
+        return f"{verdict}: {got}{'; ' if self.bar is None else ' '}{against}{self._baselines()}"
+
+    def _baselines(self) -> str:
+        if not self.baselines:
+            return ""
+        shown = ", ".join(
+            f"{name} {score:.4f}"
+            for name, score in sorted(self.baselines.items(), key=lambda kv: -kv[1])
         )
+        if not self.unbeaten:
+            return f"; beats the baselines {shown}"
+        lost = " and ".join(self.unbeaten)
+        plural = "s" if len(self.unbeaten) > 1 else ""
+        gate = "" if self.baseline_gate else " (baseline gate off)"
+        return f"; does not beat the {lost} baseline{plural}{gate}: {shown}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +162,7 @@ class RetrainJob:
     registry: Path
     recipe: Recipe
     tolerance: float = DEFAULT_TOLERANCE
+    baseline_gate: bool = True  # the candidate must also beat popularity and co-occurrence
     archive: Path | None = None  # None: replay Kafka's engagements topic
     items: Path | None = None  # None: the items topic (Kafka), or no catalog (archive)
     since_s: float | None = None
@@ -247,15 +289,21 @@ def gate_score(metrics: Mapping[str, Any]) -> float:
     return float(metrics[section][name])
 
 
-def score_version(
+def baseline_scores(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The gate metric of each baseline in ``metrics`` (as ``evaluate_version`` returns them)."""
+    return {name: gate_score(scored) for name, scored in metrics["baselines"].items()}
+
+
+def evaluate_saved(
     directory: Path, data: TrainingData, catalog: Mapping[str, CatalogItem], seed: int, threads: int
-) -> float:
-    """The gate metric of a saved version on ``data``, re-featurised with the version's own
-    featuriser settings (an older version may hash or lay out content differently)."""
+) -> dict[str, Any]:
+    """The metrics of a saved version on ``data`` (and of the baselines on the same cases),
+    re-featurised with the version's own featuriser settings (an older version may hash or lay
+    out content differently)."""
     feat = FeaturizerConfig.from_dict(json.loads((directory / c.FEATURIZER_FILE).read_text()))
     token_ids, dense = featurise_items(data.item_ids, catalog, feat)
     own = replace(data, token_ids=token_ids, dense=dense)
-    return gate_score(evaluate_version(directory, own, seed, threads))
+    return evaluate_version(directory, own, seed, threads)
 
 
 def _inputs(job: RetrainJob, settings: Settings) -> tuple[list[Engagement], dict[str, CatalogItem]]:
@@ -289,8 +337,8 @@ def retrain_once(job: RetrainJob, settings: Settings) -> Decision:
     registry = ModelRegistry(job.registry)
     outcome = train_and_export(data, feat, model_cfg, train_cfg, registry)
     serving = registry.promoted()
-    scores = {
-        version: score_version(
+    metrics = {
+        version: evaluate_saved(
             registry.path(version), data, catalog, train_cfg.seed, train_cfg.threads
         )
         for version in (outcome.version, serving)
@@ -298,13 +346,21 @@ def retrain_once(job: RetrainJob, settings: Settings) -> Decision:
     }
     decision = Decision(
         outcome.version,
-        scores[outcome.version],
+        gate_score(metrics[outcome.version]),
         serving,
-        None if serving is None else scores[serving],
+        None if serving is None else gate_score(metrics[serving]),
         job.tolerance,
+        baseline_scores(metrics[outcome.version]),  # same data, same cases for every version
+        job.baseline_gate,
     )
     if decision.promote:
         registry.promote(outcome.version)
+    elif decision.baseline_gate and decision.unbeaten:
+        log.warning(
+            "retrain: %s is not promoted: it does not beat the baseline(s) %s",
+            outcome.version,
+            ", ".join(decision.unbeaten),
+        )
     return decision
 
 

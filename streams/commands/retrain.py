@@ -32,7 +32,8 @@ EXIT_USAGE = 2
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "retrain",
-        help="train on recent events, publish, promote only if it holds up against serving",
+        help="train on recent events, publish, promote only if it beats the baselines and holds "
+        "up against serving",
     )
     parser.add_argument(
         "--registry",
@@ -70,6 +71,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="promote when the candidate's full NDCG@10 >= serving's x (1 - TOLERANCE), both on "
         "the same fresh data; a negative value demands a gain (-0.05: 5%% better) "
         "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--no-baseline-gate",
+        action="store_true",
+        help="do not also require the candidate to beat the popularity and item co-occurrence "
+        "baselines on the same data (they are still reported), e.g. to bootstrap a first model",
     )
     parser.add_argument(
         "--every",
@@ -111,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         registry=registry,
         recipe=partial(training_configs, args),
         tolerance=args.tolerance,
+        baseline_gate=not args.no_baseline_gate,
         archive=args.archive,
         items=args.items,
         since_s=args.since,
@@ -127,7 +135,7 @@ def _report(job: RetrainJob, settings: Settings) -> None:
 
 
 def _run_once(job: RetrainJob, settings: Settings) -> int:
-    """0 whether the candidate was promoted or the serving version kept; 1 on errors."""
+    """0 whether the candidate was promoted or not (the gate said why); 1 on errors."""
     try:
         _report(job, settings)
     except (RetrainError, ModelRejected, RegistryError, KafkaError, OSError, ValueError) as err:

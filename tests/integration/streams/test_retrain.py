@@ -22,6 +22,10 @@ pytestmark = pytest.mark.integration
 
 STREAM = GeneratorConfig(users=60, items=80, communities=4, events=2000, seed=5)
 TINY = ["--epochs", "1", "--dim", "8", "--seq-len", "6", "--neighbours", "4", "--threads", "1"]
+# A one-epoch, 8-dimensional model loses to both baselines on these streams (full NDCG@10 about
+# 0.26-0.31 against co-occurrence's 0.58 and popularity's 0.33): runs that test the comparison
+# with the serving version turn the baseline gate off explicitly; one run tests that gate itself.
+NO_BASELINE_GATE = "--no-baseline-gate"
 
 
 @pytest.fixture
@@ -51,16 +55,17 @@ def test_retrain_from_kafka_promotes_first_then_keeps_serving_behind_a_gate(
     produce_engagements(settings, generate_events(STREAM))
     registry = ModelRegistry(tmp_path / "models")
 
-    code, out = retrain(settings)
+    code, out = retrain(settings, NO_BASELINE_GATE)
     assert code == 0, out
     assert out.startswith("promoted v0001:") and "nothing was serving" in out
+    assert "does not beat the cooccurrence" in out and "(baseline gate off)" in out
     assert registry.promoted() == "v0001"
     manifest = registry.show("v0001")
     users = {e.user_id for e in generate_events(STREAM)}
     assert manifest["data"] == {"users": len(users), "items": STREAM.items, "events": 2000}
     assert manifest["metrics"]["full"]["ndcg@10"] > 0  # so a multiplicative gate can bite
 
-    code, out = retrain(settings, "--tolerance", "-1000", "--max-events", "1500")
+    code, out = retrain(settings, NO_BASELINE_GATE, "--tolerance", "-1000", "--max-events", "1500")
     assert code == 0, out
     assert out.startswith("kept serving v0001: candidate v0002 full/ndcg@10"), out
     assert registry.list() == ["v0001", "v0002"]  # published for inspection all the same
@@ -98,13 +103,21 @@ def test_retrain_from_an_archive_directory(
     items.write_bytes(b"\n".join(encode_catalog_item(i) for i in generate_catalog(stream)))
     settings = make_settings(kafka={"bootstrap_servers": "127.0.0.1:1"})  # unreachable
 
-    code, out = retrain(settings, "--archive", str(archive), "--items", str(items))
+    source = ["--archive", str(archive), "--items", str(items)]
+    code, out = retrain(settings, *source)  # the baseline gate is on by default
     assert code == 0, out
-    assert out.startswith("promoted v0001:")
+    assert out.startswith("did not promote v0001: candidate v0001 full/ndcg@10"), out
+    assert "nothing was serving; does not beat the cooccurrence" in out
     registry = ModelRegistry(tmp_path / "models")
-    assert registry.promoted() == "v0001"
+    assert registry.promoted() is None
+    assert registry.list() == ["v0001"]  # published for inspection all the same
     assert registry.show("v0001")["data"]["events"] == len(events)
+
+    code, out = retrain(settings, *source, NO_BASELINE_GATE)
+    assert code == 0, out
+    assert out.startswith("promoted v0002:")
+    assert registry.promoted() == "v0002"
 
     code, out = retrain(settings, "--archive", str(archive), "--since", "1d")
     assert (code, out) == (1, "")  # every archived event is older: an error, nothing published
-    assert registry.list() == ["v0001"]
+    assert registry.list() == ["v0001", "v0002"]

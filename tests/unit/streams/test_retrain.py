@@ -4,13 +4,25 @@ loop and the flags."""
 from __future__ import annotations
 
 import logging
+from functools import partial
+from pathlib import Path
 
 import pytest
 
+from encoders.registry import ModelRegistry
 from streams.cli import build_parser
-from streams.commands.train import DEFAULT_EPOCHS
-from streams.events import Engagement
-from streams.retrain import Decision, newest_events, parse_duration, run_every
+from streams.commands.train import DEFAULT_EPOCHS, training_configs
+from streams.events import Engagement, encode_catalog_item, encode_engagement
+from streams.generate import GeneratorConfig, generate_catalog, generate_events
+from streams.retrain import (
+    Decision,
+    RetrainJob,
+    newest_events,
+    parse_duration,
+    retrain_once,
+    run_every,
+)
+from streams.settings import Settings
 
 
 @pytest.mark.parametrize(
@@ -66,6 +78,94 @@ def test_the_decision_line_names_both_versions_and_scores() -> None:
         "0.3000 x 0.99"
     )
     assert _decision(0.31, 0.30).line().startswith("promoted v0002: candidate v0002")
+
+
+BASELINES = {"cooccurrence": 0.35, "popularity": 0.10}
+
+
+def _gated(
+    candidate: float, serving: float | None, baselines: dict[str, float], gate: bool = True
+) -> Decision:
+    serving_name = None if serving is None else "v0001"
+    return Decision("v0002", candidate, serving_name, serving, 0.01, baselines, gate)
+
+
+@pytest.mark.parametrize(
+    ("candidate", "serving", "promote", "unbeaten"),
+    [
+        (0.40, 0.30, True, ()),  # beats serving and both baselines
+        (0.40, None, True, ()),
+        (0.33, 0.30, False, ("cooccurrence",)),  # beats serving, loses to co-occurrence
+        (0.33, None, False, ("cooccurrence",)),  # a first model must beat the baselines too
+        (0.35, 0.30, False, ("cooccurrence",)),  # a tie is not a win
+        (0.05, None, False, ("cooccurrence", "popularity")),
+        (0.40, 0.50, False, ()),  # beats the baselines, not serving
+    ],
+)
+def test_the_gate_also_requires_beating_every_baseline(
+    candidate: float, serving: float | None, promote: bool, unbeaten: tuple[str, ...]
+) -> None:
+    decision = _gated(candidate, serving, BASELINES)
+    assert decision.promote is promote
+    assert decision.unbeaten == unbeaten
+
+
+def test_the_line_says_which_baseline_was_not_beaten() -> None:
+    assert _gated(0.33, 0.30, BASELINES).line() == (
+        "kept serving v0001: candidate v0002 full/ndcg@10 0.3300 >= 0.2970 = serving v0001 "
+        "0.3000 x 0.99; does not beat the cooccurrence baseline: cooccurrence 0.3500, "
+        "popularity 0.1000"
+    )
+    assert _gated(0.05, None, BASELINES).line() == (
+        "did not promote v0002: candidate v0002 full/ndcg@10 0.0500; nothing was serving; "
+        "does not beat the cooccurrence and popularity baselines: cooccurrence 0.3500, "
+        "popularity 0.1000"
+    )
+    assert (
+        _gated(0.40, 0.30, BASELINES)
+        .line()
+        .endswith("; beats the baselines cooccurrence 0.3500, popularity 0.1000")
+    )
+
+
+def test_with_the_baseline_gate_off_the_baselines_are_reported_not_required() -> None:
+    decision = _gated(0.33, None, BASELINES, gate=False)
+    assert decision.promote and decision.unbeaten == ("cooccurrence",)
+    assert decision.line() == (
+        "promoted v0002: candidate v0002 full/ndcg@10 0.3300; nothing was serving; does not "
+        "beat the cooccurrence baseline (baseline gate off): cooccurrence 0.3500, "
+        "popularity 0.1000"
+    )
+
+
+TINY = ["--epochs", "1", "--dim", "8", "--seq-len", "6", "--neighbours", "4", "--threads", "1"]
+
+
+def test_a_run_whose_model_loses_to_cooccurrence_promotes_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The real run on an archive (no services): a one-epoch, 8-dimensional model trails the
+    co-occurrence baseline by far on a community stream, so it is published and not promoted."""
+    stream = GeneratorConfig(users=60, items=80, communities=4, events=2000, seed=5)
+    archive, items = tmp_path / "events.jsonl", tmp_path / "items.jsonl"
+    archive.write_bytes(b"\n".join(encode_engagement(e) for e in generate_events(stream)))
+    items.write_bytes(b"\n".join(encode_catalog_item(i) for i in generate_catalog(stream)))
+    args = build_parser().parse_args(["retrain", *TINY])
+    job = RetrainJob(
+        registry=tmp_path / "models",
+        recipe=partial(training_configs, args),
+        archive=archive,
+        items=items,
+    )
+    with caplog.at_level(logging.WARNING):
+        decision = retrain_once(job, Settings())
+    assert not decision.promote and decision.serving is None
+    assert "cooccurrence" in decision.unbeaten
+    assert decision.baselines["cooccurrence"] > decision.candidate_score
+    assert decision.line().startswith("did not promote v0001: candidate v0001 full/ndcg@10")
+    assert "v0001 is not promoted: it does not beat the baseline(s) cooccurrence" in caplog.text
+    registry = ModelRegistry(tmp_path / "models")
+    assert registry.list() == ["v0001"] and registry.promoted() is None
 
 
 def _event(n: int, ts: float) -> Engagement:
