@@ -30,19 +30,34 @@ Rules, per event, in order (the Lua script documents the same list):
    does not depend on how a runtime cut it into batches or where a crash made it replay: a killed
    and restarted worker ends exactly where an uninterrupted one does. Readers take each shard's
    top `k_max` in the same order, so an untrimmed list reads the same as a trimmed one.
+
+Reads (`merge_relative`, the one function every reader calls): an item's list is handed out with
+each weight relative to its strongest entry. Forward decay multiplies every weight of every shard
+by the same exp(-lambda*now), so these ratios are the same whenever the list is read: at the
+stream's newest event, at wall-clock time, in a replay of a twenty-year-old log. Absolute weights
+read far from the origin underflow (a 7-day half-life over 22 years is 2^-1150, zero even in
+float64); the ratios are computed in log space per shard, so they never over- or underflow, and
+are floored at `MIN_RELATIVE_WEIGHT`, so every listed neighbour stays present for a float32
+model. The model divides each list by its strongest entry anyway (encoders/model.py).
 """
 
 from __future__ import annotations
 
+import heapq
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from state.config import CONTEXT_ACTION, REBASE_EXPONENT, StateConfig
 from state.exceptions import InvalidBatchError
 
-_MAX_EXPONENT = 700.0  # exp(709.8) is the largest finite double
+# Relative weights never go below float32's smallest normal number: a listed neighbour, however
+# weak next to the strongest, stays present (weight > 0) for a float32 model.
+MIN_RELATIVE_WEIGHT = 2.0**-126
+
+Member = TypeVar("Member", str, bytes)  # the hot reader keeps Redis's raw bytes until the top k
+ShardList = tuple[float, Sequence[tuple[Member, float]]]  # (t0, stored scores) of one shard
 
 
 class EventLike(Protocol):
@@ -96,21 +111,6 @@ class _ItemState:
     t0: float | None = None
 
 
-def decayed(scores: Mapping[str, float], t0: float, lam: float, now: float) -> dict[str, float]:
-    """Read weights at `now` from forward-decayed stored scores.
-
-    The exponent is capped so a `now` absurdly far before the list's origin reads huge weights
-    instead of raising OverflowError.
-    """
-    factor = decay_factor(t0, lam, now)
-    return {member: score * factor for member, score in scores.items()}
-
-
-def decay_factor(t0: float, lam: float, now: float) -> float:
-    """What every stored score of a list with origin `t0` is multiplied by to read it at `now`."""
-    return math.exp(min(-lam * (now - t0), _MAX_EXPONENT))
-
-
 def stored_top(scores: Mapping[str, float], k_max: int) -> list[tuple[str, float]]:
     """A shard's top `k_max` as Redis's ZREVRANGE gives them (score, then member, descending).
 
@@ -119,19 +119,53 @@ def stored_top(scores: Mapping[str, float], k_max: int) -> list[tuple[str, float
     return sorted(scores.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)[:k_max]
 
 
-def top_k(weights: Mapping[str, float], k: int) -> list[tuple[str, float]]:
-    """Highest weights first; ties by id so results are deterministic."""
-    ranked = sorted(weights.items(), key=lambda kv: (-kv[1], kv[0]))
-    return ranked[: max(k, 0)]
+def merge_relative(
+    shards: Iterable[ShardList[Member]], lam: float, k: int
+) -> list[tuple[Member, float]]:
+    """One item's top k over its shards' stored lists, each weight relative to the strongest.
+
+    `shards` are (t0, stored scores) pairs, in the order their sums are taken. A shard's scores
+    read at any time T are ``score * exp(-lam * (T - t0))``; every shard is brought to the strongest
+    shard's scale in log space (``ln max_score + lam * t0`` compared between shards, the t0s as
+    differences so no large exponent is formed), weights are summed per neighbour, the top k kept
+    (ties by member), then divided by the strongest and floored at `MIN_RELATIVE_WEIGHT`. No time
+    is read: the result is what any reading time would give (see the module docstring). A list
+    whose scores are all 0 (zero-weight events only) has no strongest entry and reads empty.
+
+    Each shard keeps only its own top `k_max`, so a neighbour just below the cut in every shard
+    is missing from the merge although its summed weight could rank it in; with user-partitioned
+    traffic an item's strong neighbours are strong in most shards, and the loss is in the tail.
+    """
+    total: dict[Member, float] = {}
+    for top, peak, scale in _shard_scales(shards, lam):
+        for member, score in top:  # score / peak <= 1 and scale <= 1: nothing overflows
+            total[member] = total.get(member, 0.0) + score / peak * scale
+    best = heapq.nsmallest(max(k, 0), total.items(), key=lambda kv: (-kv[1], kv[0]))
+    if not best:
+        return []
+    top_weight = best[0][1]
+    return [(member, max(weight / top_weight, MIN_RELATIVE_WEIGHT)) for member, weight in best]
 
 
-def sum_shards(parts: Iterable[Mapping[str, float]]) -> dict[str, float]:
-    """Sum one item's read weights over shards, in the order given."""
-    total: dict[str, float] = {}
-    for part in parts:
-        for member, weight in part.items():
-            total[member] = total.get(member, 0.0) + weight
-    return total
+def _shard_scales(
+    shards: Iterable[ShardList[Member]], lam: float
+) -> list[tuple[Sequence[tuple[Member, float]], float, float]]:
+    """(scores, peak, scale) per non-empty shard: a score over its shard's peak times `scale`
+    is its weight over the strongest shard's peak at any common reading time. Both factors
+    are at most 1. A shard of zero scores keeps its members at weight 0 (scale 0)."""
+    lists = [(t0, top, max(score for _, score in top)) for t0, top in shards if top]
+    live = [(t0, peak) for t0, _, peak in lists if peak > 0.0]
+    if not live:
+        return []
+    newest = max(t0 for t0, _ in live)
+    strongest = max(math.log(peak) - lam * (newest - t0) for t0, peak in live)
+    out = []
+    for t0, top, peak in lists:
+        if peak > 0.0:
+            out.append((top, peak, math.exp(math.log(peak) - lam * (newest - t0) - strongest)))
+        else:
+            out.append((top, 1.0, 0.0))
+    return out
 
 
 class CoEngagementGraph:
@@ -274,31 +308,39 @@ class CoEngagementGraph:
         item = self._items.get(item_id)
         return item.degree if item is not None else 0
 
+    @property
+    def decay_lambda(self) -> float:
+        return self._lam
+
     def item_t0(self, item_id: str) -> float | None:
         """The forward-decay origin of the item's list (moves forward on a rebase)."""
         item = self._items.get(item_id)
         return item.t0 if item is not None else None
 
-    def read_weights(self, item_id: str, now: float) -> dict[str, float]:
-        """Every stored neighbour of the item with its weight decayed to `now`."""
+    def shard_list(self, item_id: str) -> ShardList[str] | None:
+        """The item's forward-decay origin and stored top `k_max` (None while it has no list).
+
+        Stored scores are weights at time t0; read at time T each is multiplied by
+        ``exp(-decay_lambda * (T - t0))``. Readers hand this to `merge_relative`.
+        """
         t0 = self.item_t0(item_id)
         scores = self._nbs.get(item_id)
         if t0 is None or not scores:
-            return {}
-        return decayed(dict(stored_top(scores, self._cfg.k_max)), t0, self._lam, now)
+            return None
+        return t0, stored_top(scores, self._cfg.k_max)
 
-    def neighbours(self, item_id: str, k: int, now: float) -> list[tuple[str, float]]:
-        """The item's top-k neighbours in this shard, weights decayed to `now`."""
-        return top_k(self.read_weights(item_id, now), k)
+    def neighbours(self, item_id: str, k: int) -> list[tuple[str, float]]:
+        """The item's top-k neighbours in this shard, weights relative to the strongest."""
+        return merge_neighbours([self], item_id, k)
 
 
 def merge_neighbours(
-    graphs: Iterable[CoEngagementGraph], item_id: str, k: int, now: float
+    graphs: Iterable[CoEngagementGraph], item_id: str, k: int
 ) -> list[tuple[str, float]]:
-    """Merge one item's lists over shards: sum weights per neighbour, then take the top k.
-
-    Each shard keeps only its own top `k_max`, so a neighbour just below the cut in every shard is
-    missing from the merge although its summed weight could rank it in; with user-partitioned
-    traffic an item's strong neighbours are strong in most shards, and the loss is in the tail.
-    """
-    return top_k(sum_shards(graph.read_weights(item_id, now) for graph in graphs), k)
+    """One item's top-k neighbours over shards, as every reader of the stream's state reads them
+    (`merge_relative`: summed over shards in the order given, relative to the strongest)."""
+    shards = list(graphs)
+    if not shards:
+        return []
+    lists = [found for g in shards if (found := g.shard_list(item_id)) is not None]
+    return merge_relative(lists, shards[0].decay_lambda, k)

@@ -2,7 +2,7 @@
 
 `RedisState` reads one entity per call; the re-encoder needs hundreds per micro-batch, so these
 readers pipeline a whole batch in one round trip with the same rules (each shard's top `k_max`,
-decayed to `now`, summed over shards, top k; versions summed over shards). The integration tests
+merged by `state.coengagement.merge_relative`; versions summed over shards). The integration tests
 check they agree with `RedisState.item_neighbours`, `item_version` and `user_sequence`.
 
 Items are read with one script call per shard and page (`lua/read_items.lua`), so each shard's
@@ -22,7 +22,6 @@ upserted, so a crash in between re-encodes rather than skipping an item whose ve
 
 from __future__ import annotations
 
-import heapq
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from state import keys
-from state.coengagement import SeqEntry, decay_factor
+from state.coengagement import SeqEntry, ShardList, merge_relative
 from state.config import StateConfig
 from state.keys import ItemKeys, ShardKeys
 from state.redis_io import load_lua, redis_errors_as_state, text
@@ -46,7 +45,7 @@ class ItemInputs:
     item_id: str
     version: int
     degree: int
-    neighbours: list[tuple[str, float]]
+    neighbours: list[tuple[str, float]]  # weights relative to the strongest (merge_relative)
 
 
 @dataclass(frozen=True)
@@ -112,15 +111,15 @@ class EncodeInputs:
             tags = await self._client.smembers(keys.shards_key(self._prefix))
         return [ShardKeys(self._prefix, t) for t in sorted(text(tag) for tag in tags)]
 
-    async def items(self, item_ids: Iterable[str], k: int, now: float) -> dict[str, ItemInputs]:
-        """Version, degree and top-k neighbours (decayed to `now`) of each item."""
+    async def items(self, item_ids: Iterable[str], k: int) -> dict[str, ItemInputs]:
+        """Version, degree and top-k neighbours (relative to the strongest) of each item."""
         ids = list(dict.fromkeys(item_ids))
         shards = await self._shards()
         if not ids or not shards:
             return {i: ItemInputs(i, 0, 0, []) for i in ids}
         per_shard = [await self._read_shard(shard, ids) for shard in shards]
         return {
-            item_id: self._merge(item_id, [replies[col] for replies in per_shard], k, now)
+            item_id: self._merge(item_id, [replies[col] for replies in per_shard], k)
             for col, item_id in enumerate(ids)
         }
 
@@ -135,23 +134,20 @@ class EncodeInputs:
                 )
         return out
 
-    def _merge(self, item_id: str, replies: Sequence[Any], k: int, now: float) -> ItemInputs:
+    def _merge(self, item_id: str, replies: Sequence[Any], k: int) -> ItemInputs:
         """One item over all shards, as `RedisState.item_neighbours` and `item_version` read it:
-        each shard's list decayed to `now`, summed in shard order, top k with ties by id. The
-        same arithmetic as `merge_shard_lists`, on raw reply bytes (ids are ASCII, so byte order
-        is id order); only the k kept are decoded. This loop is the re-encoder's hottest."""
+        the same `merge_relative` over the shards in the same order, on raw reply bytes (ids are
+        ASCII, so byte order is id order); only the k kept are decoded. This loop is the
+        re-encoder's hottest."""
         version = degree = 0
-        total: dict[bytes | str, float] = {}
+        lists: list[ShardList[bytes]] = []
         for raw_v, raw_deg, raw_t0, flat in replies:
             version += _int(raw_v)
             degree += _int(raw_deg)
-            if raw_t0 is None or not flat:
-                continue
-            factor = decay_factor(float(text(raw_t0)), self._cfg.decay_lambda, now)
-            for i in range(0, len(flat), 2):
-                member = flat[i]
-                total[member] = total.get(member, 0.0) + float(flat[i + 1]) * factor
-        best = heapq.nsmallest(max(k, 0), total.items(), key=lambda kv: (-kv[1], kv[0]))
+            if raw_t0 is not None and flat:
+                scores = [float(score) for score in flat[1::2]]
+                lists.append((float(text(raw_t0)), list(zip(flat[0::2], scores, strict=True))))
+        best = merge_relative(lists, self._cfg.decay_lambda, k)
         return ItemInputs(item_id, version, degree, [(text(m), w) for m, w in best])
 
     async def users(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -17,7 +17,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio.client import Pipeline
 
 from state import keys
-from state.coengagement import EventLike, SeqEntry, decayed, sum_shards, top_k
+from state.coengagement import EventLike, SeqEntry, ShardList, merge_relative
 from state.config import CONTEXT_ACTION, REBASE_EXPONENT, StateConfig
 from state.exceptions import InvalidBatchError, StateError
 from state.keys import DirtyKind, ShardKeys
@@ -41,20 +41,13 @@ def queue_shard_list(pipe: Pipeline, shard: ShardKeys, item_id: str, k_max: int)
     pipe.zrange(shard.neighbours(item_id), 0, k_max - 1, desc=True, withscores=True)
 
 
-def merge_shard_lists(
-    per_shard: Iterable[tuple[Sequence[tuple[bytes | str, float]], bytes | str | None]],
-    lam: float,
-    now: float,
-    k: int,
-) -> list[tuple[str, float]]:
-    """(stored list, t0) replies of one item's shards → its top-k weights decayed to `now`."""
-    parts = []
-    for flat, raw_t0 in per_shard:
-        if raw_t0 is None or not flat:
-            continue
-        scores = {text(member): float(score) for member, score in flat}
-        parts.append(decayed(scores, float(text(raw_t0)), lam, now))
-    return top_k(sum_shards(parts), k)
+def reply_list(
+    flat: Sequence[tuple[bytes | str, float]], raw_t0: bytes | str | None
+) -> ShardList[str] | None:
+    """One shard's (stored list, t0) reply as `merge_relative` takes it (None: no list there)."""
+    if raw_t0 is None or not flat:
+        return None
+    return float(text(raw_t0)), [(text(member), float(score)) for member, score in flat]
 
 
 class RedisState:
@@ -183,10 +176,10 @@ class RedisState:
             tags = await self._client.smembers(keys.shards_key(self._prefix))
         return [ShardKeys(self._prefix, text(tag)) for tag in sorted(text(t) for t in tags)]
 
-    async def item_neighbours(self, item_id: str, k: int, now: float) -> list[tuple[str, float]]:
-        """The item's top-k neighbours, weights summed over shards and decayed to `now`.
+    async def item_neighbours(self, item_id: str, k: int) -> list[tuple[str, float]]:
+        """The item's top-k neighbours over shards, weights relative to the strongest.
 
-        Approximate by design: see `state.coengagement.merge_neighbours`.
+        Read with `state.coengagement.merge_relative`, like every reader: no clock is involved.
         """
         shards = await self._shards()
         if not shards:
@@ -197,7 +190,9 @@ class RedisState:
                     queue_shard_list(pipe, shard, item_id, self._cfg.k_max)
                     pipe.hget(shard.item(item_id), keys.FIELD_T0)
                 replies = await pipe.execute()
-        return merge_shard_lists(zip(replies[0::2], replies[1::2], strict=True), self._lam, now, k)
+        pairs = zip(replies[0::2], replies[1::2], strict=True)
+        lists = [found for flat, t0 in pairs if (found := reply_list(flat, t0)) is not None]
+        return merge_relative(lists, self._lam, k)
 
     async def item_version(self, item_id: str) -> int:
         """Sum of the item's per-shard versions: grows with every change in any shard."""

@@ -17,6 +17,8 @@ Why each rule holds:
   An equal version is skipped too: the same state encodes to the same vector.
 * Backfills use ``update_mode=insert_only``: they fill missing points and never touch one that a
   live writer already put there (RELIABILITY scenario 10).
+* A refresh (``refresh=True``) also replaces points of the same state version: the same state
+  encoded again, e.g. a user rebuilt from newer item vectors. Never an older state (I3 holds).
 * A model switch prepares a new pair, dual-writes and backfills it, then moves both aliases in
   one ``update_collection_aliases`` call, so readers never see a mix or an empty collection.
   A reader that needs a user and an item from the same model pins ``serving_version()`` and
@@ -181,8 +183,9 @@ def freshest(records: Iterable[VectorRecord]) -> list[VectorRecord]:
     return list(best.values())
 
 
-def guard_filter(records: Sequence[VectorRecord]) -> models.Filter:
-    """An ``update_filter`` letting each point replace a stored one only if that one is older."""
+def guard_filter(records: Sequence[VectorRecord], *, refresh: bool = False) -> models.Filter:
+    """An ``update_filter`` letting each point replace a stored one only if that one is older
+    (with `refresh`, also one of the same state version)."""
     by_version: dict[int, list[models.ExtendedPointId]] = {}
     for record in records:
         by_version.setdefault(record.state_version, []).append(
@@ -193,7 +196,10 @@ def guard_filter(records: Sequence[VectorRecord]) -> models.Filter:
             models.Filter(
                 must=[
                     models.HasIdCondition(has_id=ids),
-                    models.FieldCondition(key=STATE_VERSION, range=models.Range(lt=version)),
+                    models.FieldCondition(
+                        key=STATE_VERSION,
+                        range=models.Range(lte=version) if refresh else models.Range(lt=version),
+                    ),
                 ]
             )
             for version, ids in sorted(by_version.items())
@@ -428,14 +434,22 @@ class VectorStore:
     # -- writes ------------------------------------------------------------------------------
 
     def upsert(
-        self, version: str, records: Sequence[VectorRecord], *, insert_only: bool = False
+        self,
+        version: str,
+        records: Sequence[VectorRecord],
+        *,
+        insert_only: bool = False,
+        refresh: bool = False,
     ) -> int:
         """Write `records` to `version`'s pair with ``wait=True``; returns the points sent.
 
         Live writes are guarded by state_version (stale and equal ones are skipped by the store);
-        ``insert_only`` (backfills) writes only points that do not exist yet. Nothing is written
-        if any record is invalid. Points sent minus points changed is not reported by Qdrant.
+        ``insert_only`` (backfills) writes only points that do not exist yet; ``refresh`` writes
+        over equal versions too. Nothing is written if any record is invalid. Points sent minus
+        points changed is not reported by Qdrant.
         """
+        if insert_only and refresh:
+            raise StateError("upsert: insert_only and refresh exclude each other")
         model_version = canonical_version(version)
         for record in records:  # all of them first: nothing is written if one is invalid
             check_record(record)
@@ -455,7 +469,8 @@ class VectorStore:
                     )
                     for r in batch
                 ]
-                self._write(name, points, None if insert_only else guard_filter(batch))
+                guard = None if insert_only else guard_filter(batch, refresh=refresh)
+                self._write(name, points, guard)
                 sent += len(batch)
         return sent
 

@@ -95,7 +95,7 @@ class NaivePath:
         self.store.upsert(self.version, records)
 
     async def item_vector(self, item_id: str) -> tuple[FloatArray, int]:
-        item = (await self.inputs.items([item_id], self.bundle.neighbours, time.time()))[item_id]
+        item = (await self.inputs.items([item_id], self.bundle.neighbours))[item_id]
         ids = [item_id, *(n for n, _ in item.neighbours)]
         found = await self.catalog.get(ids)
         content = self.bundle.content_vectors([found.get(i) or CatalogRecord.empty(i) for i in ids])

@@ -16,6 +16,9 @@ A switch to version N+1, while N serves through the aliases:
 A reader therefore sees N, complete, until the flip, and N+1, complete, after it.
 `sagestream backfill` runs steps 3-4 on its own for deployments whose workers do not switch
 themselves (several workers: each dual-writes its partitions, one backfill covers everything).
+With ``--refresh`` it re-encodes the serving version in place, items first, then users from those
+item vectors, replacing points of the same state version: a user's vector is otherwise built from
+the item vectors of its last event (no fan-out), and drifts from the items as they change.
 """
 
 from __future__ import annotations
@@ -62,10 +65,17 @@ class Backfill:
     """Steps 3 of the module docstring, one page per `step` so live passes interleave."""
 
     def __init__(
-        self, writer: Reencoder, client: aioredis.Redis, prefix: str, page: int, insert_only: bool
+        self,
+        writer: Reencoder,
+        client: aioredis.Redis,
+        prefix: str,
+        page: int,
+        insert_only: bool,
+        refresh: bool = False,
     ) -> None:
         self.writer = writer
         self.insert_only = insert_only
+        self.refresh = refresh  # rewrite equal state versions too (`sagestream backfill --refresh`)
         self.progress = BackfillProgress()
         self._pages = backfill_marks(client, prefix, page)
 
@@ -77,7 +87,9 @@ class Backfill:
         except StopAsyncIteration:
             return True
         stats = PassStats()
-        await self.writer.write(marks, stats, primary=False, insert_only=self.insert_only)
+        await self.writer.write(
+            marks, stats, primary=False, insert_only=self.insert_only, refresh=self.refresh
+        )
         self.progress.items += stats.items_encoded
         self.progress.users += stats.users_encoded
         self.progress.pages += 1

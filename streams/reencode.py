@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -61,7 +62,6 @@ from streams.reencode_rules import (
     Shard,
     item_reason,
     material_change,
-    relative_neighbours,
 )
 from streams.settings import ReencodeSettings
 
@@ -192,13 +192,20 @@ class Reencoder:
         return stats
 
     async def write(
-        self, marks: Marks, stats: PassStats, *, primary: bool = True, insert_only: bool = False
+        self,
+        marks: Marks,
+        stats: PassStats,
+        *,
+        primary: bool = True,
+        insert_only: bool = False,
+        refresh: bool = False,
     ) -> None:
         """Encode what `marks` name with this model and upsert it (steps 2-6).
 
         The primary (serving) model skips immaterial item changes and records bases and
         freshness; a shadow (the next model during a switch) and a backfill encode every item
-        named, since the recorded bases belong to the primary model.
+        named, since the recorded bases belong to the primary model. `insert_only` and `refresh`
+        are the store's write modes (`VectorStore.upsert`).
         """
         await self._prepare()
         arrived = {item_id for item_id, _ in marks.catalog}
@@ -210,7 +217,7 @@ class Reencoder:
         vectors = await self._encode_items(plans, stats)
         records = [self._item_record(plan, vectors[i]) for i, plan in plans.items()]
         records += await self._encode_users(users, {**stored, **vectors}, stats)
-        await self._upsert(records, stats, insert_only)
+        await self._upsert(records, stats, insert_only=insert_only, refresh=refresh)
         if primary:
             self._freshness(stats, plans, marks)
             await self._inputs.put_bases({i: p.basis for i, p in plans.items()})
@@ -254,17 +261,16 @@ class Reencoder:
         ids = list(first_ts)
         if not ids:
             return {}
-        states = await self._inputs.items(ids, self.bundle.neighbours, self._clock())
+        states = await self._inputs.items(ids, self.bundle.neighbours)
         bases = await self._inputs.bases(ids)
         contents = await self._catalog.get(ids)
         plans: dict[str, _ItemPlan] = {}
         for item_id in ids:
             content = contents.get(item_id) or CatalogRecord.empty(item_id)
             state = states[item_id]
-            relative = relative_neighbours(state.neighbours)
             basis = bases.get(item_id)
             changed = basis is not None and material_change(
-                basis, relative, state.degree, self._cfg.item_min_change
+                basis, state.neighbours, state.degree, self._cfg.item_min_change
             )
             reason = item_reason(
                 basis, self.bundle.version, item_id in arrived, content.content_version, changed
@@ -274,18 +280,17 @@ class Reencoder:
             if reason is None:
                 stats.items_skipped += 1
                 continue
-            plan_basis = self._basis(state, content, relative)
+            plan_basis = self._basis(state, content)
             plans[item_id] = _ItemPlan(reason, state, content, plan_basis, first_ts[item_id])
         return plans
 
-    def _basis(
-        self, state: ItemInputs, content: CatalogRecord, relative: Sequence[tuple[str, float]]
-    ) -> EncodeBasis:
+    def _basis(self, state: ItemInputs, content: CatalogRecord) -> EncodeBasis:
+        """What the item is encoded from; its weights are already relative (merge_relative)."""
         return EncodeBasis(
             state_version=state.version + content.content_version,
             model_version=self.bundle.version,
-            neighbours=tuple(n for n, _ in relative),
-            weights=tuple(w for _, w in relative),
+            neighbours=tuple(n for n, _ in state.neighbours),
+            weights=tuple(w for _, w in state.neighbours),
             degree=state.degree,
             content_version=content.content_version,
         )
@@ -295,13 +300,12 @@ class Reencoder:
         wanted = list(ids)
         if not wanted:
             return {}
-        states = await self._inputs.items(wanted, self.bundle.neighbours, self._clock())
+        states = await self._inputs.items(wanted, self.bundle.neighbours)
         contents = await self._catalog.get(wanted)
         plans = {}
         for item_id in wanted:
             content = contents.get(item_id) or CatalogRecord.empty(item_id)
-            relative = relative_neighbours(states[item_id].neighbours)
-            basis = self._basis(states[item_id], content, relative)
+            basis = self._basis(states[item_id], content)
             plans[item_id] = _ItemPlan("cold_start", states[item_id], content, basis, None)
         return plans
 
@@ -484,14 +488,13 @@ class Reencoder:
     # -- writes and bookkeeping --------------------------------------------------------------------
 
     async def _upsert(
-        self, records: Sequence[VectorRecord], stats: PassStats, insert_only: bool
+        self, records: Sequence[VectorRecord], stats: PassStats, *, insert_only: bool, refresh: bool
     ) -> None:
         if not records:
             return
         began = time.perf_counter()
-        await asyncio.to_thread(
-            self._store.upsert, self.bundle.version, records, insert_only=insert_only
-        )
+        write = functools.partial(self._store.upsert, insert_only=insert_only, refresh=refresh)
+        await asyncio.to_thread(write, self.bundle.version, records)
         stats.upsert_s += time.perf_counter() - began
 
     def _freshness(self, stats: PassStats, plans: Mapping[str, _ItemPlan], marks: Marks) -> None:

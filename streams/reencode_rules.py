@@ -76,14 +76,6 @@ class Marks:
         }
 
 
-def relative_neighbours(neighbours: Sequence[tuple[str, float]]) -> list[tuple[str, float]]:
-    """Weights relative to the strongest, as the item encoder reads them (decay-invariant)."""
-    top = max((w for _, w in neighbours), default=0.0)
-    if top <= 0.0:
-        return []
-    return [(n, w / top) for n, w in neighbours]
-
-
 def _moved(old: float, new: float, threshold: float) -> bool:
     return abs(new - old) >= threshold * max(abs(old), 1e-12)
 

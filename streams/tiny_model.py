@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from encoders.data import TrainingData
 from encoders.features import FeaturizerConfig
 from encoders.model import ModelConfig
 from encoders.registry import ModelRegistry
@@ -22,6 +23,13 @@ def publish_tiny_model(
     """One epoch on `stream`, published into a registry at `root`; returns it and the version."""
     catalog = {item.item_id: item for item in generate_catalog(stream)}
     data = build_training_data(list(generate_events(stream)), catalog, FEATURIZER, k=5)
+    return publish_tiny_model_on(root, data, seed=seed)
+
+
+def publish_tiny_model_on(
+    root: Path, data: TrainingData, seed: int = 3, epochs: int = 1
+) -> tuple[ModelRegistry, str]:
+    """The tiny model trained on `data` (built with `FEATURIZER`), published at `root`."""
     model = ModelConfig(
         buckets_per_kind=FEATURIZER.buckets_per_kind,
         dense_width=FEATURIZER.dense_width,
@@ -32,7 +40,7 @@ def publish_tiny_model(
         seq_len=6,
     )
     train = TrainConfig(
-        epochs=1,
+        epochs=epochs,
         batch_size=64,
         random_negatives=32,
         in_batch_negatives=32,

@@ -283,9 +283,10 @@ async def start_updater(
 
 
 async def run_backfill(
-    settings: Settings, client: aioredis.Redis, version: str, flip: bool
+    settings: Settings, client: aioredis.Redis, version: str, flip: bool, refresh: bool = False
 ) -> dict[str, float]:
-    """`sagestream backfill`: every entity into `version`'s collections, then optionally flip."""
+    """`sagestream backfill`: every entity into `version`'s collections, then optionally flip.
+    `refresh` rewrites existing points of the same state version (streams/lifecycle.py)."""
     root = settings.models.registry
     if root is None:
         raise SystemExit("backfill needs models.registry (SAGESTREAM_MODELS__REGISTRY)")
@@ -296,8 +297,10 @@ async def run_backfill(
             client, settings.state, settings.redis.key_prefix, store, bundle, settings.reencode
         )
         insert_only = await is_new(store, bundle.version, bundle.dim)
+        refresh = refresh and not insert_only  # new collections: nothing to refresh
+        page = settings.models.backfill_page
         backfill = Backfill(
-            writer, client, settings.redis.key_prefix, settings.models.backfill_page, insert_only
+            writer, client, settings.redis.key_prefix, page, insert_only, refresh=refresh
         )
         progress = await backfill.run()
         if flip:
@@ -308,6 +311,7 @@ async def run_backfill(
             "pages": progress.pages,
             "seconds": round(progress.seconds, 3),
             "insert_only": float(insert_only),
+            "refresh": float(refresh),
         }
     finally:
         store.close()

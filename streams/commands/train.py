@@ -35,9 +35,11 @@ from encoders.train import TrainConfig
 from encoders.workflow import evaluate_version, train_and_export
 from state.coengagement import CoEngagementGraph
 from state.config import StateConfig
-from streams.commands.common import say
+from streams.commands.common import say, settings_of
 from streams.datasets import load_dataset
 from streams.events import CatalogItem, Engagement
+from streams.store_eval import evaluate_store, relative_gap
+from streams.updater import vector_store
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ev.add_argument("--model", type=Path, required=True, help="a version directory")
     ev.add_argument("--threads", type=int, default=2)
     ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument(
+        "--store",
+        action="store_true",
+        help="also score the vectors readers get from Qdrant (streams/store_eval.py), on the "
+        "same cases; the stream must have been fed each user's events up to the test target",
+    )
     ev.set_defaults(func=run_eval)
 
     models = sub.add_parser("models", help="list, show, promote or roll back model versions")
@@ -128,17 +136,17 @@ def neighbour_lists(
     train_events: Iterable[Engagement], item_ids: Sequence[str], k: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``[N, k]`` neighbour indices (-1 pads) and weights, and ``[N]`` item degrees, from the
-    stream's own graph rules, read at the time of the newest training event."""
+    stream's own graph rules, read as the stream's readers read them: relative to each list's
+    strongest neighbour (`merge_neighbours`), which no reading time changes."""
     events = sorted(train_events, key=lambda e: e.ts)
     graph = CoEngagementGraph(StateConfig(k_max=max(k, StateConfig.k_max)))
     graph.add_many(events)
-    now = events[-1].ts if events else 0.0
     index = {item_id: i for i, item_id in enumerate(item_ids)}
     ids = np.full((len(item_ids), k), -1, dtype=np.int64)
     weights = np.zeros((len(item_ids), k), dtype=np.float32)
     degrees = np.array([graph.item_degree(i) for i in item_ids], dtype=np.float32)
     for row, item_id in enumerate(item_ids):
-        for col, (other, weight) in enumerate(graph.neighbours(item_id, k, now)):
+        for col, (other, weight) in enumerate(graph.neighbours(item_id, k)):
             ids[row, col], weights[row, col] = index[other], weight
     return ids, weights, degrees
 
@@ -276,6 +284,11 @@ def run_eval(args: argparse.Namespace) -> int:
     feat = FeaturizerConfig.from_dict(json.loads((directory / "featurizer.json").read_text()))
     data, _ = load_training_data(args, feat)
     metrics = evaluate_version(directory, data, args.seed, args.threads)
+    if args.store:
+        with vector_store(settings_of(args)) as store:
+            stored = evaluate_store(store, data, args.seed)
+        gap = relative_gap(stored, metrics)
+        metrics = {"offline": metrics, "store": stored, "store_vs_offline": gap}
     say(json.dumps(metrics, indent=2, sort_keys=True))
     return 0
 

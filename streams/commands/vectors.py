@@ -28,6 +28,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     backfill.add_argument(
         "--flip", action="store_true", help="point the aliases at the version when done"
     )
+    backfill.add_argument(
+        "--refresh",
+        action="store_true",
+        help="also rewrite points of the same state version: rebuilds every user from the "
+        "current item vectors (live writes build a user from those of its last event)",
+    )
     backfill.set_defaults(func=run_backfill_command)
     query = sub.add_parser("query", help="read recommendations back from Qdrant")
     who = query.add_mutually_exclusive_group(required=True)
@@ -44,17 +50,22 @@ def run_backfill_command(args: argparse.Namespace) -> int:
     async def go() -> dict[str, float]:
         client = redis_client(settings.redis)
         try:
-            return await run_backfill(settings, client, args.version, args.flip)
+            return await run_backfill(settings, client, args.version, args.flip, args.refresh)
         finally:
             await client.aclose()
 
     done = asyncio.run(go())
     say(
         f"backfilled {args.version}: {done['items']:.0f} items, {done['users']:.0f} users in "
-        f"{done['seconds']:.1f}s ({'insert_only' if done['insert_only'] else 'guarded'})"
-        + ("; aliases flipped" if args.flip else "")
+        f"{done['seconds']:.1f}s ({_mode(done)})" + ("; aliases flipped" if args.flip else "")
     )
     return 0
+
+
+def _mode(done: dict[str, float]) -> str:
+    if done["insert_only"]:
+        return "insert_only"
+    return "refresh" if done["refresh"] else "guarded"
 
 
 @dataclass

@@ -125,7 +125,7 @@ class Oracle:
         return {e.item_id for events in self.events.values() for _, e in events}
 
 
-async def mismatches(state: RedisState, oracle: Oracle, now: float) -> list[str]:
+async def mismatches(state: RedisState, oracle: Oracle) -> list[str]:
     """Every difference between Redis and the oracle (empty means I1 holds)."""
     topic = oracle.settings.topics.engagements
     found: list[str] = []
@@ -140,8 +140,8 @@ async def mismatches(state: RedisState, oracle: Oracle, now: float) -> list[str]
                 found.append(f"user {user}: version differs")
     k = oracle.settings.state.k_max
     for item in sorted(oracle.items()):
-        expected = merge_neighbours(oracle.shards.values(), item, k, now)
-        got = await state.item_neighbours(item, k, now)
+        expected = merge_neighbours(oracle.shards.values(), item, k)
+        got = await state.item_neighbours(item, k)
         if not _same_weights(got, expected):
             found.append(f"item {item}: neighbours differ")
         if await state.item_version(item) != sum(

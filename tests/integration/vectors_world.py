@@ -101,13 +101,6 @@ def rows(vectors: list[FloatArray], width: int) -> FloatArray:
     return np.stack(vectors) if vectors else np.zeros((0, width), dtype=np.float32)
 
 
-def relative(weights: list[float]) -> FloatArray:
-    """Weights over the strongest, in float64 first: read far from their origin, raw decayed
-    weights underflow float32 (the model reads only these ratios)."""
-    top = max(weights, default=1.0)
-    return np.asarray([w / top for w in weights], dtype=np.float32)
-
-
 def oracle(
     world: World,
     bundle: EncoderBundle | None = None,
@@ -119,13 +112,11 @@ def oracle(
     everything = sorted(set(items) | set(world.content))
     records = [world.content.get(i) or CatalogRecord.empty(i) for i in everything]
     content = dict(zip(everything, bundle.content_vectors(records), strict=True))
-    lists = {
-        i: merge_neighbours(list(graphs.values()), i, bundle.neighbours, 2e9) for i in everything
-    }
+    lists = {i: merge_neighbours(list(graphs.values()), i, bundle.neighbours) for i in everything}
     item_vecs = bundle.item_vectors(
         np.stack([content[i] for i in everything]),
         [rows([content[n] for n, _ in lists[i]], bundle.content_dim) for i in everything],
-        [relative([w for _, w in lists[i]]) for i in everything],
+        [np.asarray([w for _, w in lists[i]], dtype=np.float32) for i in everything],
         np.asarray(
             [sum(g.item_degree(i) for g in graphs.values()) for i in everything], np.float32
         ),

@@ -36,8 +36,8 @@ async def test_one_call_over_many_chunks_equals_reference(
     assert await state.user_sequence(TOPIC, 0, "heavy") == ref.sequence("heavy")
     assert await state.user_version(TOPIC, 0, "heavy") == 600
     for item in ["hot", "x5", "x1199", "h7"]:
-        got = await state.item_neighbours(item, 20, 9000.0)
-        want = ref.neighbours(item, 20, 9000.0)
+        got = await state.item_neighbours(item, 20)
+        want = ref.neighbours(item, 20)
         assert [m for m, _ in got] == [m for m, _ in want]
         assert [w for _, w in got] == pytest.approx([w for _, w in want], rel=1e-12)
         assert await state.item_version(item) == ref.item_version(item)

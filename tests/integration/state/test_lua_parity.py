@@ -92,15 +92,14 @@ async def test_lua_equals_reference(
 async def assert_same_state(
     state: RedisState, refs: dict[int, CoEngagementGraph], events: list[Ev]
 ) -> None:
-    now = max(ev.ts for ev in events) + 60.0
     for user in {ev.user_id for ev in events}:
         p = partition_of(user)
         assert await state.user_sequence(TOPIC, p, user) == refs[p].sequence(user)
         assert await state.user_version(TOPIC, p, user) == refs[p].user_version(user)
     for item in {ev.item_id for ev in events}:
         assert await state.item_version(item) == sum(r.item_version(item) for r in refs.values())
-        got = dict(await state.item_neighbours(item, 100, now))
-        want = dict(merge_neighbours(refs.values(), item, 100, now))
+        got = dict(await state.item_neighbours(item, 100))
+        want = dict(merge_neighbours(refs.values(), item, 100))
         assert got.keys() == want.keys()
         for member, weight in want.items():
             assert got[member] == pytest.approx(weight, rel=1e-9, abs=1e-300)
@@ -127,11 +126,11 @@ async def test_rule_boundaries_equal_reference(
     ref.add_many(events)
     assert await state.user_sequence(TOPIC, 0, "u1") == ref.sequence("u1")
     for item in "abcdef":
-        got = await state.item_neighbours(item, 10, day + 6000.0)
-        want = ref.neighbours(item, 10, day + 6000.0)
+        got = await state.item_neighbours(item, 10)
+        want = ref.neighbours(item, 10)
         assert [m for m, _ in got] == [m for m, _ in want]
         assert [w for _, w in got] == pytest.approx([w for _, w in want], rel=1e-9, abs=1e-300)
-    assert {m for m, _ in ref.neighbours("b", 10, day)} == {"a"}
-    assert {m for m, _ in ref.neighbours("d", 10, day)} == {"a"}  # via context k only
-    assert ref.neighbours("e", 10, day) == []
+    assert {m for m, _ in ref.neighbours("b", 10)} == {"a"}
+    assert {m for m, _ in ref.neighbours("d", 10)} == {"a"}  # via context k only
+    assert ref.neighbours("e", 10) == []
     assert ref.item_t0("a") == day + 5000.0

@@ -78,8 +78,8 @@ async def test_overlapping_replay_applies_only_the_new_tail(
     ref.add_many([ev for _, ev in batch[13:]])
     assert await state.user_sequence(TOPIC, 0, "u1") == ref.sequence("u1")
     for item in {ev.item_id for _, ev in batch}:
-        got = await state.item_neighbours(item, 10, 2000.0)
-        assert_same_neighbours(got, ref.neighbours(item, 10, 2000.0))
+        got = await state.item_neighbours(item, 10)
+        assert_same_neighbours(got, ref.neighbours(item, 10))
 
 
 async def test_empty_batch_reports_the_watermark(
@@ -101,31 +101,34 @@ async def test_trim_and_decay(redis_client: aioredis.Redis, key_prefix: str) -> 
     await state.apply(TOPIC, 0, batch)
     hot_key = ShardKeys(key_prefix, shard_tag(TOPIC, 0)).neighbours("hot")
     assert await redis_client.zcard(hot_key) == 6  # block 0 is still open: not trimmed yet
-    top = await state.item_neighbours("hot", 10, 100.0)
+    top = await state.item_neighbours("hot", 10)
     assert [m for m, _ in top] == ["i0", "i4", "i5"]  # but it already reads as trimmed
+    assert [w for _, w in top] == pytest.approx([1.0, 1.0, 3**-0.5], rel=1e-12)
     await state.apply(TOPIC, 0, [(10, Ev("w", "elsewhere", "view", 100.0))])  # enters block 1
     assert await redis_client.zcard(hot_key) == 3
-    assert await state.item_neighbours("hot", 10, 100.0) == top
-    later = await state.item_neighbours("hot", 10, 700.0)
-    for (m_now, w_now), (m_later, w_later) in zip(top, later, strict=True):
-        assert m_now == m_later
-        assert w_later == pytest.approx(w_now / 2, rel=1e-12)
-    assert top[0][1] == pytest.approx(3.0 * 2**-0.5, rel=1e-12)
+    assert await state.item_neighbours("hot", 10) == top
+    # one half-life later a save pair of the same damping (degree 1) weighs twice the old ones
+    fresh = [(11, Ev("x", "i6", "save", 700.0)), (12, Ev("x", "hot", "save", 700.0))]
+    await state.apply(TOPIC, 0, fresh)
+    later = await state.item_neighbours("hot", 10)
+    assert [m for m, _ in later] == ["i6", "i0", "i4"]  # i5 falls below the top k_max
+    assert [w for _, w in later] == pytest.approx([1.0, 0.5, 0.5], rel=1e-12)
 
 
 async def test_rebase_keeps_read_weights(redis_client: aioredis.Redis, key_prefix: str) -> None:
     cfg = StateConfig(half_life_s=100.0, pair_horizon_s=1e9, max_event_age_s=1e9)
     state = RedisState(redis_client, cfg, key_prefix)
     await state.apply(TOPIC, 0, [(0, Ev("u", "a", "click", 0.0)), (1, Ev("u", "b", "click", 1.0))])
-    before = dict(await state.item_neighbours("a", 10, 1.0))["b"]
     later = 4000.0
     await state.apply(
         TOPIC, 0, [(2, Ev("v", "c", "click", later - 1)), (3, Ev("v", "a", "click", later))]
     )
     shard = ShardKeys(key_prefix, shard_tag(TOPIC, 0))
-    assert float(await redis_client.hget(shard.item("a"), "t0")) == later
-    got = dict(await state.item_neighbours("a", 10, later + 10))["b"]
-    assert got == pytest.approx(before * 2 ** (-(later + 10 - 1) / 100.0), rel=1e-9)
+    assert float(await redis_client.hget(shard.item("a"), "t0")) == later  # rebased: 2**40 > 1e9
+    got = dict(await state.item_neighbours("a", 10))
+    # b paired at t=1 and c at t=3999 with the same damping (degree 1): b is 2**-39.98 of c
+    assert got["c"] == 1.0
+    assert got["b"] == pytest.approx(2 ** (-(later - 1 - 1) / 100.0), rel=1e-9)
 
 
 async def test_concurrent_partitions_on_one_item_add_up(
@@ -149,8 +152,8 @@ async def test_concurrent_partitions_on_one_item_add_up(
     assert sum(r.applied for r in results) == 4 * 30
     assert sum(r.skipped for r in results) == 4 * 30
     for item in ["hot", "y", "z", "x0"]:
-        got = await state.item_neighbours(item, 50, 200.0)
-        assert_same_neighbours(got, merge_neighbours(refs, item, 50, 200.0))
+        got = await state.item_neighbours(item, 50)
+        assert_same_neighbours(got, merge_neighbours(refs, item, 50))
         assert await state.item_version(item) == sum(r.item_version(item) for r in refs)
 
 
@@ -235,7 +238,7 @@ async def test_works_with_decoded_responses(redis_client: aioredis.Redis, key_pr
         await state.apply(TOPIC, 2, session(4))
         assert len(await state.user_sequence(TOPIC, 2, "u1")) == 4
         assert await state.user_version(TOPIC, 2, "u1") == 4
-        assert await state.item_neighbours("i3", 5, 2000.0)
+        assert await state.item_neighbours("i3", 5)
         assert (await state.dirty(TOPIC, 2, "users", 5))[0][0] == "u1"
     finally:
         await client.aclose()

@@ -167,6 +167,22 @@ def test_equal_version_rewrite_is_a_no_op(store: VectorStore) -> None:
     assert cosine(after.vector, first) > 0.99999
 
 
+def test_refresh_rewrites_an_equal_version_but_never_an_older_state(store: VectorStore) -> None:
+    store.prepare("1", DIM)
+    first, second, third = unit_vectors(np.random.default_rng(2), 3)
+    store.upsert("1", [VectorRecord("users", "u1", first, 4, 10.0)])
+    store.upsert("1", [VectorRecord("users", "u1", second, 4, 11.0)], refresh=True)
+    stored = store.get("users", ["u1"], version="1")["u1"]
+    assert stored.payload["state_version"] == 4 and cosine(stored.vector, second) > 0.99999
+    store.upsert("1", [VectorRecord("users", "u1", third, 3, 12.0)], refresh=True)
+    stored = store.get("users", ["u1"], version="1")["u1"]
+    assert stored.payload["state_version"] == 4 and cosine(stored.vector, second) > 0.99999
+    with pytest.raises(StateError):
+        store.upsert(
+            "1", [VectorRecord("users", "u1", third, 5, 12.0)], insert_only=True, refresh=True
+        )
+
+
 def test_insert_only_backfill_never_overwrites_a_live_point_but_fills_missing(
     store: VectorStore,
 ) -> None:

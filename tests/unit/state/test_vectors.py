@@ -107,6 +107,14 @@ def test_guard_filter_names_each_point_with_its_own_version() -> None:
     }
 
 
+def test_refresh_guard_also_lets_an_equal_version_through() -> None:
+    (clause,) = guard_filter([rec("a", 3)], refresh=True).should  # type: ignore[misc]
+    assert isinstance(clause, models.Filter) and isinstance(clause.must, list)
+    field_cond = clause.must[1]
+    assert isinstance(field_cond, models.FieldCondition) and field_cond.range is not None
+    assert field_cond.range.lte == 3 and field_cond.range.lt is None
+
+
 @pytest.mark.parametrize(
     "bad",
     [

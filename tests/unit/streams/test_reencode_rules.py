@@ -6,7 +6,7 @@ import pytest
 
 from state import keys
 from state.encode_inputs import EncodeBasis
-from streams.reencode_rules import Marks, item_reason, material_change, relative_neighbours
+from streams.reencode_rules import Marks, item_reason, material_change
 
 
 def basis(
@@ -17,12 +17,6 @@ def basis(
     cv: int = 1,
 ) -> EncodeBasis:
     return EncodeBasis(7, model, neighbours, weights, degree, cv)
-
-
-def test_relative_weights_ignore_a_uniform_decay() -> None:
-    assert relative_neighbours([("a", 4e-30), ("b", 2e-30)]) == [("a", 1.0), ("b", 0.5)]
-    assert relative_neighbours([("a", 0.0)]) == []
-    assert relative_neighbours([]) == []
 
 
 @pytest.mark.parametrize(
