@@ -80,7 +80,7 @@ class SelfAttention(nn.Module):
         k = k.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2)
         v = v.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2)
         att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(d // self.n_heads))  # [B, h, T, T]
-        # every row keeps at least one allowed key (summary/self token, or causal diagonal): no NaN
+        # every row keeps at least one allowed key (the causal diagonal): no NaN
         att = att.masked_fill(~allowed, float("-inf"))
         att = self.drop(F.softmax(att, dim=-1))
         y = (att @ v).transpose(1, 2).reshape(b, t, d)  # [B, T, d]
@@ -122,6 +122,7 @@ class ContentEncoder(nn.Module):
         self.kind_proj = nn.Linear(cfg.token_kinds * cfg.d_model, cfg.d_model)
         self.dense_proj = nn.Linear(cfg.dense_width, cfg.d_model)
         self.ln = nn.LayerNorm(cfg.d_model)
+        self.kinds: Tensor
         self.register_buffer("kinds", torch.arange(cfg.token_kinds), persistent=False)
 
     def kind_of(self, token_ids: Tensor) -> Tensor:
@@ -234,6 +235,7 @@ class UserEncoder(nn.Module):
         self.ln_f = nn.LayerNorm(d)
         self.head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, cfg.out_dim))
         causal = torch.tril(torch.ones(cfg.seq_len, cfg.seq_len, dtype=torch.bool))
+        self.causal: Tensor
         self.register_buffer(
             "causal", causal.view(1, 1, cfg.seq_len, cfg.seq_len), persistent=False
         )

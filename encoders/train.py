@@ -59,13 +59,13 @@ class TrainConfig:
     """Optimisation settings and ablation switches."""
 
     epochs: int = 20
-    batch_size: int = 128  # user windows per step
+    batch_size: int = 32  # user windows per step
     lr: float = 3e-3
     seed: int = 0
     threads: int = 2
     random_negatives: int = 1024
     full_softmax_items: int = 4096  # score every item when the catalogue is at most this big
-    patience: int = 4  # epochs without a better validation score before stopping
+    patience: int = 5  # epochs without a better validation score before stopping
     validation_users: int = 3000
     in_batch_negatives: int = 256
     pair_batch: int = 512
@@ -116,6 +116,11 @@ class Trainer:
         self.counts = torch.as_tensor(self.batches.item_counts, dtype=torch.float32)
         self.opt = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.lr, weight_decay=0.0, fused=True
+        )
+        # halve the step size whenever validation stalls for an epoch: the epochs after the
+        # first plateau refine instead of jittering around it
+        self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.opt, mode="max", factor=0.5, patience=1
         )
         self.bag_tokens, self.bag_sizes = token_bags(self.model, data.token_ids)
         self.dense = torch.as_tensor(data.dense)
@@ -260,6 +265,7 @@ class Trainer:
             }
             result.history.append(row)
             log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in row.items()})
+            self.plateau.step(val)
             if val > best[0]:
                 best, result.best_epoch = (val, copy.deepcopy(self.model.state_dict())), epoch
             if self.cfg.max_seconds is not None and time.monotonic() - start > self.cfg.max_seconds:

@@ -44,8 +44,11 @@ from streams.updater import vector_store
 log = logging.getLogger(__name__)
 
 FORMATS = ["movielens", "movielens-csv", "pairs", "jsonl"]
-DEFAULT_EPOCHS = 20
+DEFAULT_EPOCHS = 40  # an upper bound: training stops on validation (patience) before it
 BASELINE_NEIGHBOURS = 50  # the co-occurrence baseline reads longer lists than the model
+# The item-id token's hash range: 2^16 buckets keep two of 12k items sharing one at about 9%
+# (birthday bound per item: N / buckets) for 16 MiB of embeddings at d = 64.
+ID_BUCKETS = 1 << 16
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -89,7 +92,7 @@ def model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-minutes", type=float, help="stop training after this long")
-    for flag in ("neighbours", "content", "logq", "random-negatives"):
+    for flag in ("neighbours", "content", "ids", "logq", "random-negatives"):
         parser.add_argument(f"--no-{flag}", action="store_true", help=f"ablation: no {flag}")
 
 
@@ -106,7 +109,7 @@ class _NoContent:
     """Stand-in content for an item missing from the catalog: its id as the only token."""
 
     def __init__(self, item_id: str) -> None:
-        self.title, self.text, self.features = "", "", None
+        self.item_id, self.title, self.text, self.features = item_id, "", "", None
         self.categories: tuple[str, ...] = (f"id:{item_id}",)
 
 
@@ -179,10 +182,14 @@ def featurise_items(
     return ContentFeaturizer(featurizer_cfg).featurise_many(contents)
 
 
-def featurizer_for(catalog: Mapping[str, CatalogItem], no_content: bool) -> FeaturizerConfig:
+def featurizer_for(
+    catalog: Mapping[str, CatalogItem], no_content: bool, no_ids: bool = False
+) -> FeaturizerConfig:
     """Featuriser settings read off the catalog: its named dense vectors and their widths."""
     names, dims = infer_dense_layout(catalog.values())
-    featurizer_cfg = FeaturizerConfig(dense_names=names, dense_dims=dims)
+    featurizer_cfg = FeaturizerConfig(
+        dense_names=names, dense_dims=dims, id_buckets=0 if no_ids else ID_BUCKETS
+    )
     return replace(featurizer_cfg, use_text=False) if no_content else featurizer_cfg
 
 
@@ -193,7 +200,9 @@ def load_training_data(
     dataset = load_dataset(args.data, args.format, args.items)
     events = list(dataset.events)
     if featurizer_cfg is None:
-        featurizer_cfg = featurizer_for(dataset.items, getattr(args, "no_content", False))
+        featurizer_cfg = featurizer_for(
+            dataset.items, getattr(args, "no_content", False), getattr(args, "no_ids", False)
+        )
     k = max(BASELINE_NEIGHBOURS, getattr(args, "neighbours", 0))
     data = build_training_data(events, dataset.items, featurizer_cfg, k)
     log.info(
@@ -227,6 +236,7 @@ def _configs(args: argparse.Namespace, feat: FeaturizerConfig) -> tuple[ModelCon
     model_cfg = ModelConfig(
         buckets_per_kind=feat.buckets_per_kind,
         dense_width=feat.dense_width,
+        id_buckets=feat.id_buckets,
         out_dim=args.dim,
         neighbours=args.neighbours,
         seq_len=args.seq_len,
@@ -248,7 +258,7 @@ def training_configs(
     args: argparse.Namespace, catalog: Mapping[str, CatalogItem]
 ) -> tuple[FeaturizerConfig, ModelConfig, TrainConfig]:
     """Everything :func:`model_args` flags say, once the catalog fixes the featuriser layout."""
-    feat = featurizer_for(catalog, args.no_content)
+    feat = featurizer_for(catalog, args.no_content, args.no_ids)
     return (feat, *_configs(args, feat))
 
 
