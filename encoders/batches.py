@@ -130,6 +130,6 @@ class BatchMaker:
         rng, n = self.rng, self.n_items
         pick = rng.integers(0, len(self.pairs[0]), size=min(self.pair_batch, len(self.pairs[0])))
         features = rng.integers(0, n, size=self.feature_batch)
-        user_neg = rng.integers(0, n, size=self.negatives)
-        pair_neg = rng.integers(0, n, size=self.negatives)
-        return self.pairs[0][pick], self.pairs[1][pick], features, user_neg, pair_neg
+        # one uniform draw serves both tasks: a step then encodes half as many extra items
+        negatives = rng.integers(0, n, size=self.negatives)
+        return self.pairs[0][pick], self.pairs[1][pick], features, negatives, negatives

@@ -68,8 +68,8 @@ class TrainConfig:
     patience: int = 5  # epochs without a better validation score before stopping
     validation_users: int = 3000
     in_batch_negatives: int = 256
-    pair_batch: int = 512
-    feature_batch: int = 256
+    pair_batch: int = 128  # per step; 32 windows a step, so as many a window as before
+    feature_batch: int = 64
     future_window: int = 8
     pair_window_s: float = 86400.0
     use_logq: bool = True
@@ -165,13 +165,16 @@ class Trainer:
         )
         return loss
 
-    def _content(self, rows: Tensor, drop_ids: bool = False) -> Tensor:
-        """Content vectors of ``rows`` through the model's bag path (real tokens only);
-        ``drop_ids`` encodes them as new items, without their id token."""
+    def _content(self, rows: Tensor, new_from: int | None = None) -> Tensor:
+        """Content vectors of ``rows`` through the model's bag path (real tokens only), in one
+        call, as the table's backward pass is most of its cost; rows from ``new_from`` on are
+        encoded as new items, without their id token."""
         tokens, sizes = self.bag_tokens[rows], self.bag_sizes[rows]  # [U, T], [U, k]
-        if drop_ids and self.model.config.id_buckets:
-            tokens = torch.where(self.model.content.kind_of(tokens) == NUM_TOKEN_KINDS, 0, tokens)
-            sizes = torch.cat([sizes[:, :NUM_TOKEN_KINDS], torch.zeros_like(sizes[:, -1:])], 1)
+        if new_from is not None and self.model.config.id_buckets:
+            is_new = (torch.arange(len(rows)) >= new_from).unsqueeze(1)
+            is_id = self.model.content.kind_of(tokens) == NUM_TOKEN_KINDS
+            tokens = torch.where(is_new & is_id, 0, tokens)
+            sizes = torch.cat([sizes[:, :NUM_TOKEN_KINDS], sizes[:, -1:] * ~is_new], 1)
         out: Tensor = self.model.content.from_bags(tokens[tokens > 0], sizes, self.dense[rows])
         return out
 
@@ -184,10 +187,9 @@ class Trainer:
             self.content_cache[rows] = self._content(rows)
         self.model.train()
 
-    def _item_vectors(self, needed: Tensor) -> Tensor:
-        """Item vectors ``[len(needed), D]``: fresh content for ``needed``, cached content for
-        their neighbours (the cache takes the fresh rows first)."""
-        content = self._content(needed)  # [U, d]
+    def _item_vectors(self, needed: Tensor, content: Tensor) -> Tensor:
+        """Item vectors ``[len(needed), D]`` from their fresh ``content``, with cached content
+        for their neighbours (the cache takes the fresh rows first)."""
         self.content_cache[needed] = content.detach()
         nbr_content = self.content_cache[self.neighbours[needed]]  # [U, K, d]
         out: Tensor = self.model.item(
@@ -199,7 +201,11 @@ class Trainer:
         """One optimisation step over the three tasks; returns the per-task losses."""
         touched = torch.as_tensor(batch.items_touched())
         needed = self.everything if self.full_softmax else torch.unique(touched)
-        item_vec = self._item_vectors(needed)  # [U, D]
+        features = torch.unique(torch.as_tensor(batch.feature_items))
+        if not self.cfg.use_feature_task:
+            features = features[:0]
+        content = self._content(torch.cat([needed, features]), new_from=len(needed))
+        item_vec = self._item_vectors(needed, content[: len(needed)])  # [U, D]
 
         def vec(ids: Tensor) -> Tensor:
             return item_vec[torch.searchsorted(needed, ids)]
@@ -208,7 +214,7 @@ class Trainer:
         a, b = torch.as_tensor(batch.pair_a), torch.as_tensor(batch.pair_b)
         losses["item"] = self._loss(ITEM_TASK, vec(a), b, batch.pair_negatives, vec)
         if self.cfg.use_feature_task:
-            losses["feature"] = self._feature_loss(torch.as_tensor(batch.feature_items), vec)
+            losses["feature"] = self._feature_loss(features, content[len(needed) :], vec)
         total = torch.stack(list(losses.values())).sum()
         self.opt.zero_grad(set_to_none=True)
         total.backward()  # type: ignore[no-untyped-call]
@@ -226,11 +232,12 @@ class Trainer:
         queries = torch.cat([users, users])[targets >= 0]
         return self._loss(USER_TASK, queries, targets[targets >= 0], batch.user_negatives, vec)
 
-    def _feature_loss(self, items: Tensor, vec: Callable[[Tensor], Tensor]) -> Tensor:
-        """Item embedding against its own features' encoding; other items' features negatives."""
-        items = torch.unique(items)
-        # the features without the id: what a new item has, so this task trains cold start
-        feats = self.model.feature_vector(self._content(items, drop_ids=True))
+    def _feature_loss(
+        self, items: Tensor, content: Tensor, vec: Callable[[Tensor], Tensor]
+    ) -> Tensor:
+        """Item embedding against its own features' encoding (``content``, without the id: what
+        a new item has, so this task trains cold start); other items' features negatives."""
+        feats = self.model.feature_vector(content)
         tau = self.model.temperature(FEATURE_TASK)
         loss: Tensor = sampled_softmax_loss(vec(items), feats, items, feats, items, tau)
         return loss

@@ -52,9 +52,12 @@ def test_content_without_ids_is_what_a_new_item_encodes(planted: TrainingData) -
     ids = torch.as_tensor(planted.token_ids[:12])
     id_range = 1 + NUM_TOKEN_KINDS * FEATURIZER.buckets_per_kind
     expected = trainer.model.content(torch.where(ids >= id_range, 0, ids), trainer.dense[rows])
-    got = trainer._content(rows, drop_ids=True)
+    got = trainer._content(rows, new_from=0)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(trainer._content(rows), got)  # the id does matter
+    both = trainer._content(torch.cat([rows, rows]), new_from=len(rows))
+    torch.testing.assert_close(both[len(rows) :], got, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(both[: len(rows)], trainer._content(rows), rtol=1e-5, atol=1e-5)
 
 
 def test_a_short_batch_encodes_as_its_full_length_padding_would() -> None:
