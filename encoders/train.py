@@ -68,8 +68,8 @@ class TrainConfig:
     patience: int = 5  # epochs without a better validation score before stopping
     validation_users: int = 3000
     in_batch_negatives: int = 256
-    pair_batch: int = 128  # per step; 32 windows a step, so as many a window as before
-    feature_batch: int = 64
+    pair_batch: int = 512  # per step (128 and 64 cost ML-100K 0.107 -> 0.095 NDCG@10)
+    feature_batch: int = 256
     future_window: int = 8
     pair_window_s: float = 86400.0
     use_logq: bool = True
