@@ -18,10 +18,10 @@ class Batch:
     """One step's examples; item arrays use -1 for padding."""
 
     inputs: IntArray  # [B, m] items of user windows, left-aligned (m <= M: the longest)
-    actions: IntArray  # [B, M]
-    times: FloatArray  # [B, M, 5]
-    next_items: IntArray  # [B, M] target after each position
-    future_items: IntArray  # [B, M] one item from the short future window
+    actions: IntArray  # [B, m]
+    times: FloatArray  # [B, m, 5]
+    next_items: IntArray  # [B, m] target after each position
+    future_items: IntArray  # [B, m] one item from the short future window
     pair_a: IntArray  # [P] item-item anchors
     pair_b: IntArray  # [P] their co-engaged partners
     feature_items: IntArray  # [F] items for the entity-feature task

@@ -134,11 +134,9 @@ class ContentEncoder(nn.Module):
         b, _t = token_ids.shape
         assert dense.dim() == 2 and dense.shape[0] == b, f"dense {tuple(dense.shape)} vs batch {b}"
         emb = self.embed(token_ids)  # [B, T, d]
-        member = (self.kind_of(token_ids).unsqueeze(-1) == self.kinds) & (token_ids > 0).unsqueeze(
-            -1
-        )  # [B, T, k]
-        weights = member.to(emb.dtype)
-        pooled = weights.transpose(1, 2) @ emb  # [B, k, d]
+        real = (token_ids > 0).unsqueeze(-1)
+        weights = ((self.kind_of(token_ids).unsqueeze(-1) == self.kinds) & real).to(emb.dtype)
+        pooled = weights.transpose(1, 2) @ emb  # [B, k, d]; weights [B, T, k] one-hot kinds
         counts = weights.sum(dim=1)  # [B, k]
         return self._project(pooled, counts, dense)
 

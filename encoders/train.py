@@ -199,8 +199,12 @@ class Trainer:
 
     def step(self, batch: Batch) -> dict[str, float]:
         """One optimisation step over the three tasks; returns the per-task losses."""
-        touched = torch.as_tensor(batch.items_touched())
-        needed = self.everything if self.full_softmax else torch.unique(touched)
+        # an exact softmax scores every item anyway; else only what the batch touches
+        needed = (
+            self.everything
+            if self.full_softmax
+            else torch.as_tensor(batch.items_touched())  # sorted and unique
+        )
         features = torch.unique(torch.as_tensor(batch.feature_items))
         if not self.cfg.use_feature_task:
             features = features[:0]
