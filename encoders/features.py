@@ -39,7 +39,7 @@ FloatArray = npt.NDArray[np.float32]
 
 
 class ContentLike(Protocol):
-    """Anything with an item's content fields (``streams.events.CatalogItem`` fits)."""
+    """Anything with an item's content fields (``streams.wire.events.CatalogItem`` fits)."""
 
     @property
     def item_id(self) -> str: ...

@@ -12,7 +12,7 @@ decreases (both terms only grow).
 
 An item with no catalog record encodes from `CatalogRecord.empty`: no title or text and the id as
 its one category token, exactly the stand-in the offline trainer uses for items missing from the
-catalog (`streams.commands.train._NoContent`), so training and serving see the same input.
+catalog (`streams.training.data._NoContent`), so training and serving see the same input.
 
 Crash safety: `put` writes the content, then the version, then the mark, in that order on one
 connection. A crash part way leaves the catalog message uncommitted, so it is put again; a
@@ -37,7 +37,7 @@ from state.redis_io import load_lua, redis_errors_as_state, text
 
 
 class ContentItem(Protocol):
-    """What `put` needs from a catalog message (``streams.events.CatalogItem`` fits)."""
+    """What `put` needs from a catalog message (``streams.wire.events.CatalogItem`` fits)."""
 
     @property
     def item_id(self) -> str: ...

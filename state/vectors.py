@@ -41,7 +41,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import random
 import re
 import sqlite3
 import threading
@@ -62,6 +61,7 @@ from qdrant_client.http.exceptions import (
 )
 
 from state.exceptions import InvalidBatchError, StateError, VectorStoreUnavailable
+from state.retry import Backoff, GaveUp, retry_sync
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -224,6 +224,10 @@ def check_record(record: VectorRecord) -> list[float]:
     return values
 
 
+def _retryable(err: BaseException) -> bool:
+    return isinstance(err, (ApiException, OSError, ValueError, RuntimeError)) and is_transient(err)
+
+
 def is_transient(err: BaseException) -> bool:
     """Errors worth retrying: the store could not be reached, timed out or is overloaded."""
     if isinstance(err, ResponseHandlingException | ConnectionError | TimeoutError):
@@ -250,12 +254,21 @@ def _check_server(client: QdrantClient) -> None:
 class VectorStore:
     """Guarded writes and alias-consistent reads of user and item vectors in Qdrant."""
 
-    def __init__(self, config: VectorStoreConfig) -> None:
+    def __init__(
+        self,
+        config: VectorStoreConfig,
+        wrap_client: Callable[[QdrantClient], QdrantClient] | None = None,
+    ) -> None:
+        """`wrap_client` sees the client once it is open (the fault tests' outage seam)."""
         self.config = config
+        self._wrap_client = wrap_client
         self._client: QdrantClient | None = None
         self._lock = threading.RLock()
         self._embedded = config.url is None
-        self.failing_since: float | None = None  # monotonic time of the first failed try in a row
+        self._failing_since: float | None = None
+        self._backoff = Backoff(
+            config.retry_initial_s, config.retry_max_s, config.unavailable_after_s
+        )
 
     # -- connection and retries --------------------------------------------------------------
 
@@ -279,41 +292,45 @@ class VectorStore:
                     raise
             else:
                 client = QdrantClient(path=cfg.path) if cfg.path else QdrantClient(":memory:")
-            self._client = client
-            return client
+            self._client = self._wrap_client(client) if self._wrap_client else client
+            return self._client
 
     def _serialised(self) -> contextlib.AbstractContextManager[Any]:
         return self._lock if self._embedded else contextlib.nullcontext()
 
     def _call(self, what: str, action: Callable[[QdrantClient], T]) -> T:
-        """Run `action`, retrying transient errors until `unavailable_after_s` has passed."""
-        cfg = self.config
-        started: float | None = None
-        attempt = 0
-        while True:
-            try:
-                client = self._connect()
-                with self._serialised():
-                    result = action(client)
-                self.failing_since = None
-                return result
-            except (ApiException, OSError, ValueError, RuntimeError) as err:
-                if not is_transient(err):
-                    raise StateError(f"Qdrant refused {what}: {err}") from err
-                now = time.monotonic()
-                self.failing_since = self.failing_since or now
-                started = now if started is None else started
-                left = cfg.unavailable_after_s - (now - started)
-                if left <= 0:
-                    raise VectorStoreUnavailable(
-                        f"Qdrant unreachable for {now - started:.1f}s during {what} "
-                        f"({attempt + 1} attempts): {err}"
-                    ) from err
-                delay = min(cfg.retry_max_s, cfg.retry_initial_s * 2.0**attempt)
-                delay = min(left, random.uniform(delay / 2, delay))
-                log.warning("Qdrant %s failed (%r); retry %d in %.2fs", what, err, attempt, delay)
-                time.sleep(delay)
-                attempt += 1
+        """Run `action` under the retry policy until `unavailable_after_s` has passed."""
+
+        def once() -> T:
+            client = self._connect()
+            with self._serialised():
+                return action(client)
+
+        def failing(_error: BaseException, _attempt: int, _wait: float) -> None:
+            self._failing_since = self._failing_since or time.monotonic()
+
+        try:
+            result = retry_sync(
+                once,
+                what=f"Qdrant {what}",
+                backoff=self._backoff,
+                transient=_retryable,
+                on_retry=failing,
+            )
+        except GaveUp as gave_up:
+            raise VectorStoreUnavailable(
+                f"Qdrant unreachable for {gave_up.seconds:.1f}s during {what} "
+                f"({gave_up.attempts} attempts): {gave_up.__cause__}"
+            ) from gave_up.__cause__
+        except (ApiException, OSError, ValueError, RuntimeError) as err:
+            raise StateError(f"Qdrant refused {what}: {err}") from err
+        self._failing_since = None
+        return result
+
+    @property
+    def failing_since(self) -> float | None:
+        """Monotonic time of the first failed try in the current run of failures, else None."""
+        return self._failing_since
 
     def close(self) -> None:
         """Release the client (and an embedded store's lock on its path)."""

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from streams.events import REASONS
-from streams.reencode_rules import PassStats
+from streams.vectors.rules import PassStats
+from streams.wire.events import REASONS
 
 NAMESPACE = "sagestream"
 BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000)

@@ -13,14 +13,14 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_serializer, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from deploy.stack import StackConfig
 from state import StateConfig
+from state.retry import Backoff
 
 CONFIG_FILE_ENV = "SAGESTREAM_CONFIG_FILE"
 
@@ -121,24 +121,21 @@ class QdrantSettings(_Section):
 class IngestSettings(_Section):
     batch_max: int = Field(default=2000, ge=1)
     batch_within_s: float = Field(default=0.25, gt=0)
-    retry_initial_s: float = Field(default=0.2, gt=0)
-    retry_max_s: float = Field(default=5.0, gt=0)
 
 
-FaultPoint = Literal[
-    "after_dead_letters", "after_state_write", "after_vector_write", "before_commit"
-]
+class RetrySettings(_Section):
+    """The one retry policy (state/retry.py) for every Redis, Kafka and Qdrant call of a worker.
 
+    Ingest retries for as long as it takes (its waiting is the backpressure); a vector store
+    call gives up after `store_unavailable_after_s`, and the worker pauses consumption until the
+    store answers again."""
 
-class FaultSettings(_Section):
-    """Crash hooks for reliability tests (streams/faults.py); `point = None` turns them off."""
+    initial_s: float = Field(default=0.2, gt=0)
+    max_s: float = Field(default=5.0, gt=0)
+    store_unavailable_after_s: float = Field(default=30.0, gt=0)
 
-    point: FaultPoint | None = None
-    after: int = Field(default=1, ge=1)  # fire on this pass of the point
-    action: Literal["kill", "raise"] = "kill"
-    # Make the vector store unreachable for this long from its first write (scenario 6): the
-    # embedded store has no server to stop, so the outage is injected where the sink calls it.
-    store_outage_s: float = Field(default=0.0, ge=0)
+    def backoff(self) -> Backoff:
+        return Backoff(self.initial_s, self.max_s)
 
 
 class ModelSettings(_Section):
@@ -183,10 +180,9 @@ class Settings(BaseSettings):
     state: StateConfig = StateConfig()
     ingest: IngestSettings = IngestSettings()
     metrics: MetricsSettings = MetricsSettings()
-    faults: FaultSettings = FaultSettings()
+    retry: RetrySettings = RetrySettings()
     models: ModelSettings = ModelSettings()
     reencode: ReencodeSettings = ReencodeSettings()
-    stack: StackConfig = StackConfig()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_serializer("state")
@@ -207,7 +203,7 @@ class Settings(BaseSettings):
         return env_settings, init_settings
 
     @classmethod
-    def load(cls, path: Path | None = None, **overrides: Any) -> Settings:
+    def load(cls, path: Path | None = None, **overrides: Any) -> Self:
         """Read the optional TOML file, then let the environment override it."""
         path = path or (
             Path(os.environ[CONFIG_FILE_ENV]) if CONFIG_FILE_ENV in os.environ else None

@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from streams.settings import Settings
-from tests.services import Services, provide
+from tests.support.services import Services, provide
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from deploy.stack import StackConfig
-from tests.services import TEST_STACK
+from tests.support.services import TEST_STACK
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[3]

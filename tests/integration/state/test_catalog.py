@@ -7,7 +7,7 @@ import redis.asyncio as aioredis
 
 from state import CatalogRecord, CatalogStore
 from state.exceptions import InvalidBatchError
-from streams.events import CatalogItem
+from streams.wire.events import CatalogItem
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from streams.settings import Settings
-from tests.integration.harness import REPO
+from tests.support.harness import REPO
 
 pytestmark = pytest.mark.integration
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 RUN = """
 import json, sys
 from pathlib import Path
-from streams.bench_e2e import E2EConfig, run_e2e_bench
+from streams.devtools.bench.e2e import E2EConfig, run_e2e_bench
 from streams.settings import Settings
 png, out = Path(sys.argv[1]), Path(sys.argv[2])
 cfg = E2EConfig(events=600, load_seconds=5, png=png, users=120, items=300, qdrant="disk")

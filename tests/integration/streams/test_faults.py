@@ -11,7 +11,8 @@ import redis.asyncio as aioredis
 
 from state import RedisState
 from streams.settings import Settings
-from tests.integration.harness import (
+from tests.support.faults import FaultPlan
+from tests.support.harness import (
     Oracle,
     committed_offsets,
     end_offsets,
@@ -19,7 +20,7 @@ from tests.integration.harness import (
     read_topic,
     run_worker,
 )
-from tests.integration.streams.test_worker import SMALL, produce_mixed
+from tests.support.streams import SMALL, produce_mixed
 
 pytestmark = pytest.mark.integration
 
@@ -38,19 +39,19 @@ async def test_a_crash_commits_nothing_past_it_and_the_restart_converges(
     redis_client: aioredis.Redis,
     tmp_path: Path,
 ) -> None:
-    faulty = make_settings(
-        ingest={"batch_max": 400}, faults={"point": point, "action": action, "after": 3}
-    )
-    expected_letters = produce_mixed(faulty, SMALL, bad=20)
+    settings = make_settings(ingest={"batch_max": 400})
+    plan = FaultPlan(point=point, action=action, after=3)  # type: ignore[arg-type]
+    expected_letters = produce_mixed(settings, SMALL, bad=20)
     args = ("--runtime", runtime, "--until-idle", "4")
-    code = await asyncio.to_thread(run_worker, faulty, *args, log=tmp_path / "crash.log")
+    crash_log = tmp_path / "crash.log"
+    code = await asyncio.to_thread(run_worker, settings, *args, log=crash_log, faults=plan)
     assert code == exit_code, (tmp_path / "crash.log").read_text()[-2000:]
 
-    ends = await asyncio.to_thread(end_offsets, faulty, faulty.topics.engagements)
-    after_crash = await asyncio.to_thread(committed_offsets, faulty)
+    ends = await asyncio.to_thread(end_offsets, settings, settings.topics.engagements)
+    after_crash = await asyncio.to_thread(committed_offsets, settings)
     assert sum(after_crash.values()) < sum(ends.values())  # the failed batch was not committed
 
-    healthy = faulty.model_copy(update={"faults": faulty.faults.model_copy(update={"point": None})})
+    healthy = settings
     code = await asyncio.to_thread(run_worker, healthy, *args, log=tmp_path / "restart.log")
     assert code == 0
 

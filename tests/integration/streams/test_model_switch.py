@@ -22,14 +22,15 @@ from prometheus_client import CollectorRegistry
 
 from encoders.registry import ModelRegistry
 from state import StateError, VectorStore, VectorStoreConfig
-from streams.events import Engagement
-from streams.generate import GeneratorConfig, generate_catalog, generate_events
-from streams.lifecycle import Backfill
+from streams.devtools.generate import GeneratorConfig, generate_catalog, generate_events
+from streams.devtools.tiny_model import publish_tiny_model
 from streams.metrics import IngestMetrics
 from streams.settings import Settings
-from streams.tiny_model import publish_tiny_model
-from streams.updater import Lifecycle, Updater, run_backfill
-from tests.integration.vectors_world import World, assert_matches_oracle
+from streams.vectors.backfill import Backfill, run_backfill
+from streams.vectors.switch import ModelWatcher
+from streams.vectors.updater import Updater
+from streams.wire.events import Engagement
+from tests.support.vectors_world import World, assert_matches_oracle
 
 pytestmark = pytest.mark.integration
 log = logging.getLogger(__name__)
@@ -158,7 +159,7 @@ async def test_switch_under_load_never_shows_readers_a_gap(
     await world.reencoder.run_until_idle(world.shards)
 
     metrics = IngestMetrics(CollectorRegistry())
-    lifecycle = Lifecycle(registry, world.reencoder, store, redis_client, settings, metrics)
+    watcher = ModelWatcher(registry, world.reencoder, store, redis_client, settings, metrics)
     failed: list[bool] = []
     updater = Updater(
         world.reencoder,
@@ -166,8 +167,8 @@ async def test_switch_under_load_never_shows_readers_a_gap(
         metrics,
         lambda: failed.append(True),
         store,
-        settings.reencode.max_backlog,
-        lifecycle,
+        settings.retry.backoff(),
+        watcher,
     )
     reader = Reader(store, world.engaged()[0])
     feed = Feed(world, events[800:], reader)
@@ -230,10 +231,10 @@ async def test_a_poisoned_promotion_is_refused_and_the_old_model_keeps_serving(
     store.flip(good)
     await world.apply([Engagement("e1", "u1", "i1", "save", 1.7e9)])
     metrics = IngestMetrics(CollectorRegistry())
-    lifecycle = Lifecycle(copy, world.reencoder, store, redis_client, settings, metrics)
-    await lifecycle.poll()
-    await lifecycle.poll()  # refused once, not retried on every poll
-    assert lifecycle.switch is None and world.reencoder.bundle.version == good
+    watcher = ModelWatcher(copy, world.reencoder, store, redis_client, settings, metrics)
+    await watcher.poll()
+    await watcher.poll()  # refused once, not retried on every poll
+    assert watcher.switch is None and world.reencoder.bundle.version == good
     rejected = metrics.registry.get_sample_value(
         "sagestream_model_rejections_total", {"version": poisoned}
     )

@@ -18,12 +18,12 @@ from state import (
     VectorStoreUnavailable,
 )
 from state.keys import ShardKeys, shard_tag
-from streams.events import CatalogItem, Engagement
-from streams.generate import GeneratorConfig, generate_catalog, generate_events
-from streams.reencode import PassStats
+from streams.devtools.generate import GeneratorConfig, generate_catalog, generate_events
+from streams.devtools.tiny_model import publish_tiny_model
 from streams.settings import Settings
-from streams.tiny_model import publish_tiny_model
-from tests.integration.vectors_world import (
+from streams.vectors.reencoder import PassStats
+from streams.wire.events import CatalogItem, Engagement
+from tests.support.vectors_world import (
     PARTITIONS,
     World,
     assert_close,

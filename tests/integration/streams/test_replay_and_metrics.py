@@ -11,16 +11,16 @@ from collections.abc import Callable
 
 import pytest
 
-from streams.batch_runtime import BatchRuntime
-from streams.events import Engagement, decode_engagement
-from streams.generate import GeneratorConfig, generate_events, malformed_payloads
-from streams.limits import RunLimits
+from streams.devtools.generate import GeneratorConfig, generate_events, malformed_payloads
+from streams.devtools.produce import produce_engagements, produce_raw
 from streams.metrics import IngestMetrics
-from streams.produce import produce_engagements, produce_raw
+from streams.runtimes.batch import BatchRuntime
+from streams.runtimes.limits import RunLimits
 from streams.settings import Settings
-from streams.topics import ensure_topics
-from tests.datasets import ML100K
-from tests.integration.harness import REPO, read_topic
+from streams.wire.events import Engagement, decode_engagement
+from streams.wire.topics import ensure_topics
+from tests.support.datasets import ML100K
+from tests.support.harness import REPO, read_topic
 
 pytestmark = pytest.mark.integration
 

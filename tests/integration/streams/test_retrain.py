@@ -11,12 +11,12 @@ import pytest
 from kafka import KafkaAdminClient
 
 from encoders.registry import ModelRegistry
-from streams.cli import main
-from streams.events import encode_catalog_item, encode_engagement
-from streams.generate import GeneratorConfig, generate_catalog, generate_events
-from streams.produce import produce_catalog, produce_engagements
+from streams.cli.main import main
+from streams.devtools.generate import GeneratorConfig, generate_catalog, generate_events
+from streams.devtools.produce import produce_catalog, produce_engagements
 from streams.settings import Settings
-from streams.topics import ensure_topics
+from streams.wire.events import encode_catalog_item, encode_engagement
+from streams.wire.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
 

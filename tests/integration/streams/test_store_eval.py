@@ -38,17 +38,17 @@ from encoders.data import TrainingData
 from encoders.workflow import evaluate_version
 from state import VectorStore, VectorStoreConfig
 from state.encode_inputs import EncodeInputs
-from streams.cli import main
-from streams.commands.train import build_training_data, neighbour_lists
-from streams.datasets import load_dataset
-from streams.events import Engagement
-from streams.produce import produce_catalog, produce_engagements
+from streams.cli.main import main
+from streams.devtools.produce import produce_catalog, produce_engagements
+from streams.devtools.tiny_model import FEATURIZER, publish_tiny_model_on
 from streams.settings import Settings
-from streams.store_eval import evaluate_store, relative_gap
-from streams.tiny_model import FEATURIZER, publish_tiny_model_on
-from streams.topics import ensure_topics
-from tests.datasets import ML100K
-from tests.integration.harness import run_worker
+from streams.training.data import build_training_data, neighbour_lists
+from streams.training.datasets import load_dataset
+from streams.training.store_eval import evaluate_store, relative_gap
+from streams.wire.events import Engagement
+from streams.wire.topics import ensure_topics
+from tests.support.datasets import ML100K
+from tests.support.harness import run_worker
 
 pytestmark = pytest.mark.integration
 log = logging.getLogger(__name__)

@@ -18,12 +18,13 @@ import redis.asyncio as aioredis
 
 from encoders.registry import ModelRegistry
 from state import RedisState, VectorStore, VectorStoreConfig
-from streams.generate import GeneratorConfig, generate_catalog, generate_events
-from streams.produce import produce_catalog, produce_engagements
+from streams.devtools.generate import GeneratorConfig, generate_catalog, generate_events
+from streams.devtools.produce import produce_catalog, produce_engagements
+from streams.devtools.tiny_model import publish_tiny_model
 from streams.settings import Settings
-from streams.tiny_model import publish_tiny_model
-from streams.topics import ensure_topics
-from tests.integration.harness import (
+from streams.wire.topics import ensure_topics
+from tests.support.faults import FaultPlan
+from tests.support.harness import (
     Oracle,
     committed_offsets,
     end_offsets,
@@ -31,7 +32,7 @@ from tests.integration.harness import (
     read_topic,
     run_worker,
 )
-from tests.integration.vectors_world import World, assert_matches_oracle
+from tests.support.vectors_world import World, assert_matches_oracle
 
 pytestmark = pytest.mark.integration
 log = logging.getLogger(__name__)
@@ -67,10 +68,6 @@ def stack_with_catalog(
     ensure_topics(settings)
     produce_catalog(settings, generate_catalog(STREAM))
     return settings
-
-
-def with_faults(settings: Settings, **faults: object) -> Settings:
-    return settings.model_copy(update={"faults": settings.faults.model_copy(update=faults)})
 
 
 def stored_versions(qdrant: Path, users: set[str], items: set[str]) -> Versions:
@@ -138,8 +135,8 @@ async def test_kill_9_at_each_named_point_loses_nothing_and_never_goes_back(
     for round_, (point, after) in enumerate(KILLS):  # each kill with fresh events to consume
         produce_engagements(settings, events[round_ * third : (round_ + 1) * third])
         crash_log = tmp_path / f"{point}.log"
-        faulty = with_faults(settings, point=point, after=after, action="kill")
-        code = await asyncio.to_thread(run_worker, faulty, *args, log=crash_log)
+        kill = FaultPlan(point=point, after=after, action="kill")  # type: ignore[arg-type]
+        code = await asyncio.to_thread(run_worker, settings, *args, log=crash_log, faults=kill)
         assert code == -9, crash_log.read_text()[-3000:]
         await check_commits_within_applied(settings, state)
         now = await asyncio.to_thread(stored_versions, tmp_path / "qdrant", users, items)
@@ -171,10 +168,17 @@ async def test_vector_store_outage_pauses_consumption_and_converges_after(
 ) -> None:
     settings = stack_with_catalog(make_settings, registry, tmp_path / "qdrant")
     produce_engagements(settings, generate_events(STREAM))
-    outage = with_faults(settings, store_outage_s=12.0)
+    outage = FaultPlan(store_outage_s=12.0)
     worker_log = tmp_path / "outage.log"
     code = await asyncio.to_thread(
-        run_worker, outage, "--runtime", "batch", "--until-idle", "4", log=worker_log
+        run_worker,
+        settings,
+        "--runtime",
+        "batch",
+        "--until-idle",
+        "4",
+        log=worker_log,
+        faults=outage,
     )
     text = worker_log.read_text()
     assert code == 0, text[-3000:]

@@ -12,12 +12,12 @@ import pytest
 import redis.asyncio as aioredis
 
 from state import RedisState, VectorStore, VectorStoreConfig
-from streams.generate import GeneratorConfig, generate_events
-from streams.produce import produce_engagements
+from streams.devtools.generate import GeneratorConfig, generate_events
+from streams.devtools.produce import produce_engagements
+from streams.devtools.tiny_model import publish_tiny_model
 from streams.settings import Settings
-from streams.tiny_model import publish_tiny_model
-from streams.topics import ensure_topics
-from tests.integration.harness import read_topic, run_worker
+from streams.wire.topics import ensure_topics
+from tests.support.harness import read_topic, run_worker
 
 pytestmark = pytest.mark.integration
 

@@ -13,11 +13,11 @@ import pytest
 import redis.asyncio as aioredis
 
 from state import RedisState
-from streams.generate import GeneratorConfig, generate_events, malformed_payloads
-from streams.produce import produce_engagements, produce_raw
+from streams.devtools.generate import GeneratorConfig, generate_events
+from streams.devtools.produce import produce_engagements
 from streams.settings import Settings
-from streams.topics import ensure_topics
-from tests.integration.harness import (
+from streams.wire.topics import ensure_topics
+from tests.support.harness import (
     Oracle,
     committed_offsets,
     end_offsets,
@@ -26,34 +26,10 @@ from tests.integration.harness import (
     run_worker,
     start_worker,
 )
+from tests.support.streams import SMALL, produce_mixed
 
 pytestmark = pytest.mark.integration
 log = logging.getLogger(__name__)
-
-SMALL = GeneratorConfig(users=150, items=300, communities=4, events=3000, seed=11)
-
-
-def produce_mixed(settings: Settings, cfg: GeneratorConfig, bad: int) -> list[tuple[bytes, str]]:
-    """Valid generated events with malformed payloads and one mis-keyed event in between."""
-    ensure_topics(settings)
-    events = list(generate_events(cfg))
-    half = len(events) // 2
-    produce_engagements(settings, events[:half])
-    malformed = malformed_payloads(seed=3, n=bad)
-    produce_raw(
-        settings, [(b"u-bad", payload) for payload, _ in malformed], settings.topics.engagements
-    )
-    mis_keyed = events[half]
-    produce_raw(settings, [(b"someone-else", _encode(mis_keyed))], settings.topics.engagements)
-    produce_engagements(settings, events[half + 1 :])
-    return [*malformed, (_encode(mis_keyed), "key_mismatch")]
-
-
-def _encode(event: object) -> bytes:
-    from streams.events import Engagement, encode_engagement
-
-    assert isinstance(event, Engagement)
-    return encode_engagement(event)
 
 
 async def state_of(settings: Settings, client: aioredis.Redis) -> RedisState:

@@ -12,8 +12,8 @@ from encoders.model import ModelConfig
 from encoders.registry import ModelRegistry
 from encoders.train import TrainConfig, Trainer, TrainResult
 from encoders.workflow import TrainOutcome, train_and_export
-from streams.commands.train import build_training_data
-from streams.generate import GeneratorConfig, generate_catalog, generate_events
+from streams.devtools.generate import GeneratorConfig, generate_catalog, generate_events
+from streams.training.data import build_training_data
 
 FEATURIZER = FeaturizerConfig(buckets_per_kind=512, max_tokens=32, id_buckets=1024)
 

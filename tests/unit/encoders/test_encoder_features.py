@@ -12,7 +12,7 @@ from encoders.features import (
     stable_hash,
     text_tokens,
 )
-from streams.events import CatalogItem
+from streams.wire.events import CatalogItem
 
 
 def test_stable_hash_is_fixed_across_processes() -> None:

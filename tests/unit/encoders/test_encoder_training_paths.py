@@ -14,7 +14,7 @@ from encoders.features import ContentFeaturizer
 from encoders.model import SageModel
 from encoders.train import Trainer, model_test_metrics, token_bags
 from encoders.workflow import evaluate_vectors
-from streams.events import CatalogItem
+from streams.wire.events import CatalogItem
 from tests.unit.encoders.conftest import FEATURIZER, model_config, train_config
 
 

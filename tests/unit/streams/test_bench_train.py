@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from streams.bench_train import EPOCH_GOAL_S, GROWTH_GOAL, TrainBenchConfig, run_train_bench
+from streams.devtools.bench.train import (
+    EPOCH_GOAL_S,
+    GROWTH_GOAL,
+    TrainBenchConfig,
+    run_train_bench,
+)
 
 
 def test_train_bench_times_both_sizes_on_the_same_events() -> None:

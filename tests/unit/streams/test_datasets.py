@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from streams.datasets import Dataset, action_for_rating, load_dataset
-from streams.events import CatalogItem, Engagement, encode_catalog_item, encode_engagement
-from tests.datasets import ML100K
+from streams.training.datasets import Dataset, action_for_rating, load_dataset
+from streams.wire.events import CatalogItem, Engagement, encode_catalog_item, encode_engagement
+from tests.support.datasets import ML100K
 
 ML_100K = ML100K
 

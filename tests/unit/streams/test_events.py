@@ -9,8 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streams import events
-from streams.events import (
+from streams.devtools.generate import malformed_payloads
+from streams.wire import events
+from streams.wire.events import (
     MAX_EVENT_BYTES,
     MAX_ITEM_BYTES,
     REASONS,
@@ -26,7 +27,6 @@ from streams.events import (
     engagement_from_object,
     valid_id,
 )
-from streams.generate import malformed_payloads
 
 ids = st.from_regex(r"[A-Za-z0-9_.:@-]{1,128}", fullmatch=True)
 timestamps = st.floats(min_value=0.0, max_value=events.MAX_TS) | st.integers(0, 4_102_444_800)

@@ -6,7 +6,7 @@ import math
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from streams.commands.demo import _freshness_buckets, _samples, _total
+from streams.cli.demo import _freshness_buckets, _samples, _total
 from streams.metrics import IngestMetrics, quantile_from_buckets
 
 

@@ -8,8 +8,7 @@ from itertools import pairwise
 
 import pytest
 
-from streams.events import REASONS, Engagement, Rejection, decode_engagement, encode_engagement
-from streams.generate import (
+from streams.devtools.generate import (
     GeneratorConfig,
     community_of_item,
     community_of_user,
@@ -19,6 +18,7 @@ from streams.generate import (
     malformed_payloads,
     subgenre_of_item,
 )
+from streams.wire.events import REASONS, Engagement, Rejection, decode_engagement, encode_engagement
 
 CFG = GeneratorConfig(users=300, items=600, communities=6, events=30_000, seed=3)
 

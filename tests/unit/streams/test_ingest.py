@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from streams.events import Engagement, encode_engagement
-from streams.ingest import by_partition, validate
-from streams.records import SourceRecord
+from streams.ingest.core import by_partition, validate
+from streams.wire.events import Engagement, encode_engagement
+from streams.wire.records import SourceRecord
 
 
 def record(

@@ -6,7 +6,7 @@ import pytest
 
 from state import keys
 from state.encode_inputs import EncodeBasis
-from streams.reencode_rules import Marks, item_reason, material_change
+from streams.vectors.rules import Marks, item_reason, material_change
 
 
 def basis(

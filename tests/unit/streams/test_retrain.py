@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from encoders.registry import ModelRegistry
-from streams.cli import build_parser
-from streams.commands.train import DEFAULT_EPOCHS, training_configs
-from streams.events import Engagement, encode_catalog_item, encode_engagement
-from streams.generate import GeneratorConfig, generate_catalog, generate_events
-from streams.retrain import (
+from streams.cli.main import build_parser
+from streams.cli.train import DEFAULT_EPOCHS, training_configs
+from streams.devtools.generate import GeneratorConfig, generate_catalog, generate_events
+from streams.settings import Settings
+from streams.training.retrain import (
     Decision,
     RetrainJob,
     newest_events,
@@ -22,7 +22,7 @@ from streams.retrain import (
     retrain_once,
     run_every,
 )
-from streams.settings import Settings
+from streams.wire.events import Engagement, encode_catalog_item, encode_engagement
 
 
 @pytest.mark.parametrize(

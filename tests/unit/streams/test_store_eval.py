@@ -11,7 +11,7 @@ import pytest
 from encoders.data import TrainingData, UserSequence
 from encoders.evaluate import leave_one_out, rank_metrics, sample_negatives, vector_scorer
 from state import VectorRecord, VectorStore, VectorStoreConfig
-from streams.store_eval import case_users, evaluate_store, relative_gap, search_scorer
+from streams.training.store_eval import case_users, evaluate_store, relative_gap, search_scorer
 
 N_ITEMS, DIM = 40, 8
 

@@ -1,0 +1,226 @@
+"""`sagestream bench --stage ingest|encoders|e2e|train`: figures beside their baselines, in one
+run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from deploy import stack
+from streams.cli.common import say, settings_of
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser("bench", help="measure throughput against same-run baselines")
+    parser.add_argument("--stage", choices=["ingest", "encoders", "e2e", "train"], default="ingest")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        help="model version directory (encoders, e2e) or registry root (e2e; default: train one)",
+    )
+    parser.add_argument("--events", type=int, help="ingest 200,000, e2e 20,000, train 300,000")
+    parser.add_argument("--threads", type=int, default=2, help="train: torch threads")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        help="runs per path, medians quoted (ingest 3, encoders 20, train 2 epochs)",
+    )
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--load-seconds", type=float, default=25.0, help="e2e: freshness load duration"
+    )
+    parser.add_argument(
+        "--naive-events", type=int, help="e2e: events the naive path handles (min(N, 2000))"
+    )
+    parser.add_argument(
+        "--png", type=Path, help="e2e: freshness histogram (default: beside --json)"
+    )
+    parser.add_argument(
+        "--load-fraction",
+        type=float,
+        default=0.5,
+        help="e2e: freshness load as a share of sagestream's measured max (default 0.5)",
+    )
+    parser.add_argument(
+        "--qdrant",
+        choices=["memory", "disk"],
+        default="memory",
+        help="e2e: embedded Qdrant in memory (default: the nearest to a server's batched writes "
+        "that runs here) or on disk (one SQLite commit per point)",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.stage == "encoders":
+        return run_encoders(args)
+    if args.stage == "e2e":
+        return run_e2e(args)
+    if args.stage == "train":
+        return run_train_stage(args)
+    from streams.devtools.bench.ingest import run_ingest_bench
+
+    settings = settings_of(args)
+    stack.up(settings.stack)
+    result = run_ingest_bench(settings, args.events or 200_000, args.repeats or 3)
+    report(result)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def run_encoders(args: argparse.Namespace) -> int:
+    """onnxruntime against torch eager at batch 1, 64 and 512 (needs the trainer extra)."""
+    from encoders.bench import format_table, run_encoder_bench
+
+    if args.model is None:
+        raise SystemExit("--stage encoders needs --model VERSION_DIR")
+    result = run_encoder_bench(args.model, repeats=args.repeats or 20)
+    sys.stdout.write(format_table(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def run_train_stage(args: argparse.Namespace) -> int:
+    """Epoch time on a generated 20k-item stream and on its 2k-item twin (same events)."""
+    from streams.devtools.bench.train import TrainBenchConfig, run_train_bench
+
+    cfg = TrainBenchConfig(
+        events=args.events or 300_000, repeats=args.repeats or 2, threads=args.threads
+    )
+    result = run_train_bench(cfg)
+    say(
+        f"training benchmark: {cfg.events:,} events, {cfg.users:,} users, "
+        f"{result['threads']} threads on {result['cpus']} CPUs, median of {cfg.repeats} epochs"
+    )
+    for size in result["sizes"]:
+        mode = "exact softmax" if size["exact_softmax"] else "sampled softmax"
+        say(
+            f"  {size['items']:>7,} items: epoch {size['epoch_s']:>6.1f} s "
+            f"({size['steps']} steps {size['steps_s']} s + validation {size['validation_s']} s, "
+            f"{mode}; data built in {size['build_s']} s; val NDCG@10 {size['val_ndcg@10']})"
+        )
+    goals = result["goals"]
+    say(
+        f"  epoch at {result['sizes'][0]['items']:,} items   goal <= "
+        f"{goals['epoch_s']['goal_max']:g} s: {_met(goals['epoch_s']['met'])}"
+    )
+    say(
+        f"  growth for 10x the catalogue {result['growth']:>5}x   goal <= "
+        f"{goals['growth']['goal_max']:g}x: {_met(goals['growth']['met'])}"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def run_e2e(args: argparse.Namespace) -> int:
+    """Ceiling, naive and sagestream events/s, then freshness at half sagestream's rate."""
+    from streams.devtools.bench.e2e import E2EConfig, run_e2e_bench
+
+    if args.model is not None and not args.model.is_dir():
+        raise SystemExit(f"--model {args.model}: not a directory")
+    png = args.png or (args.json.with_suffix(".png") if args.json else None)
+    cfg = E2EConfig(
+        events=args.events or 20_000,
+        load_seconds=args.load_seconds,
+        naive_events=args.naive_events,
+        model=args.model,
+        png=png,
+        qdrant=args.qdrant,
+        load_fraction=args.load_fraction,
+    )
+    settings = settings_of(args)
+    stack.up(settings.stack)
+    result = run_e2e_bench(settings, cfg)
+    report_e2e(result)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def report_e2e(result: dict[str, Any]) -> None:
+    eps, goals = result["eps"], result["goals"]
+    say(
+        f"end-to-end benchmark: {result['events']:,} events, {result['partitions']} partitions, "
+        f"model {result['model']['version']} ({result['model']['source']}), "
+        f"Qdrant {result['qdrant']}, {result['cpus']} CPUs"
+    )
+    labels = {
+        "ceiling": "raw consume ceiling (aiokafka getmany + decode)",
+        "naive": f"naive: Faust agent, per event (first {result['naive_events']:,} events)",
+        "sagestream": "sagestream: batch runtime + updater, drained",
+    }
+    for name, label in labels.items():
+        say(f"  {label:<62} {eps[name]:>9,} events/s")
+    vectors, distinct = result["vectors"], result["distinct"]
+    if vectors["sagestream"]:  # counted only when the stores were on disk
+        say(
+            f"  vectors: sagestream {vectors['sagestream']['users']:,} users, "
+            f"{vectors['sagestream']['items']:,} items (engaged: {distinct['users']:,}, "
+            f"{distinct['items']:,}); naive {vectors['naive']['users']:,} users, "
+            f"{vectors['naive']['items']:,} items"
+        )
+    say(f"  dirty marks left after sagestream's run: {result['marks_left']}")
+    speedup = goals["sagestream/naive"]
+    for name, value in result["ratios"].items():
+        goal = ""
+        if name == "sagestream/naive":
+            goal = f"   goal >= {speedup['goal_min']:g}: {_met(speedup['met'])}"
+        say(f"  ratio {name:<56} {value:>9}{goal}")
+    _report_freshness(result)
+
+
+def _report_freshness(result: dict[str, Any]) -> None:
+    fresh, p99 = result["freshness"], result["goals"]["freshness_p99_s"]
+    say(
+        f"freshness at {fresh['offered_eps']:,} events/s offered "
+        f"({fresh['load_fraction']:g} of sagestream's max), "
+        f"{fresh['achieved_eps']:,} achieved, for {fresh['load_seconds']:g} s, "
+        f"window {fresh['window_s']} s ({fresh['method']}):"
+    )
+    for kind, figures in fresh["kinds"].items():
+        if not figures["samples"]:
+            say(f"  {kind:<6} no samples")
+            continue
+        say(
+            f"  {kind:<6} p50 {figures['p50_s']:.3f} s   p90 {figures['p90_s']:.3f} s   "
+            f"p99 {figures['p99_s']:.3f} s   max {figures['max_s']:.3f} s   "
+            f"({figures['samples']:,} samples)   goal p99 <= {p99['goal_max']:g} s: "
+            f"{_met(figures['p99_s'] <= p99['goal_max'])}"
+        )
+    passes = {"sagestream run": result["sagestream_passes"], "under load": fresh["passes"]}
+    say(
+        "  re-encode passes that found marks: "
+        + "; ".join(
+            f"{name} {p['count']} (onnxruntime {p['encode_s']:.2f} s, upsert {p['upsert_s']:.2f} s)"
+            for name, p in passes.items()
+        )
+    )
+    if fresh["png"]:
+        say(f"  histogram: {fresh['png']}")
+
+
+def _met(met: bool) -> str:
+    return "met" if met else "NOT met"
+
+
+def report(result: dict[str, Any]) -> None:
+    say(
+        f"ingest benchmark: {result['events']} events, {result['partitions']} partitions, "
+        f"median of {result['repeats']} runs"
+    )
+    labels = {
+        "ceiling": "raw consume ceiling (aiokafka getmany + decode)",
+        "batch": "sagestream ingest, batch runtime",
+        "faust": "sagestream ingest, Faust runtime",
+    }
+    for name, label in labels.items():
+        runs = ", ".join(f"{r:,}" for r in result["runs"][name])
+        say(f"  {label:<50} {result['eps'][name]:>10,} events/s   [{runs}]")
+    for name, value in result["ratios"].items():
+        say(f"  ratio {name:<44} {value:>10}")

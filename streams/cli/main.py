@@ -1,0 +1,55 @@
+"""`sagestream`: one entry point; settings are built here once and passed down."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from streams.seams import NO_SEAMS, Seams
+
+COMMAND_MODULES = (
+    "streams.cli.stack",
+    "streams.cli.worker",
+    "streams.cli.data",
+    "streams.cli.bench",
+    "streams.cli.demo",
+    "streams.cli.train",
+    "streams.cli.retrain",
+    "streams.cli.vectors",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sagestream",
+        description="Streaming near-real-time user and item embeddings.",
+    )
+    parser.add_argument("--config", type=Path, help="TOML settings file (env SAGESTREAM_* wins)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as missing:
+            if missing.name and missing.name.startswith(("torch", "onnx", "matplotlib")):
+                continue  # the trainer's extra is not installed: its commands are absent
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, seams: Seams = NO_SEAMS) -> int:
+    """`seams` reach the worker's wiring: only the fault tests pass others (streams/seams.py)."""
+    args = build_parser().parse_args(argv)
+    args.seams = seams
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("kafka", "aiokafka", "faust", "mode", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return int(args.func(args) or 0)

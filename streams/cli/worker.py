@@ -1,0 +1,64 @@
+"""`sagestream worker`: the ingest stream processor."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+from pathlib import Path
+
+from streams.cli.common import settings_of
+from streams.metrics import IngestMetrics
+from streams.runtimes.limits import RunLimits
+from streams.runtimes.wiring import EXIT_FATAL
+from streams.wire.topics import ensure_topics
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser("worker", help="consume engagements into the Redis state")
+    parser.add_argument(
+        "--runtime",
+        choices=["batch", "faust"],
+        default="batch",
+        help="the aiokafka batch loop (default: 1.7x Faust's ingest rate here, see the README), "
+        "or the Faust agent over the same core",
+    )
+    parser.add_argument("--max-events", type=int, help="stop after this many records")
+    parser.add_argument(
+        "--until-idle",
+        type=float,
+        metavar="SECONDS",
+        help="stop when no record arrived for this long (burst mode)",
+    )
+    parser.add_argument("--stats", type=Path, help="write run statistics (JSON) here on exit")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_of(args)
+    ensure_topics(settings)
+    limits = RunLimits(max_events=args.max_events, until_idle_s=args.until_idle)
+    metrics = IngestMetrics()
+    if args.runtime == "batch":
+        from streams.runtimes.batch import BatchRuntime
+
+        metrics.serve(settings.metrics.host, settings.metrics.port)
+        try:
+            stats = asyncio.run(BatchRuntime(settings, metrics, limits, args.seams).run())
+        except Exception:  # nothing was committed past the failed batch; say so and stop
+            log.critical("batch failed; stopped without committing it", exc_info=True)
+            return EXIT_FATAL
+        events, seconds = stats.events, stats.seconds
+        code = 0
+    else:
+        from streams.runtimes.faust import FaustRuntime
+
+        runtime = FaustRuntime(settings, metrics, limits, args.seams)
+        code = runtime.run()
+        events, seconds = runtime.processed, runtime.busy_seconds
+    if args.stats:
+        args.stats.write_text(json.dumps({"events": events, "seconds": seconds}))
+    return code

@@ -1,1 +1,0 @@
-"""CLI commands. Each module exposes `register(sub)`, which adds its parsers and sets `func`."""

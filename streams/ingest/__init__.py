@@ -1,0 +1,1 @@
+"""Records into Redis state: the engagement ingest core and the catalog consumer. Runtime-free."""

@@ -1,0 +1,111 @@
+"""What both runtimes share: clients built from settings inside the running loop, and one worker
+wired from them (ingest core, commit order, updater, catalog consumer, backpressure), plus the
+periodic tick and the lag gauge. A runtime adds only its loop."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaProducer
+
+from state import RedisState
+from streams.ingest.catalog import CatalogConsumer, start_catalog_consumer
+from streams.ingest.core import IngestCore
+from streams.metrics import IngestMetrics
+from streams.runtimes.backpressure import Backpressure
+from streams.runtimes.checkpoint import Checkpoint, Commit
+from streams.seams import NO_SEAMS, Seams
+from streams.settings import RedisSettings, Settings
+from streams.vectors.updater import Updater, start_updater
+from streams.wire.dlq import KafkaDeadLetterSink
+
+EXIT_FATAL = 70  # EX_SOFTWARE: a worker that stopped rather than commit past a failure
+TICK_EVERY_S = 5.0  # how often the backlog is counted (gauges and backpressure)
+Shards = Callable[[], Sequence[tuple[str, int]]]
+Highwater = Callable[[str, int], int | None]
+
+
+def redis_client(settings: RedisSettings) -> aioredis.Redis:
+    """TLS is chosen by the URL scheme (rediss://); `tls = true` upgrades a redis:// URL."""
+    url = settings.url
+    extra: dict[str, Any] = {}
+    if settings.tls or url.startswith("rediss://"):
+        url = "rediss://" + url.removeprefix("redis://").removeprefix("rediss://")
+        if settings.tls_ca_file:
+            extra["ssl_ca_certs"] = str(settings.tls_ca_file)
+    return aioredis.Redis.from_url(
+        url,
+        username=settings.username,
+        password=settings.password.get_secret_value() if settings.password else None,
+        health_check_interval=30,
+        socket_timeout=10,
+        socket_connect_timeout=5,
+        **extra,
+    )
+
+
+def producer(settings: Settings) -> AIOKafkaProducer:
+    """acks=all and idempotence: a dead letter that the broker acknowledged is not lost."""
+    return AIOKafkaProducer(
+        **settings.kafka.aiokafka_kwargs(), acks="all", enable_idempotence=True, linger_ms=5
+    )
+
+
+@dataclass
+class Worker:
+    checkpoint: Checkpoint
+    state: RedisState
+    redis: aioredis.Redis
+    backpressure: Backpressure
+    updater: Updater | None
+    metrics: IngestMetrics
+
+    async def tick(self) -> None:
+        """Count the dirty backlog: the gauges, and the backlog reason of backpressure."""
+        backlog = await self.state.dirty_backlog()
+        for kind, count in backlog.items():
+            self.metrics.dirty_backlog.labels(kind=kind).set(count)
+        self.backpressure.observe_backlog(sum(backlog.values()))
+
+    def record_lag(self, next_offsets: Mapping[tuple[str, int], int], highwater: Highwater) -> None:
+        for (topic, partition), next_offset in next_offsets.items():
+            end = highwater(topic, partition)
+            if end is not None:
+                lag = max(0, end - next_offset)
+                self.metrics.lag.labels(topic=topic, partition=str(partition)).set(lag)
+
+
+async def wire_worker(
+    settings: Settings,
+    metrics: IngestMetrics,
+    resources: AsyncExitStack,
+    *,
+    shards: Shards,
+    commit: Commit,
+    on_fatal: Callable[[], None],
+    seams: Seams = NO_SEAMS,
+) -> Worker:
+    """Connect Redis and the dead-letter producer, start the updater and the catalog consumer;
+    everything closes when `resources` closes."""
+    client = redis_client(settings.redis)
+    resources.push_async_callback(client.aclose)
+    await client.ping()
+    dlq_producer = producer(settings)
+    await dlq_producer.start()
+    resources.push_async_callback(dlq_producer.stop)
+    state = RedisState(client, settings.state, prefix=settings.redis.key_prefix)
+    sink = KafkaDeadLetterSink(dlq_producer, settings.topics.dlq_suffix)
+    core = IngestCore(state, sink, metrics, settings.retry.backoff(), seams)
+    backpressure = Backpressure(settings.reencode.max_backlog, metrics)
+    updater = await start_updater(settings, client, metrics, shards, resources, on_fatal, seams)
+    if updater is not None:
+        store = updater.store
+        backpressure.watch(lambda: store.failing_since is not None, lambda: updater.failing)
+    catalog = CatalogConsumer(settings, client, sink, metrics)
+    start_catalog_consumer(catalog, resources, on_fatal)
+    checkpoint = Checkpoint(core, commit, seams)
+    return Worker(checkpoint, state, client, backpressure, updater, metrics)

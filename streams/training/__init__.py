@@ -1,0 +1,1 @@
+"""Offline: datasets into training data, retraining with a promotion gate, evaluating the store."""

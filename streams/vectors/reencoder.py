@@ -1,0 +1,516 @@
+"""The re-encode scheduler: dirty marks in, fresh vectors in Qdrant out, marks cleared last.
+
+Transport-agnostic: a runtime calls `Reencoder.run_pass(shards)` (or `run`, which repeats it every
+`window_s`, so marks written meanwhile coalesce into one encode per entity). One pass:
+
+1. drain up to `marks_per_shard` user and item marks from each given shard and, when asked, the
+   catalog's "content arrived" marks; entities are deduplicated across shards;
+2. items: read their state (version first, then degree and merged neighbours), their recorded
+   basis and their content; decide (`item_reason`): never encoded by this model -> ``cold_start``;
+   content arrived or changed -> ``content``; top-K neighbour ids changed, or a weight (relative
+   to the strongest) or the degree moved by at least `item_min_change` relatively ->
+   ``neighbours``; otherwise skipped (the stored vector stands);
+3. users: read version, newest ts and sequence; every dirty user re-encodes (``sequence``);
+4. the item vectors a user's history needs come, in this order, from this pass's micro-batch
+   (the freshest there is), else from Qdrant in the collection of the model being written (never
+   through the alias: during a model switch that could be another model, and a user vector must
+   be built from item vectors of its own model), else - an item that has no vector of this model
+   yet, e.g. its mark waits in a shard this worker does not drain - it is encoded now from its
+   full state like any cold item and upserted with the batch. The last case is rare; computing
+   it in full rather than content-only keeps the user vector equal to what an oracle computes;
+5. micro-batches: content vectors (cached per (item, content version)), item vectors, user
+   vectors, each `encode_batch` rows per onnxruntime call, in a worker thread;
+6. one guarded upsert (`wait=True`) of every record, labelled with the state version read
+   before encoding: users `user_version`; items `item_version + content_version`, a sum of two
+   counters that only grow, so it never decreases;
+7. only after the upsert returned: record the encoded items' bases, then clear exactly the marks
+   read in step 1 (a mark dirtied again meanwhile stays). A crash anywhere before re-does the
+   pass: at-least-once, made idempotent by the store's state-version guard.
+
+With `item_min_change = 0` no item is ever skipped, so every vector equals a from-scratch encode
+of the current state (RELIABILITY I2); above 0, a skipped item keeps the vector and payload
+state_version of its last material encode, and its basis in Redis says what that was.
+A user's vector is built from the item vectors of the moment it is encoded: a later change of an
+item alone does not re-encode the users who hold it (no fan-out), as in OmniSage/PinnerFormer's
+daily refresh; a backfill with a new model brings everyone to the same item vectors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import redis.asyncio as aioredis
+
+from encoders.data import ACTION_CODES, FloatArray, IntArray, TimeArray
+from encoders.runtime import EncoderBundle
+from state import RedisState, StateConfig, VectorRecord, VectorStore
+from state.catalog import CatalogRecord, CatalogStore
+from state.encode_inputs import EncodeBasis, EncodeInputs, ItemInputs, UserInputs
+from state.keys import DIRTY_KINDS
+from streams.settings import ReencodeSettings
+from streams.vectors.rules import (
+    REASONS,
+    Marks,
+    PassStats,
+    Reason,
+    Shard,
+    item_reason,
+    material_change,
+)
+
+__all__ = ["REASONS", "PassStats", "Reason", "Reencoder", "Shard"]
+
+
+@dataclass(frozen=True)
+class _ItemPlan:
+    """One item to encode now, with the inputs read before encoding."""
+
+    reason: Reason
+    state: ItemInputs
+    content: CatalogRecord
+    basis: EncodeBasis  # becomes the item's basis once the upsert returned
+    first_ts: float | None
+
+
+def _batches(n: int, size: int) -> Iterable[slice]:
+    return (slice(start, min(n, start + size)) for start in range(0, n, size))
+
+
+class Reencoder:
+    """Drains dirty marks, encodes what changed materially, upserts, then clears the marks."""
+
+    def __init__(
+        self,
+        state: RedisState,
+        inputs: EncodeInputs,
+        catalog: CatalogStore,
+        store: VectorStore,
+        bundle: EncoderBundle,
+        settings: ReencodeSettings,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._state, self._inputs, self._catalog = state, inputs, catalog
+        self._store, self._cfg, self._clock = store, settings, clock
+        self._content_cache: OrderedDict[tuple[str, int], FloatArray] = OrderedDict()
+        self._prepared: str | None = None
+        self.bundle = bundle
+        self.shadow: Reencoder | None = None  # the next model while a switch dual-writes
+        self._after_vector_write: Callable[[], None] = lambda: None
+
+    @classmethod
+    def connect(
+        cls,
+        client: aioredis.Redis,
+        state_config: StateConfig,
+        prefix: str,
+        store: VectorStore,
+        bundle: EncoderBundle,
+        settings: ReencodeSettings,
+    ) -> Reencoder:
+        """A scheduler over one Redis client (the worker's), with the settings' knobs."""
+        return cls(
+            RedisState(client, state_config, prefix),
+            EncodeInputs(client, state_config, prefix),
+            CatalogStore(client, prefix),
+            store,
+            bundle,
+            settings,
+        )
+
+    def on_vector_write(self, hook: Callable[[], None]) -> None:
+        """Call `hook` after each pass's upserts, before its marks are cleared (crash tests)."""
+        self._after_vector_write = hook
+
+    def swap(self, bundle: EncoderBundle) -> None:
+        """Encode with another model version from the next pass on (cached content is its own).
+
+        Call it between passes (e.g. from `run`'s `on_pass`), never while a pass is awaited."""
+        self.bundle = bundle
+        self._content_cache.clear()
+
+    # -- loop ----------------------------------------------------------------------------------
+
+    async def run(
+        self,
+        shards: Callable[[], Sequence[Shard]],
+        stop: asyncio.Event,
+        on_pass: Callable[[PassStats], None] | None = None,
+        *,
+        catalog: bool = True,
+        between: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Pass after pass until `stop`: right away while a pass drains full pages of marks,
+        otherwise `window_s` after the previous pass began, so new marks coalesce. `between`
+        runs after each pass (model lifecycle steps), never while a pass is in flight."""
+        while not stop.is_set():
+            began = time.monotonic()
+            stats = await self.run_pass(shards(), catalog=catalog)
+            if on_pass is not None:
+                on_pass(stats)
+            if between is not None:
+                await between()
+            if stats.more_waiting:
+                continue
+            wait = self._cfg.window_s - (time.monotonic() - began)
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), wait)
+
+    async def run_until_idle(
+        self, shards: Sequence[Shard], *, catalog: bool = True, max_passes: int = 1000
+    ) -> list[PassStats]:
+        """Passes until one finds no marks (burst mode, tests); the idle pass is included."""
+        done: list[PassStats] = []
+        for _ in range(max_passes):
+            done.append(await self.run_pass(shards, catalog=catalog))
+            if done[-1].idle:
+                return done
+        raise RuntimeError(f"marks still pending after {max_passes} passes")
+
+    # -- one pass --------------------------------------------------------------------------------
+
+    async def run_pass(self, shards: Sequence[Shard], *, catalog: bool = True) -> PassStats:
+        """Drain, write every target, clear; see the module docstring."""
+        stats = PassStats()
+        marks = await self._drain(shards, catalog)
+        stats.marks = marks.count()
+        stats.more_waiting = marks.full(self._cfg.marks_per_shard)
+        if stats.idle:
+            return stats
+        await self.write(marks, stats)
+        if self.shadow is not None:  # a model switch is under way: dual writes
+            await self.shadow.write(marks, PassStats(), primary=False)
+        self._after_vector_write()
+        await self._clear(marks)
+        return stats
+
+    async def write(
+        self,
+        marks: Marks,
+        stats: PassStats,
+        *,
+        primary: bool = True,
+        insert_only: bool = False,
+        refresh: bool = False,
+    ) -> None:
+        """Encode what `marks` name with this model and upsert it (steps 2-6).
+
+        The primary (serving) model skips immaterial item changes and records bases and
+        freshness; a shadow (the next model during a switch) and a backfill encode every item
+        named, since the recorded bases belong to the primary model. `insert_only` and `refresh`
+        are the store's write modes (`VectorStore.upsert`).
+        """
+        await self._prepare()
+        arrived = {item_id for item_id, _ in marks.catalog}
+        plans = await self._plan_items(marks.items(), arrived, stats, skip=primary)
+        users = {
+            shard: await self._inputs.users(*shard, ids) for shard, ids in marks.users().items()
+        }
+        stored = await self._history_vectors(users, plans)
+        vectors = await self._encode_items(plans, stats)
+        records = [self._item_record(plan, vectors[i]) for i, plan in plans.items()]
+        records += await self._encode_users(users, {**stored, **vectors}, stats)
+        await self._upsert(records, stats, insert_only=insert_only, refresh=refresh)
+        if primary:
+            self._freshness(stats, plans, marks)
+            await self._inputs.put_bases({i: p.basis for i, p in plans.items()})
+
+    def spawn(self, bundle: EncoderBundle) -> Reencoder:
+        """A scheduler for another model on the same state and store (a switch's shadow)."""
+        return Reencoder(
+            self._state, self._inputs, self._catalog, self._store, bundle, self._cfg, self._clock
+        )
+
+    async def _prepare(self) -> None:
+        """Create this model's collections once per bundle (idempotent on the store's side)."""
+        if self._prepared != self.bundle.version:
+            await asyncio.to_thread(self._store.prepare, self.bundle.version, self.bundle.dim)
+            self._prepared = self.bundle.version
+
+    async def _drain(self, shards: Sequence[Shard], catalog: bool) -> Marks:
+        marks = Marks()
+        limit = self._cfg.marks_per_shard
+        for topic, partition in dict.fromkeys(shards):
+            for kind in DIRTY_KINDS:
+                marks.shards[(topic, partition, kind)] = await self._state.dirty(
+                    topic, partition, kind, limit
+                )
+        if catalog:
+            marks.catalog = await self._catalog.dirty(limit)
+        return marks
+
+    async def _clear(self, marks: Marks) -> None:
+        for (topic, partition, kind), read in marks.shards.items():
+            await self._state.clear_dirty(topic, partition, kind, read)
+        await self._catalog.clear_dirty(marks.catalog)
+
+    # -- items -----------------------------------------------------------------------------------
+
+    async def _plan_items(
+        self, first_ts: Mapping[str, float], arrived: set[str], stats: PassStats, *, skip: bool
+    ) -> dict[str, _ItemPlan]:
+        """Read dirty items' state, basis and content; keep those that must be encoded
+        (all of them unless `skip`: immaterial changes are skipped only by the primary)."""
+        ids = list(first_ts)
+        if not ids:
+            return {}
+        states = await self._inputs.items(ids, self.bundle.neighbours)
+        bases = await self._inputs.bases(ids)
+        contents = await self._catalog.get(ids)
+        plans: dict[str, _ItemPlan] = {}
+        for item_id in ids:
+            content = contents.get(item_id) or CatalogRecord.empty(item_id)
+            state = states[item_id]
+            basis = bases.get(item_id)
+            changed = basis is not None and material_change(
+                basis, state.neighbours, state.degree, self._cfg.item_min_change
+            )
+            reason = item_reason(
+                basis, self.bundle.version, item_id in arrived, content.content_version, changed
+            )
+            if reason is None and not skip:
+                reason = "neighbours"
+            if reason is None:
+                stats.items_skipped += 1
+                continue
+            plan_basis = self._basis(state, content)
+            plans[item_id] = _ItemPlan(reason, state, content, plan_basis, first_ts[item_id])
+        return plans
+
+    def _basis(self, state: ItemInputs, content: CatalogRecord) -> EncodeBasis:
+        """What the item is encoded from; its weights are already relative (merge_relative)."""
+        return EncodeBasis(
+            state_version=state.version + content.content_version,
+            model_version=self.bundle.version,
+            neighbours=tuple(n for n, _ in state.neighbours),
+            weights=tuple(w for _, w in state.neighbours),
+            degree=state.degree,
+            content_version=content.content_version,
+        )
+
+    async def _cold_plans(self, ids: Iterable[str]) -> dict[str, _ItemPlan]:
+        """Plans for items a history needs that have no vector of this model (step 4)."""
+        wanted = list(ids)
+        if not wanted:
+            return {}
+        states = await self._inputs.items(wanted, self.bundle.neighbours)
+        contents = await self._catalog.get(wanted)
+        plans = {}
+        for item_id in wanted:
+            content = contents.get(item_id) or CatalogRecord.empty(item_id)
+            basis = self._basis(states[item_id], content)
+            plans[item_id] = _ItemPlan("cold_start", states[item_id], content, basis, None)
+        return plans
+
+    async def _encode_items(
+        self, plans: Mapping[str, _ItemPlan], stats: PassStats
+    ) -> dict[str, FloatArray]:
+        """Item vectors of every plan: own and neighbour content, relative weights, degree."""
+        if not plans:
+            return {}
+        neighbour_ids = {n for p in plans.values() for n in p.basis.neighbours} - set(plans)
+        records = {i: p.content for i, p in plans.items()}
+        cached = await self._cached_neighbours(neighbour_ids)
+        missing = neighbour_ids - set(cached)
+        found = await self._catalog.get(missing)
+        records.update({n: found.get(n) or CatalogRecord.empty(n) for n in missing})
+        content = {**cached, **await self._content_vectors(records, stats)}
+        ids = list(plans)
+        own = np.stack([content[i] for i in ids])
+        nbr = [self._neighbour_rows(plans[i].basis, content) for i in ids]
+        weights = [np.asarray(plans[i].basis.weights, dtype=np.float32) for i in ids]
+        degrees = np.asarray([plans[i].state.degree for i in ids], dtype=np.float32)
+        out = await self._timed(stats, self._item_rows, own, nbr, weights, degrees)
+        for plan in plans.values():
+            stats.items_encoded += 1
+            stats.reasons[plan.reason] += 1
+        return dict(zip(ids, out, strict=True))
+
+    def _neighbour_rows(self, basis: EncodeBasis, content: Mapping[str, FloatArray]) -> FloatArray:
+        if not basis.neighbours:
+            return np.zeros((0, self.bundle.content_dim), dtype=np.float32)
+        return np.stack([content[n] for n in basis.neighbours])
+
+    def _item_rows(
+        self,
+        own: FloatArray,
+        nbr: Sequence[FloatArray],
+        weights: Sequence[FloatArray],
+        degrees: FloatArray,
+    ) -> FloatArray:
+        parts = [
+            self.bundle.item_vectors(own[s], nbr[s], weights[s], degrees[s])
+            for s in _batches(len(own), self._cfg.encode_batch)
+        ]
+        return np.concatenate(parts)
+
+    def _cached(self, item_id: str, content_version: int) -> FloatArray | None:
+        """The cached content vector of this content version (marked recently used), if any."""
+        key = (item_id, content_version)
+        vector = self._content_cache.get(key)
+        if vector is not None:
+            self._content_cache.move_to_end(key)
+        return vector
+
+    async def _cached_neighbours(self, ids: set[str]) -> dict[str, FloatArray]:
+        """Content vectors of neighbours whose content version is cached: one small read of
+        their versions instead of their whole records (a neighbour list names ten or so items
+        per dirty item, and most of them are cached)."""
+        versions = await self._catalog.versions(ids)
+        found = {i: self._cached(i, versions.get(i, 0)) for i in ids}
+        return {i: vector for i, vector in found.items() if vector is not None}
+
+    async def _content_vectors(
+        self, records: Mapping[str, CatalogRecord], stats: PassStats
+    ) -> dict[str, FloatArray]:
+        """Content vectors, from the cache when the item's content version is unchanged."""
+        out: dict[str, FloatArray] = {}
+        missing = []
+        for item_id, record in records.items():
+            vector = self._cached(item_id, record.content_version)
+            if vector is None:
+                missing.append(record)
+            else:
+                out[item_id] = vector
+        if missing:
+            cache = self._content_cache
+            rows = await self._timed(stats, self._content_rows, missing)
+            for record, row in zip(missing, rows, strict=True):
+                out[record.item_id] = row
+                cache[(record.item_id, record.content_version)] = row
+            while len(cache) > self._cfg.content_cache:
+                cache.popitem(last=False)
+        return out
+
+    def _content_rows(self, records: Sequence[CatalogRecord]) -> FloatArray:
+        parts = [
+            self.bundle.content_vectors(records[s])
+            for s in _batches(len(records), self._cfg.encode_batch)
+        ]
+        return np.concatenate(parts)
+
+    def _item_record(self, plan: _ItemPlan, vector: FloatArray) -> VectorRecord:
+        known = [t for t in (plan.first_ts, plan.content.put_ts) if t is not None]
+        return VectorRecord(
+            "items",
+            plan.content.item_id,
+            vector,
+            plan.basis.state_version,
+            max(known, default=0.0),
+        )
+
+    # -- users -----------------------------------------------------------------------------------
+
+    def _history(self, user: UserInputs) -> list[tuple[str, int, float]]:
+        """The part of a sequence the user encoder reads: the last `seq_len` actions plus the one
+        before (it sets the first time gap); actions outside ACTION_CODES are left out."""
+        usable = [
+            (e.item_id, ACTION_CODES[e.action], e.ts)
+            for e in user.sequence
+            if e.action in ACTION_CODES
+        ]
+        return usable[-(self.bundle.seq_len + 1) :]
+
+    async def _history_vectors(
+        self,
+        users: Mapping[Shard, Mapping[str, UserInputs]],
+        plans: dict[str, _ItemPlan],
+    ) -> dict[str, FloatArray]:
+        """Stored vectors of history items not encoded in this pass; items with no vector of
+        this model are added to `plans` (step 4 of the module docstring)."""
+        needed = {
+            item_id
+            for shard_users in users.values()
+            for user in shard_users.values()
+            for item_id, _, _ in self._history(user)
+        } - set(plans)
+        if not needed:
+            return {}
+        found = await asyncio.to_thread(
+            self._store.get, "items", needed, version=self.bundle.version
+        )
+        plans.update(await self._cold_plans(sorted(needed - set(found))))
+        return {item_id: point.vector for item_id, point in found.items()}
+
+    async def _encode_users(
+        self,
+        users: Mapping[Shard, Mapping[str, UserInputs]],
+        item_vectors: Mapping[str, FloatArray],
+        stats: PassStats,
+    ) -> list[VectorRecord]:
+        """One record per dirty user with a usable history; the others are skipped."""
+        rows: list[tuple[UserInputs, list[tuple[str, int, float]]]] = []
+        for shard_users in users.values():
+            for user in shard_users.values():
+                history = self._history(user)
+                if history:
+                    rows.append((user, history))
+                else:
+                    stats.users_skipped += 1
+        if not rows:
+            return []
+        histories = [
+            (
+                np.stack([item_vectors[i] for i, _, _ in history]),
+                np.asarray([a for _, a, _ in history], dtype=np.int64),
+                np.asarray([t for _, _, t in history], dtype=np.float64),
+            )
+            for _, history in rows
+        ]
+        out = await self._timed(stats, self._user_rows, histories)
+        stats.users_encoded += len(rows)
+        stats.reasons["sequence"] += len(rows)
+        return [
+            VectorRecord("users", user.user_id, vector, user.version, self._user_ts(user))
+            for (user, _), vector in zip(rows, out, strict=True)
+        ]
+
+    @staticmethod
+    def _user_ts(user: UserInputs) -> float:
+        if user.ts_max is not None:
+            return user.ts_max
+        return max((e.ts for e in user.sequence), default=0.0)
+
+    def _user_rows(self, histories: Sequence[tuple[FloatArray, IntArray, TimeArray]]) -> FloatArray:
+        parts = [
+            self.bundle.user_vectors(histories[s])
+            for s in _batches(len(histories), self._cfg.encode_batch)
+        ]
+        return np.concatenate(parts)
+
+    # -- writes and bookkeeping --------------------------------------------------------------------
+
+    async def _upsert(
+        self, records: Sequence[VectorRecord], stats: PassStats, *, insert_only: bool, refresh: bool
+    ) -> None:
+        if not records:
+            return
+        began = time.perf_counter()
+        write = functools.partial(self._store.upsert, insert_only=insert_only, refresh=refresh)
+        await asyncio.to_thread(write, self.bundle.version, records)
+        stats.upsert_s += time.perf_counter() - began
+
+    def _freshness(self, stats: PassStats, plans: Mapping[str, _ItemPlan], marks: Marks) -> None:
+        """Upsert wall time minus each encoded entity's first dirty ts (one sample each)."""
+        now = self._clock()
+        for plan in plans.values():
+            if plan.first_ts is not None:
+                stats.freshness_s["items"].append(now - plan.first_ts)
+        for shard_marks in marks.users().values():
+            stats.freshness_s["users"].extend(now - ts for ts in shard_marks.values())
+
+    async def _timed(
+        self, stats: PassStats, work: Callable[..., FloatArray], *args: object
+    ) -> FloatArray:
+        """Run onnxruntime work in a thread (it releases the GIL) and count its seconds."""
+        began = time.perf_counter()
+        out = await asyncio.to_thread(work, *args)
+        stats.encode_s += time.perf_counter() - began
+        return out

@@ -1,0 +1,1 @@
+"""What tests share: the service fixtures' backends, worker processes and oracles, fault seams."""

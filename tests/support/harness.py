@@ -1,0 +1,168 @@
+"""Shared by integration tests: real workers as child processes, topics read back, the oracle."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+
+from state import CoEngagementGraph, RedisState, merge_neighbours
+from streams.settings import Settings
+from streams.wire.events import Engagement, decode_engagement
+from tests.support.faults import FaultPlan
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def start_worker(
+    settings: Settings, *args: str, log: Path | None = None, faults: FaultPlan | None = None
+) -> subprocess.Popen[bytes]:
+    """The real `sagestream worker` in its own process, so it can be killed with SIGKILL;
+    with `faults`, through the seams of tests/support/faults.py."""
+    env = dict(os.environ, **settings.to_env())
+    entry = "streams.cli"
+    if faults is not None:
+        env.update(faults.to_env())
+        entry = "tests.support.faults"
+    cmd = [sys.executable, "-m", entry, "worker", *args]
+    if log is None:
+        return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL)
+    with open(log, "ab") as out:  # the child keeps its own descriptor
+        return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+
+
+def run_worker(
+    settings: Settings,
+    *args: str,
+    timeout: float = 240,
+    log: Path | None = None,
+    faults: FaultPlan | None = None,
+) -> int:
+    proc = start_worker(settings, *args, log=log, faults=faults)
+    try:
+        return proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+
+
+def read_topic(settings: Settings, topic: str, timeout_s: float = 30) -> list[ConsumerRecord]:
+    """Every record of `topic`, without a consumer group, in (partition, offset) order."""
+    consumer = KafkaConsumer(
+        **settings.kafka.client_kwargs(), enable_auto_commit=False, group_id=None
+    )
+    try:
+        parts = [
+            TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        ends = consumer.end_offsets(parts)
+        records: list[ConsumerRecord] = []
+        deadline = time.monotonic() + timeout_s
+        while any(consumer.position(tp) < ends[tp] for tp in parts):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not read {topic} to its end")
+            for batch in consumer.poll(timeout_ms=500).values():
+                records.extend(batch)
+        return sorted(records, key=lambda r: (r.partition, r.offset))
+    finally:
+        consumer.close()
+
+
+def committed_offsets(settings: Settings) -> dict[int, int]:
+    admin = KafkaAdminClient(**settings.kafka.client_kwargs())
+    try:
+        group = settings.kafka.group_id
+        found = admin.list_group_offsets({group: None})[group]
+    finally:
+        admin.close()
+    return {
+        tp.partition: meta.offset
+        for tp, meta in found.items()
+        if tp.topic == settings.topics.engagements
+    }
+
+
+def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
+    consumer = KafkaConsumer(**settings.kafka.client_kwargs(), group_id=None)
+    try:
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        return {tp.partition: off for tp, off in consumer.end_offsets(parts).items()}
+    finally:
+        consumer.close()
+
+
+@dataclass
+class Oracle:
+    """State recomputed from scratch: every valid event applied once, per partition, in order."""
+
+    settings: Settings
+    shards: dict[int, CoEngagementGraph] = field(default_factory=dict)
+    events: dict[int, list[tuple[int, Engagement]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+
+    @classmethod
+    def from_records(cls, settings: Settings, records: Iterable[ConsumerRecord]) -> Oracle:
+        oracle = cls(settings)
+        for record in records:
+            decoded = decode_engagement(record.value or b"")
+            key_ok = record.key is None or record.key == getattr(decoded, "user_id", "").encode()
+            if isinstance(decoded, Engagement) and key_ok:
+                oracle.events[record.partition].append((record.offset, decoded))
+        for partition, events in oracle.events.items():
+            graph = CoEngagementGraph(settings.state)
+            graph.add_many(event for _, event in events)
+            oracle.shards[partition] = graph
+        return oracle
+
+    @property
+    def valid_count(self) -> int:
+        return sum(len(v) for v in self.events.values())
+
+    def items(self) -> set[str]:
+        return {e.item_id for events in self.events.values() for _, e in events}
+
+
+async def mismatches(state: RedisState, oracle: Oracle) -> list[str]:
+    """Every difference between Redis and the oracle (empty means I1 holds)."""
+    topic = oracle.settings.topics.engagements
+    found: list[str] = []
+    for partition, events in oracle.events.items():
+        graph = oracle.shards[partition]
+        if await state.watermark(topic, partition) != events[-1][0]:
+            found.append(f"partition {partition}: watermark differs")
+        for user in sorted({e.user_id for _, e in events}):
+            if await state.user_sequence(topic, partition, user) != graph.sequence(user):
+                found.append(f"user {user}: sequence differs")
+            if await state.user_version(topic, partition, user) != graph.user_version(user):
+                found.append(f"user {user}: version differs")
+    k = oracle.settings.state.k_max
+    for item in sorted(oracle.items()):
+        expected = merge_neighbours(oracle.shards.values(), item, k)
+        got = await state.item_neighbours(item, k)
+        if not _same_weights(got, expected):
+            found.append(f"item {item}: neighbours differ")
+        if await state.item_version(item) != sum(
+            g.item_version(item) for g in oracle.shards.values()
+        ):
+            found.append(f"item {item}: version differs")
+    return found
+
+
+def _same_weights(got: list[tuple[str, float]], expected: list[tuple[str, float]]) -> bool:
+    if len(got) != len(expected):
+        return False
+    want = dict(expected)
+    return all(i in want and abs(w - want[i]) <= 1e-9 * max(1.0, abs(w)) for i, w in got)

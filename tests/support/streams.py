@@ -1,0 +1,31 @@
+"""Event streams the worker tests share: generated events with bad records mixed in."""
+
+from __future__ import annotations
+
+from streams.devtools.generate import GeneratorConfig, generate_events, malformed_payloads
+from streams.devtools.produce import produce_engagements, produce_raw
+from streams.settings import Settings
+from streams.wire.events import Engagement, encode_engagement
+from streams.wire.topics import ensure_topics
+
+SMALL = GeneratorConfig(users=150, items=300, communities=4, events=3000, seed=11)
+
+
+def produce_mixed(settings: Settings, cfg: GeneratorConfig, bad: int) -> list[tuple[bytes, str]]:
+    """Valid generated events with malformed payloads and one mis-keyed event in between."""
+    ensure_topics(settings)
+    events = list(generate_events(cfg))
+    half = len(events) // 2
+    produce_engagements(settings, events[:half])
+    malformed = malformed_payloads(seed=3, n=bad)
+    produce_raw(
+        settings, [(b"u-bad", payload) for payload, _ in malformed], settings.topics.engagements
+    )
+    mis_keyed = events[half]
+    produce_raw(settings, [(b"someone-else", _encode(mis_keyed))], settings.topics.engagements)
+    produce_engagements(settings, events[half + 1 :])
+    return [*malformed, (_encode(mis_keyed), "key_mismatch")]
+
+
+def _encode(event: Engagement) -> bytes:
+    return encode_engagement(event)
