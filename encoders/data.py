@@ -8,8 +8,9 @@ features), and the encoder reads its output at ``length - 1``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -58,6 +59,25 @@ class TrainingData:
         assert self.token_ids.shape[0] == n and self.dense.shape[0] == n
         assert self.neighbours.shape == self.neighbour_weights.shape
         assert self.neighbours.shape[0] == n and self.degrees.shape == (n,)
+
+
+class _Action(Protocol):
+    @property
+    def item_id(self) -> str: ...
+    @property
+    def action(self) -> str: ...
+    @property
+    def ts(self) -> float: ...
+
+
+def encoder_window(sequence: Iterable[_Action], seq_len: int) -> list[tuple[str, int, float]]:
+    """What the user encoder reads of a sequence: its last `seq_len` usable actions plus the one
+    before (which sets the first time gap), as (item, action code, ts); actions outside
+    ACTION_CODES are left out. Serving and every bench read a sequence through this one rule."""
+    usable = [
+        (e.item_id, ACTION_CODES[e.action], e.ts) for e in sequence if e.action in ACTION_CODES
+    ]
+    return usable[-(seq_len + 1) :]
 
 
 def training_length(n: int) -> int:

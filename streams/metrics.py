@@ -129,7 +129,7 @@ class IngestMetrics:
         )
 
     def observe_pass(self, stats: PassStats) -> None:
-        """Export one re-encode pass (streams/reencode.py)."""
+        """Export one re-encode pass (streams/vectors/reencoder.py)."""
         if stats.idle:
             return
         for kind, samples in stats.freshness_s.items():

@@ -153,8 +153,8 @@ class MetricsSettings(_Section):
 
 
 class ReencodeSettings(_Section):
-    """The re-encode scheduler (streams/reencode.py): how long marks coalesce, how much one pass
-    drains and encodes, and when a changed neighbour list is worth a new item vector."""
+    """The re-encode scheduler (streams/vectors/reencoder.py): how long marks coalesce, how much
+    one pass drains and encodes, and when a changed neighbour list is worth a new item vector."""
 
     window_s: float = Field(default=0.25, gt=0)  # marks coalesce this long between passes
     marks_per_shard: int = Field(default=2000, ge=1)  # marks read per shard and kind per pass

@@ -57,8 +57,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ev.add_argument(
         "--store",
         action="store_true",
-        help="also score the vectors readers get from Qdrant (streams/store_eval.py), on the "
-        "same cases; the stream must have been fed each user's events up to the test target",
+        help="also score the vectors readers get from Qdrant (streams/training/store_eval.py), "
+        "on the same cases; the stream must have been fed each user's events up to the test target",
     )
     ev.set_defaults(func=run_eval)
 

@@ -107,7 +107,7 @@ async def run_backfill(
     settings: Settings, client: aioredis.Redis, version: str, flip: bool, refresh: bool = False
 ) -> dict[str, float]:
     """`sagestream backfill`: every entity into `version`'s collections, then optionally flip.
-    `refresh` rewrites existing points of the same state version (streams/lifecycle.py)."""
+    `refresh` rewrites existing points of the same state version (streams/vectors/switch.py)."""
     root = settings.models.registry
     if root is None:
         raise SystemExit("backfill needs models.registry (SAGESTREAM_MODELS__REGISTRY)")

@@ -41,20 +41,20 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import redis.asyncio as aioredis
 
-from encoders.data import ACTION_CODES, FloatArray, IntArray, TimeArray
+from encoders.data import FloatArray, encoder_window
 from encoders.runtime import EncoderBundle
 from state import RedisState, StateConfig, VectorRecord, VectorStore
 from state.catalog import CatalogRecord, CatalogStore
 from state.encode_inputs import EncodeBasis, EncodeInputs, ItemInputs, UserInputs
-from state.keys import DIRTY_KINDS
 from streams.settings import ReencodeSettings
+from streams.vectors.encoding import ContentCache, content_rows, item_rows, user_rows
+from streams.vectors.marks import MarkBook
 from streams.vectors.rules import (
     REASONS,
     Marks,
@@ -79,10 +79,6 @@ class _ItemPlan:
     first_ts: float | None
 
 
-def _batches(n: int, size: int) -> Iterable[slice]:
-    return (slice(start, min(n, start + size)) for start in range(0, n, size))
-
-
 class Reencoder:
     """Drains dirty marks, encodes what changed materially, upserts, then clears the marks."""
 
@@ -98,10 +94,11 @@ class Reencoder:
     ) -> None:
         self._state, self._inputs, self._catalog = state, inputs, catalog
         self._store, self._cfg, self._clock = store, settings, clock
-        self._content_cache: OrderedDict[tuple[str, int], FloatArray] = OrderedDict()
+        self._marks = MarkBook(state, catalog)
+        self._content = ContentCache(settings.content_cache)
         self._prepared: str | None = None
         self.bundle = bundle
-        self.shadow: Reencoder | None = None  # the next model while a switch dual-writes
+        self._shadow: Reencoder | None = None  # the next model while a switch dual-writes
         self._after_vector_write: Callable[[], None] = lambda: None
 
     @classmethod
@@ -128,12 +125,16 @@ class Reencoder:
         """Call `hook` after each pass's upserts, before its marks are cleared (crash tests)."""
         self._after_vector_write = hook
 
+    def dual_write(self, shadow: Reencoder | None) -> None:
+        """From the next pass on, also write every pass with `shadow` (None ends it)."""
+        self._shadow = shadow
+
     def swap(self, bundle: EncoderBundle) -> None:
         """Encode with another model version from the next pass on (cached content is its own).
 
         Call it between passes (e.g. from `run`'s `on_pass`), never while a pass is awaited."""
         self.bundle = bundle
-        self._content_cache.clear()
+        self._content.clear()
 
     # -- loop ----------------------------------------------------------------------------------
 
@@ -179,16 +180,16 @@ class Reencoder:
     async def run_pass(self, shards: Sequence[Shard], *, catalog: bool = True) -> PassStats:
         """Drain, write every target, clear; see the module docstring."""
         stats = PassStats()
-        marks = await self._drain(shards, catalog)
+        marks = await self._marks.drain(shards, self._cfg.marks_per_shard, catalog=catalog)
         stats.marks = marks.count()
         stats.more_waiting = marks.full(self._cfg.marks_per_shard)
         if stats.idle:
             return stats
         await self.write(marks, stats)
-        if self.shadow is not None:  # a model switch is under way: dual writes
-            await self.shadow.write(marks, PassStats(), primary=False)
+        if self._shadow is not None:  # a model switch is under way: dual writes
+            await self._shadow.write(marks, PassStats(), primary=False)
         self._after_vector_write()
-        await self._clear(marks)
+        await self._marks.clear(marks)
         return stats
 
     async def write(
@@ -233,23 +234,6 @@ class Reencoder:
         if self._prepared != self.bundle.version:
             await asyncio.to_thread(self._store.prepare, self.bundle.version, self.bundle.dim)
             self._prepared = self.bundle.version
-
-    async def _drain(self, shards: Sequence[Shard], catalog: bool) -> Marks:
-        marks = Marks()
-        limit = self._cfg.marks_per_shard
-        for topic, partition in dict.fromkeys(shards):
-            for kind in DIRTY_KINDS:
-                marks.shards[(topic, partition, kind)] = await self._state.dirty(
-                    topic, partition, kind, limit
-                )
-        if catalog:
-            marks.catalog = await self._catalog.dirty(limit)
-        return marks
-
-    async def _clear(self, marks: Marks) -> None:
-        for (topic, partition, kind), read in marks.shards.items():
-            await self._state.clear_dirty(topic, partition, kind, read)
-        await self._catalog.clear_dirty(marks.catalog)
 
     # -- items -----------------------------------------------------------------------------------
 
@@ -327,7 +311,9 @@ class Reencoder:
         nbr = [self._neighbour_rows(plans[i].basis, content) for i in ids]
         weights = [np.asarray(plans[i].basis.weights, dtype=np.float32) for i in ids]
         degrees = np.asarray([plans[i].state.degree for i in ids], dtype=np.float32)
-        out = await self._timed(stats, self._item_rows, own, nbr, weights, degrees)
+        out = await self._timed(
+            stats, item_rows, self.bundle, own, nbr, weights, degrees, self._cfg.encode_batch
+        )
         for plan in plans.values():
             stats.items_encoded += 1
             stats.reasons[plan.reason] += 1
@@ -338,33 +324,12 @@ class Reencoder:
             return np.zeros((0, self.bundle.content_dim), dtype=np.float32)
         return np.stack([content[n] for n in basis.neighbours])
 
-    def _item_rows(
-        self,
-        own: FloatArray,
-        nbr: Sequence[FloatArray],
-        weights: Sequence[FloatArray],
-        degrees: FloatArray,
-    ) -> FloatArray:
-        parts = [
-            self.bundle.item_vectors(own[s], nbr[s], weights[s], degrees[s])
-            for s in _batches(len(own), self._cfg.encode_batch)
-        ]
-        return np.concatenate(parts)
-
-    def _cached(self, item_id: str, content_version: int) -> FloatArray | None:
-        """The cached content vector of this content version (marked recently used), if any."""
-        key = (item_id, content_version)
-        vector = self._content_cache.get(key)
-        if vector is not None:
-            self._content_cache.move_to_end(key)
-        return vector
-
     async def _cached_neighbours(self, ids: set[str]) -> dict[str, FloatArray]:
         """Content vectors of neighbours whose content version is cached: one small read of
         their versions instead of their whole records (a neighbour list names ten or so items
         per dirty item, and most of them are cached)."""
         versions = await self._catalog.versions(ids)
-        found = {i: self._cached(i, versions.get(i, 0)) for i in ids}
+        found = {i: self._content.get(i, versions.get(i, 0)) for i in ids}
         return {i: vector for i, vector in found.items() if vector is not None}
 
     async def _content_vectors(
@@ -374,27 +339,19 @@ class Reencoder:
         out: dict[str, FloatArray] = {}
         missing = []
         for item_id, record in records.items():
-            vector = self._cached(item_id, record.content_version)
+            vector = self._content.get(item_id, record.content_version)
             if vector is None:
                 missing.append(record)
             else:
                 out[item_id] = vector
         if missing:
-            cache = self._content_cache
-            rows = await self._timed(stats, self._content_rows, missing)
+            rows = await self._timed(
+                stats, content_rows, self.bundle, missing, self._cfg.encode_batch
+            )
             for record, row in zip(missing, rows, strict=True):
                 out[record.item_id] = row
-                cache[(record.item_id, record.content_version)] = row
-            while len(cache) > self._cfg.content_cache:
-                cache.popitem(last=False)
+                self._content.put(record.item_id, record.content_version, row)
         return out
-
-    def _content_rows(self, records: Sequence[CatalogRecord]) -> FloatArray:
-        parts = [
-            self.bundle.content_vectors(records[s])
-            for s in _batches(len(records), self._cfg.encode_batch)
-        ]
-        return np.concatenate(parts)
 
     def _item_record(self, plan: _ItemPlan, vector: FloatArray) -> VectorRecord:
         known = [t for t in (plan.first_ts, plan.content.put_ts) if t is not None]
@@ -409,14 +366,7 @@ class Reencoder:
     # -- users -----------------------------------------------------------------------------------
 
     def _history(self, user: UserInputs) -> list[tuple[str, int, float]]:
-        """The part of a sequence the user encoder reads: the last `seq_len` actions plus the one
-        before (it sets the first time gap); actions outside ACTION_CODES are left out."""
-        usable = [
-            (e.item_id, ACTION_CODES[e.action], e.ts)
-            for e in user.sequence
-            if e.action in ACTION_CODES
-        ]
-        return usable[-(self.bundle.seq_len + 1) :]
+        return encoder_window(user.sequence, self.bundle.seq_len)
 
     async def _history_vectors(
         self,
@@ -464,7 +414,7 @@ class Reencoder:
             )
             for _, history in rows
         ]
-        out = await self._timed(stats, self._user_rows, histories)
+        out = await self._timed(stats, user_rows, self.bundle, histories, self._cfg.encode_batch)
         stats.users_encoded += len(rows)
         stats.reasons["sequence"] += len(rows)
         return [
@@ -477,13 +427,6 @@ class Reencoder:
         if user.ts_max is not None:
             return user.ts_max
         return max((e.ts for e in user.sequence), default=0.0)
-
-    def _user_rows(self, histories: Sequence[tuple[FloatArray, IntArray, TimeArray]]) -> FloatArray:
-        parts = [
-            self.bundle.user_vectors(histories[s])
-            for s in _batches(len(histories), self._cfg.encode_batch)
-        ]
-        return np.concatenate(parts)
 
     # -- writes and bookkeeping --------------------------------------------------------------------
 

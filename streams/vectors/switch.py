@@ -46,7 +46,7 @@ class ModelSwitch:
     def __init__(self, primary: Reencoder, backfill: Backfill) -> None:
         self.primary = primary
         self.backfill = backfill
-        primary.shadow = backfill.writer  # dual writes from the next pass on
+        primary.dual_write(backfill.writer)
 
     @classmethod
     async def begin(
@@ -74,7 +74,7 @@ class ModelSwitch:
             return False
         bundle = self.backfill.writer.bundle
         await asyncio.to_thread(store.flip, bundle.version)
-        self.primary.shadow = None
+        self.primary.dual_write(None)
         self.primary.swap(bundle)
         log.info("switched to %s after backfilling %s", bundle.version, self.backfill.progress)
         return True

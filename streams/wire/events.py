@@ -15,12 +15,13 @@ hash tags.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Literal, TypeVar, cast, get_args
 
 import orjson
+
+from state.config import ID_PATTERN
 
 Action = Literal["view", "click", "save"]
 ACTIONS: frozenset[str] = frozenset(get_args(Action))
@@ -39,8 +40,7 @@ MAX_FEATURES = 8
 MAX_FEATURE_DIM = 1024
 MAX_DETAIL_CHARS = 200
 
-_ID_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
-_id_ok = _ID_RE.fullmatch
+_id_ok = ID_PATTERN.fullmatch  # the same ids the state scripts accept
 
 REASONS: frozenset[str] = frozenset(
     {

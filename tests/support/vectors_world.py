@@ -146,7 +146,7 @@ async def assert_matches_oracle(world: World, bundle: EncoderBundle | None = Non
     equals the from-scratch one, labelled with the state version Redis holds.
 
     A user vector is built from the item vectors of the moment it was encoded (no fan-out, see
-    streams/reencode.py). A user written before one of its history items was rewritten (the
+    streams/vectors/reencoder.py). A user written before one of its history items was rewritten (the
     item's `updated_at` is later) cannot match and is counted, not failed; returns that count.
     Users written after all their items must match exactly, and so must every item.
     """

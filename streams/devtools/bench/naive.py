@@ -24,7 +24,7 @@ from typing import Any, cast
 import faust
 import numpy as np
 
-from encoders.data import ACTION_CODES, FloatArray
+from encoders.data import FloatArray, encoder_window
 from encoders.registry import ModelRegistry
 from encoders.runtime import EncoderBundle
 from state import (
@@ -107,8 +107,7 @@ class NaivePath:
     async def user_vector(
         self, user: UserInputs, known: Mapping[str, FloatArray]
     ) -> FloatArray | None:
-        usable = [(e.item_id, e.action, e.ts) for e in user.sequence if e.action in ACTION_CODES]
-        history = usable[-(self.bundle.seq_len + 1) :]
+        history = encoder_window(user.sequence, self.bundle.seq_len)
         if not history:
             return None
         wanted = {item_id for item_id, _, _ in history} - set(known)
@@ -118,7 +117,7 @@ class NaivePath:
             vectors[item_id], _ = await self.item_vector(item_id)
         rows = (
             np.stack([vectors[item_id] for item_id, _, _ in history]),
-            np.asarray([ACTION_CODES[action] for _, action, _ in history], dtype=np.int64),
+            np.asarray([action for _, action, _ in history], dtype=np.int64),
             np.asarray([ts for _, _, ts in history], dtype=np.float64),
         )
         return self.bundle.user_vectors([rows]).reshape(-1)  # [1, D] -> [D]

@@ -1,5 +1,5 @@
 """The re-encode scheduler on the real Redis, embedded Qdrant and a briefly trained model,
-checked against the from-scratch oracle of tests/integration/vectors_world.py."""
+checked against the from-scratch oracle of tests/support/vectors_world.py."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Scoring what Qdrant serves (streams/store_eval.py) on an in-memory embedded store: the same
-vectors give the offline metrics exactly, and search ranks read as `rank_metrics` ranks."""
+"""Scoring what Qdrant serves (streams/training/store_eval.py) on an in-memory embedded store:
+the same vectors give the offline metrics exactly, and search ranks read as `rank_metrics` ranks."""
 
 from __future__ import annotations
 

@@ -1,0 +1,36 @@
+"""Reading and clearing the dirty marks of a pass: the first and the last step of the re-encoder.
+
+A mark is cleared only with the score it was read with (`RedisState.clear_dirty`), so an entity
+dirtied again while the pass ran keeps its mark and is encoded again by the next pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from state import RedisState
+from state.catalog import CatalogStore
+from state.keys import DIRTY_KINDS
+from streams.vectors.rules import Marks, Shard
+
+
+class MarkBook:
+    def __init__(self, state: RedisState, catalog: CatalogStore) -> None:
+        self._state, self._catalog = state, catalog
+
+    async def drain(self, shards: Sequence[Shard], limit: int, *, catalog: bool) -> Marks:
+        """Up to `limit` marks per shard and kind (and of the catalog, when asked)."""
+        marks = Marks()
+        for topic, partition in dict.fromkeys(shards):
+            for kind in DIRTY_KINDS:
+                marks.shards[(topic, partition, kind)] = await self._state.dirty(
+                    topic, partition, kind, limit
+                )
+        if catalog:
+            marks.catalog = await self._catalog.dirty(limit)
+        return marks
+
+    async def clear(self, marks: Marks) -> None:
+        for (topic, partition, kind), read in marks.shards.items():
+            await self._state.clear_dirty(topic, partition, kind, read)
+        await self._catalog.clear_dirty(marks.catalog)
