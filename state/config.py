@@ -37,11 +37,12 @@ class StateConfig:
     """Sizes, horizons and weights of the user sequences and co-engagement neighbour lists.
 
     `max_pairs` is 10, not 20: every pair is two neighbour-list writes, and those writes are
-    most of the apply script's cost (`python -m state.bench`: 20 -> 10 took the apply from about
-    6.9k to 9.4k events/s, +35%, on the 2-core dev machine). The pairs it drops are an event's
-    11th-20th previous actions within the one-hour horizon, i.e. only long sessions lose them; the
-    co-engagement signal (PinSage/PinnerFormer-style) is carried by the few most recent actions,
-    and the older ones still pair with the actions between (and through shared contexts).
+    most of the apply script's cost (the state bench, streams/devtools/bench/state.py: 20 -> 10
+    took the apply from about 6.9k to 9.4k events/s, +35%, on the 2-core dev machine, with the
+    bench's former generator). The pairs it drops are an event's 11th-20th previous actions within
+    the one-hour horizon, i.e. only long sessions lose them; the co-engagement signal
+    (PinSage/PinnerFormer-style) is carried by the few most recent actions, and the older ones
+    still pair with the actions between (and through shared contexts).
     """
 
     seq_len: int = 200

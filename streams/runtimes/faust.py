@@ -104,11 +104,11 @@ class FaustRuntime:
             broker_heartbeat_interval=s.kafka.heartbeat_interval_s,
         )
         topic = app.topic(s.topics.engagements, key_type=bytes, value_type=bytes, internal=False)
-        app.agent(topic, name="ingest", concurrency=1)(self._agent)
+        app.agent(topic, name="ingest", concurrency=1)(self.consume)
         app.timer(TICK_EVERY_S)(self._tick)
         return app
 
-    async def _agent(self, stream: faust.types.StreamT[Any]) -> None:
+    async def consume(self, stream: faust.types.StreamT[Any]) -> None:
         async with AsyncExitStack() as resources:
             worker = await wire_worker(
                 self.settings,

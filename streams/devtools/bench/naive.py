@@ -126,7 +126,7 @@ class NaivePath:
 class NaiveRuntime(FaustRuntime):
     """The Faust runtime's app and stop rules, with an agent that takes one event at a time."""
 
-    async def _agent(self, stream: faust.types.StreamT[Any]) -> None:
+    async def consume(self, stream: faust.types.StreamT[Any]) -> None:
         limit = self.limits.max_events
         async with AsyncExitStack() as resources:
             naive = await NaivePath.open(self.settings, resources)

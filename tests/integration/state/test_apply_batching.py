@@ -11,7 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from state import CoEngagementGraph, RedisState, StateConfig
-from state.bench import run_state_bench
+from streams.devtools.bench.state import run_state_bench
 from state.coengagement import Event as Ev
 
 pytestmark = pytest.mark.integration

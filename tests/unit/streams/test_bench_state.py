@@ -1,22 +1,17 @@
-"""The benchmark's generated stream: deterministic, time-ordered, with the documented mix."""
+"""The state bench's stream: the project generator, deterministic, time-ordered, partitioned."""
 
 from __future__ import annotations
 
-import pytest
-
-from state.bench import PARTITIONS, generate, partitioned
+from streams.devtools.bench.state import PARTITIONS, generate, partitioned
 
 
 def test_generated_stream_has_the_documented_shape() -> None:
     events = generate(20_000)
     assert events == generate(20_000)  # deterministic
+    assert len(events) == 20_000
     assert [e.ts for e in events] == sorted(e.ts for e in events)
-    share = {a: sum(e.action == a for e in events) / len(events) for a in ("view", "click", "save")}
-    assert share["view"] == pytest.approx(0.70, abs=0.02)
-    assert share["save"] == pytest.approx(0.08, abs=0.01)
-    saves = [e for e in events if e.action == "save"]
-    assert sum(e.context_id is not None for e in saves) / len(saves) == pytest.approx(0.3, abs=0.04)
-    assert all(e.context_id is None for e in events if e.action != "save")
+    assert {e.action for e in events} == {"view", "click", "save"}
+    assert any(e.context_id is not None for e in events)  # board contexts make context pairs
 
 
 def test_partitions_number_their_events_from_zero() -> None:

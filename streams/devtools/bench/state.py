@@ -1,24 +1,20 @@
 """Throughput of `RedisState.apply` on a generated engagement stream, against a real Redis.
 
-    python -m state.bench --redis-url redis://127.0.0.1:6379/0 --events 100000 [--repeats 3]
+    python -m streams.devtools.bench.state --redis-url redis://127.0.0.1:6379/0 --events 100000
 
-Why its own generator: `state` never imports `streams`, and the figure has to move only when the
-state code does. The stream is shaped like the real one where it matters for the script's cost:
-users in communities, Zipf item popularity, sessions of a few minutes (which is what makes pairs),
-the view/click/save mix, and saves into a few boards per user (context pairs). Each repeat writes
-under a fresh key prefix, so every run starts from an empty state, and deletes its keys after.
-The figure is events per second over the whole stream, median of the repeats; the Redis-side
-script time (``INFO commandstats``) is reported too, to tell script cost from client overhead.
+The stream is the project's one generator (streams/devtools/generate.py) at 5,000 users and
+10,000 items in 50 communities: Zipf item popularity, sessions (which is what makes pairs), the
+view/click/save mix and board contexts. Each repeat writes under a fresh key prefix, so every
+run starts from an empty state, and deletes its keys after. The figure is events per second over
+the whole stream, median of the repeats; the Redis-side script time (``INFO commandstats``) is
+reported too, to tell script cost from client overhead.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import bisect
-import itertools
 import json
-import random
 import statistics
 import sys
 import time
@@ -32,6 +28,7 @@ import redis.asyncio as aioredis
 from state.coengagement import Event
 from state.config import StateConfig
 from state.redis_state import RedisState
+from streams.devtools.generate import GeneratorConfig, generate_events
 
 TOPIC = "bench"
 PARTITIONS = 4
@@ -39,70 +36,22 @@ BATCH = 2_000
 USERS = 5_000
 ITEMS = 10_000
 COMMUNITIES = 50
-ZIPF_S = 1.0
-USER_SKEW = 0.7
-ACTIONS = (("view", 0.70), ("click", 0.22), ("save", 0.08))
-CONTEXT_SHARE = 0.3  # of saves
-BOARDS_PER_USER = 4
-SPAN_S = 7 * 86400.0
+COMMUNITIES = 50
 # Commands the bench or the client sends itself; the rest of commandstats is the script's work.
 _CLIENT_COMMANDS = frozenset(
     {"evalsha", "eval", "script|load", "info", "config|resetstat", "scan", "unlink", "get"}
 )
 
 
-class _Stream:
-    """Sessions of community-biased Zipf picks; deterministic for one seed."""
-
-    def __init__(self, seed: int) -> None:
-        self.rng = random.Random(seed)
-        weights = [1.0 / (rank**ZIPF_S) for rank in range(1, ITEMS + 1)]
-        self.cum = list(itertools.accumulate(weights))
-        activity = [1.0 / (rank**USER_SKEW) for rank in range(1, USERS + 1)]
-        self.user_cum = list(itertools.accumulate(activity))
-        # Each community ranks the catalogue its own way: a shifted popularity order.
-        self.shift = [self.rng.randrange(ITEMS) for _ in range(COMMUNITIES)]
-
-    def item(self, community: int) -> str:
-        rank = bisect.bisect_left(self.cum, self.rng.random() * self.cum[-1])
-        if self.rng.random() < 0.7:  # most picks follow the user's community taste
-            rank = (rank + self.shift[community]) % ITEMS
-        return f"i{rank}"
-
-    def action(self) -> str:
-        draw, acc = self.rng.random(), 0.0
-        for name, share in ACTIONS:
-            acc += share
-            if draw < acc:
-                return name
-        return ACTIONS[-1][0]
-
-    def session(self, start: float) -> list[Event]:
-        """A few minutes of one user's actions, 10-60 s apart, about 8 of them (at most 40)."""
-        draw = self.rng.random() * self.user_cum[-1]
-        user = bisect.bisect_left(self.user_cum, draw)  # a few heavy users, a long tail
-        community = user % COMMUNITIES
-        events, ts = [], start
-        length = min(1 + int(self.rng.expovariate(1 / 7.0)), 40)
-        for _ in range(length):
-            action = self.action()
-            ctx = None
-            if action == "save" and self.rng.random() < CONTEXT_SHARE:
-                ctx = f"b{user}.{self.rng.randrange(BOARDS_PER_USER)}"
-            events.append(Event(f"u{user}", self.item(community), action, ts, None, ctx))
-            ts += self.rng.uniform(10.0, 60.0)
-        return events
-
-
-def generate(n_events: int, seed: int = 7, start_ts: float = 1.7e9) -> list[Event]:
-    """`n_events` events in time order: sessions start anywhere in a week, so a user's sessions
-    are mostly hours apart (beyond the pair horizon) and pairs come from within a session."""
-    stream = _Stream(seed)
-    events: list[Event] = []
-    span = SPAN_S
-    while len(events) < n_events:
-        events.extend(stream.session(start_ts + stream.rng.random() * span))
-    events = events[:n_events]
+def generate(n_events: int, seed: int = 7) -> list[Event]:
+    """`n_events` generated events as the state library's `Event`s, in time order."""
+    cfg = GeneratorConfig(
+        users=USERS, items=ITEMS, communities=COMMUNITIES, events=n_events, seed=seed
+    )
+    events = [
+        Event(e.user_id, e.item_id, e.action, e.ts, e.weight, e.context_id)
+        for e in generate_events(cfg)
+    ]
     events.sort(key=lambda e: e.ts)
     return events
 
@@ -206,7 +155,9 @@ async def _main(url: str, events: int, repeats: int, max_pairs: int | None) -> d
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m state.bench", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m streams.devtools.bench.state", description=__doc__
+    )
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=3)
