@@ -11,8 +11,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from state import CoEngagementGraph, RedisState, StateConfig
-from streams.devtools.bench.state import run_state_bench
 from state.coengagement import Event as Ev
+from streams.devtools.bench.state import run_state_bench
 
 pytestmark = pytest.mark.integration
 
