@@ -1,0 +1,308 @@
+"""The re-encoder's last step of the commit order: marks are cleared only after the upsert.
+
+Every dependency is faked at its Python method level (RedisState, EncodeInputs, CatalogStore,
+VectorStore, EncoderBundle); a shared log records the order of the calls that matter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import cast
+
+import numpy as np
+import pytest
+
+from encoders.runtime import EncoderBundle
+from state import (
+    CatalogRecord,
+    CatalogStore,
+    EncodeBasis,
+    EncodeInputs,
+    ItemInputs,
+    RedisState,
+    SeqEntry,
+    StoredPoint,
+    UserInputs,
+    VectorRecord,
+    VectorStore,
+    VectorStoreUnavailable,
+)
+from streams.settings import ReencodeSettings
+from streams.vectors.reencoder import Reencoder
+
+DIM, CONTENT_DIM = 4, 3
+SHARD = ("eng", 0)
+USER_MARKS = [("u1", 100.0), ("u2", 101.0)]
+ITEM_MARKS = [("i1", 102.0)]
+CATALOG_MARKS = [("i2", 103.0)]
+Log = list[tuple[object, ...]]
+
+
+class FakeRedisState:
+    """`RedisState.dirty` / `clear_dirty` over an in-memory zset per (topic, partition, kind)."""
+
+    def __init__(self, log: Log) -> None:
+        self.log = log
+        self.marks: dict[tuple[str, int, str], list[tuple[str, float]]] = {
+            (*SHARD, "users"): list(USER_MARKS),
+            (*SHARD, "items"): list(ITEM_MARKS),
+        }
+
+    async def dirty(
+        self, topic: str, partition: int, kind: str, limit: int
+    ) -> list[tuple[str, float]]:
+        self.log.append(("dirty", topic, partition, kind))
+        return list(self.marks.get((topic, partition, kind), []))[:limit]
+
+    async def clear_dirty(
+        self, topic: str, partition: int, kind: str, marks: Sequence[tuple[str, float]]
+    ) -> int:
+        self.log.append(("clear_dirty", topic, partition, kind, list(marks)))
+        page = self.marks.get((topic, partition, kind), [])
+        kept = [m for m in page if m not in set(marks)]  # a re-dirtied mark has a new score
+        self.marks[(topic, partition, kind)] = kept
+        return len(page) - len(kept)
+
+
+class FakeInputs:
+    """`EncodeInputs`: every item has version 4, degree 2 and neighbour i9; no bases yet."""
+
+    def __init__(self, log: Log) -> None:
+        self.log = log
+
+    async def items(self, item_ids: Iterable[str], k: int) -> dict[str, ItemInputs]:
+        return {i: ItemInputs(i, 4, 2, [("i9", 1.0)]) for i in item_ids}
+
+    async def bases(self, item_ids: Iterable[str]) -> dict[str, EncodeBasis]:
+        return {}
+
+    async def users(
+        self, topic: str, partition: int, user_ids: Iterable[str]
+    ) -> dict[str, UserInputs]:
+        sequence = [SeqEntry("i1", "click", 90.0), SeqEntry("i5", "view", 95.0)]
+        return {u: UserInputs(u, 7, 95.0, sequence) for u in user_ids}
+
+    async def put_bases(self, bases: Mapping[str, EncodeBasis]) -> int:
+        self.log.append(("put_bases", sorted(bases)))
+        return len(bases)
+
+
+class FakeCatalog:
+    """`CatalogStore`: content version 1 for every item, plus "content arrived" marks."""
+
+    def __init__(self, log: Log) -> None:
+        self.log = log
+        self.marks = list(CATALOG_MARKS)
+
+    async def dirty(self, limit: int) -> list[tuple[str, float]]:
+        return list(self.marks)[:limit]
+
+    async def get(self, item_ids: Iterable[str]) -> dict[str, CatalogRecord]:
+        return {i: CatalogRecord(i, f"title {i}", content_version=1, put_ts=50.0) for i in item_ids}
+
+    async def versions(self, item_ids: Iterable[str]) -> dict[str, int]:
+        return {}
+
+    async def clear_dirty(self, marks: Sequence[tuple[str, float]]) -> int:
+        self.log.append(("catalog_clear", list(marks)))
+        self.marks = [m for m in self.marks if m not in set(marks)]
+        return len(marks)
+
+
+class FakeStore:
+    """`VectorStore.prepare` / `get` / `upsert`; `fail` makes the upsert raise."""
+
+    def __init__(self, log: Log, fail: BaseException | None = None) -> None:
+        self.log, self.fail = log, fail
+        self.upserts: list[list[VectorRecord]] = []
+        self.during_upsert: Callable[[], None] = lambda: None
+
+    def prepare(self, version: str, dim: int) -> None:
+        self.log.append(("prepare", version, dim))
+
+    def get(
+        self, kind: str, entity_ids: Iterable[str], *, version: str | None = None
+    ) -> dict[str, StoredPoint]:
+        assert version == "v1"  # never through the alias
+        return {e: StoredPoint(np.ones(DIM, dtype=np.float32), {}) for e in entity_ids}
+
+    def upsert(
+        self,
+        version: str,
+        records: Sequence[VectorRecord],
+        *,
+        insert_only: bool = False,
+        refresh: bool = False,
+    ) -> int:
+        self.log.append(("upsert", version))
+        if self.fail is not None:
+            raise self.fail
+        self.during_upsert()
+        self.upserts.append(list(records))
+        return len(records)
+
+
+class FakeBundle:
+    """`EncoderBundle` with the shapes the re-encoder relies on and constant outputs."""
+
+    version, dim, content_dim, neighbours, seq_len = "v1", DIM, CONTENT_DIM, 2, 5
+
+    def content_vectors(self, items: Sequence[CatalogRecord]) -> np.ndarray:
+        return np.full((len(items), CONTENT_DIM), 0.5, dtype=np.float32)
+
+    def item_vectors(
+        self,
+        content: np.ndarray,
+        neighbour_content: Sequence[np.ndarray],
+        neighbour_weights: Sequence[np.ndarray],
+        degrees: np.ndarray,
+    ) -> np.ndarray:
+        assert content.shape[1] == CONTENT_DIM
+        assert len(neighbour_content) == len(neighbour_weights) == len(degrees) == len(content)
+        return np.ones((len(content), DIM), dtype=np.float32)
+
+    def user_vectors(
+        self, histories: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]
+    ) -> np.ndarray:
+        for vectors, actions, times in histories:
+            assert vectors.shape == (len(actions), DIM) and len(times) == len(actions)
+        return np.full((len(histories), DIM), 2.0, dtype=np.float32)
+
+
+class World:
+    def __init__(self, fail: BaseException | None = None) -> None:
+        self.log: Log = []
+        self.state = FakeRedisState(self.log)
+        self.inputs = FakeInputs(self.log)
+        self.catalog = FakeCatalog(self.log)
+        self.store = FakeStore(self.log, fail)
+        self.reencoder = Reencoder(
+            cast(RedisState, self.state),
+            cast(EncodeInputs, self.inputs),
+            cast(CatalogStore, self.catalog),
+            cast(VectorStore, self.store),
+            cast(EncoderBundle, FakeBundle()),
+            ReencodeSettings(item_min_change=0.0, marks_per_shard=100),
+            clock=lambda: 1000.0,
+        )
+        self.reencoder.on_vector_write(lambda: self.log.append(("after_vector_write",)))
+
+    def names(self) -> list[object]:
+        return [entry[0] for entry in self.log]
+
+    def clears(self) -> dict[tuple[object, ...], object]:
+        return {e[1:4]: e[4] for e in self.log if e[0] == "clear_dirty"}
+
+
+async def test_a_failed_upsert_raises_and_leaves_every_mark() -> None:
+    world = World(fail=VectorStoreUnavailable("qdrant away"))
+    with pytest.raises(VectorStoreUnavailable):
+        await world.reencoder.run_pass([SHARD])
+    assert "upsert" in world.names()
+    for never in ("clear_dirty", "catalog_clear", "put_bases", "after_vector_write"):
+        assert never not in world.names(), never
+    assert world.state.marks == {(*SHARD, "users"): USER_MARKS, (*SHARD, "items"): ITEM_MARKS}
+    assert world.catalog.marks == CATALOG_MARKS
+
+
+async def test_the_marks_left_by_a_failed_pass_are_cleared_by_the_next() -> None:
+    world = World(fail=VectorStoreUnavailable("qdrant away"))
+    with pytest.raises(VectorStoreUnavailable):
+        await world.reencoder.run_pass([SHARD])
+    world.store.fail = None
+    stats = await world.reencoder.run_pass([SHARD])
+    assert stats.marks == len(USER_MARKS) + len(ITEM_MARKS) + len(CATALOG_MARKS)
+    assert world.state.marks == {(*SHARD, "users"): [], (*SHARD, "items"): []}
+    assert world.catalog.marks == []
+
+
+async def test_clear_comes_after_upsert_with_exactly_the_marks_read() -> None:
+    world = World()
+    # while the upsert runs, u1 is dirtied again (new score) and u3 for the first time
+    redirtied = [("u1", 150.0), ("u2", 101.0), ("u3", 151.0)]
+    world.store.during_upsert = lambda: world.state.marks.update({(*SHARD, "users"): redirtied})
+
+    stats = await world.reencoder.run_pass([SHARD])
+
+    names = world.names()
+    assert names.index("upsert") < names.index("clear_dirty")
+    assert names.index("upsert") < names.index("catalog_clear")
+    assert world.clears() == {
+        (*SHARD, "users"): USER_MARKS,
+        (*SHARD, "items"): ITEM_MARKS,
+    }
+    assert ("catalog_clear", CATALOG_MARKS) in world.log
+    # only what was read is gone: the re-dirtied u1 and the new u3 wait for the next pass
+    assert world.state.marks[(*SHARD, "users")] == [("u1", 150.0), ("u3", 151.0)]
+    assert stats.users_encoded == 2
+    assert stats.items_encoded == 2
+    assert stats.reasons["cold_start"] == 2
+
+
+async def test_the_upserted_records_carry_the_state_versions_read() -> None:
+    world = World()
+    await world.reencoder.run_pass([SHARD])
+    [records] = world.store.upserts
+    labels = {(r.kind, r.entity_id): r.state_version for r in records}
+    # items: engagement version 4 + content version 1; users: their version
+    assert labels == {
+        ("items", "i1"): 5,
+        ("items", "i2"): 5,
+        ("users", "u1"): 7,
+        ("users", "u2"): 7,
+    }
+    assert all(np.asarray(r.vector).shape == (DIM,) for r in records)
+
+
+async def test_the_vector_write_hook_runs_after_the_upsert_and_before_clearing() -> None:
+    world = World()
+    await world.reencoder.run_pass([SHARD])
+    names = world.names()
+    hook = names.index("after_vector_write")
+    assert names.index("upsert") < names.index("put_bases") < hook
+    assert all(i > hook for i, n in enumerate(names) if n in ("clear_dirty", "catalog_clear"))
+    assert names.count("after_vector_write") == 1
+
+
+async def test_a_crash_at_the_hook_leaves_the_marks() -> None:
+    world = World()
+
+    def crash() -> None:
+        raise RuntimeError("killed after the vector write")
+
+    world.reencoder.on_vector_write(crash)
+    with pytest.raises(RuntimeError):
+        await world.reencoder.run_pass([SHARD])
+    assert "upsert" in world.names()
+    assert "clear_dirty" not in world.names()
+    assert "catalog_clear" not in world.names()
+    assert world.state.marks[(*SHARD, "users")] == USER_MARKS
+
+
+async def test_an_unreachable_store_while_reading_history_vectors_leaves_the_marks() -> None:
+    world = World()
+
+    def unreachable(*_args: object, **_kwargs: object) -> dict[str, StoredPoint]:
+        raise VectorStoreUnavailable("qdrant away")
+
+    world.store.get = unreachable  # type: ignore[method-assign]
+    with pytest.raises(VectorStoreUnavailable):
+        await world.reencoder.run_pass([SHARD])
+    assert "upsert" not in world.names()
+    assert "clear_dirty" not in world.names()
+
+
+async def test_an_idle_pass_writes_and_clears_nothing() -> None:
+    world = World()
+    world.state.marks.clear()
+    world.catalog.marks.clear()
+    stats = await world.reencoder.run_pass([SHARD])
+    assert stats.idle
+    assert set(world.names()) == {"dirty"}
+
+
+async def test_each_shard_is_drained_once_per_kind() -> None:
+    world = World()
+    await world.reencoder.run_pass([SHARD, SHARD])
+    drained = [e[1:] for e in world.log if e[0] == "dirty"]
+    assert drained == [(*SHARD, "users"), (*SHARD, "items")]
