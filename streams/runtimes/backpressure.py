@@ -47,7 +47,7 @@ class Backpressure:
         """The dirty backlog as last counted: over the bound pauses, under half resumes."""
         if waiting > self._max_backlog:
             self._over_backlog = True
-        elif waiting < self._max_backlog // 2:
+        elif 2 * waiting < self._max_backlog:  # not `// 2`: a bound of 1 must resume at 0
             self._over_backlog = False
 
     @property

@@ -145,12 +145,8 @@ def test_watch_replaces_the_probes() -> None:
     assert bp.reasons == ("updater",)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: with max_backlog=1 (allowed by ReencodeSettings, ge=1) half the bound is "
-    "1 // 2 == 0 and `waiting < 0` never holds, so a backlog pause never ends",
-)
 def test_the_smallest_bound_resumes_once_nothing_waits() -> None:
+    """max_backlog=1 is allowed; half of it rounded down (0) once kept a pause for ever."""
     bp, _ = make(max_backlog=1)
     bp.observe_backlog(2)
     assert bp.check() is True
