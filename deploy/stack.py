@@ -1,8 +1,10 @@
-"""The local real stack: Apache Kafka (KRaft, one node) and Redis, run natively on 127.0.0.1.
+"""The local real stack: Apache Kafka (KRaft, one node), Redis and Qdrant, natively on 127.0.0.1.
 
 No Docker engine is needed. The broker is plain Java: Maven resolves the Kafka jars from Maven
 Central into a cache outside the repository once, and later starts reuse them. Redis is Debian's
-redis-server with AOF persistence. `up` is idempotent, `down` leaves nothing running.
+redis-server with AOF persistence. Qdrant runs when a server binary is found (`qdrant_binary`,
+else `qdrant` on PATH); without one the stack has no vector server and the demo falls back to
+embedded mode. `up` is idempotent, `down` leaves nothing running.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
 from typing import Literal
@@ -25,7 +28,7 @@ from typing import Literal
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
-Component = Literal["kafka", "redis"]
+Component = Literal["kafka", "redis", "qdrant"]
 FsyncPolicy = Literal["always", "everysec", "no"]
 
 
@@ -44,7 +47,24 @@ class StackConfig:
     kafka_heap: str = "512m"
     redis_port: int = 16379
     appendfsync: FsyncPolicy = "everysec"
+    run_qdrant: bool = True  # False: Kafka and Redis only (a Qdrant server runs elsewhere)
+    qdrant_binary: Path | None = None  # else `qdrant` on PATH; neither: no vector server
+    qdrant_port: int = 16333
+    qdrant_grpc_port: int = 16334
+    qdrant_api_key: str | None = field(default=None, repr=False)
     start_timeout_s: float = 90.0
+
+    def qdrant_server(self) -> str | None:
+        """The Qdrant server binary this stack runs, or None when there is none."""
+        if not self.run_qdrant:
+            return None
+        if self.qdrant_binary is not None:
+            return str(self.qdrant_binary.expanduser().resolve())
+        return shutil.which("qdrant")
+
+    @property
+    def qdrant_url(self) -> str:
+        return f"http://127.0.0.1:{self.qdrant_port}"
 
     @property
     def run_dir(self) -> Path:
@@ -168,7 +188,9 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _spawn(cfg: StackConfig, name: Component, cmd: list[str]) -> int:
+def _spawn(
+    cfg: StackConfig, name: Component, cmd: list[str], env: dict[str, str] | None = None
+) -> int:
     """Start a daemon in its own session, output to <run dir>/<name>.log; return its pid.
 
     posix_spawn rather than Popen: the daemon outlives this process, and a Popen object that
@@ -183,7 +205,8 @@ def _spawn(cfg: StackConfig, name: Component, cmd: list[str]) -> int:
         (os.POSIX_SPAWN_DUP2, 1, 2),
     ]
     # Every path in the configs is absolute, so the daemon's working directory does not matter.
-    pid = os.posix_spawn(binary, cmd, dict(os.environ), file_actions=actions, setsid=True)
+    environ = {**os.environ, **(env or {})}
+    pid = os.posix_spawn(binary, cmd, environ, file_actions=actions, setsid=True)
     _pid_file(cfg, name).write_text(str(pid))
     return pid
 
@@ -248,6 +271,24 @@ def _start_redis(cfg: StackConfig) -> int:
     return _spawn(cfg, "redis", [binary, str(conf)])
 
 
+def _start_qdrant(cfg: StackConfig) -> int:
+    binary = cfg.qdrant_server()
+    if binary is None or not os.access(binary, os.X_OK):
+        raise StackError(f"no runnable Qdrant server binary at {binary!r}")
+    data = cfg.run_dir / "qdrant-data"
+    data.mkdir(parents=True, exist_ok=True)
+    conf = _render(
+        HERE / "qdrant" / "config.yaml",
+        cfg.run_dir / "qdrant.yaml",
+        http_port=cfg.qdrant_port,
+        grpc_port=cfg.qdrant_grpc_port,
+        storage=data / "storage",
+        snapshots=data / "snapshots",
+    )
+    env = {"QDRANT__SERVICE__API_KEY": cfg.qdrant_api_key} if cfg.qdrant_api_key else {}
+    return _spawn(cfg, "qdrant", [binary, "--config-path", str(conf)], env)
+
+
 # ---------------------------------------------------------------------------------------------
 # readiness
 
@@ -280,8 +321,22 @@ def _redis_ready(cfg: StackConfig) -> bool:
         return False
 
 
+def _qdrant_ready(cfg: StackConfig) -> bool:
+    """`/readyz` answers 200 once the server has loaded its collections."""
+    if not _port_open(cfg.qdrant_port):
+        return False
+    try:
+        with urllib.request.urlopen(f"{cfg.qdrant_url}/readyz", timeout=2) as answer:
+            return bool(answer.status == 200)
+    except OSError:
+        return False
+
+
+READY = {"kafka": _kafka_ready, "redis": _redis_ready, "qdrant": _qdrant_ready}
+
+
 def _wait(cfg: StackConfig, name: Component, pid: int) -> None:
-    ready = _kafka_ready if name == "kafka" else _redis_ready
+    ready = READY[name]
     deadline = time.monotonic() + cfg.start_timeout_s
     while time.monotonic() < deadline:
         if ready(cfg):
@@ -297,12 +352,20 @@ def _wait(cfg: StackConfig, name: Component, pid: int) -> None:
 # the commands
 
 
+def _components(cfg: StackConfig) -> tuple[Component, ...]:
+    return ("redis", "kafka", "qdrant") if cfg.qdrant_server() is not None else ("redis", "kafka")
+
+
+def _port(cfg: StackConfig, name: Component) -> int:
+    return {"redis": cfg.redis_port, "kafka": cfg.kafka_port, "qdrant": cfg.qdrant_port}[name]
+
+
 def up(cfg: StackConfig) -> list[ComponentStatus]:
-    """Start whatever is not running and wait until both answer. Safe to call twice."""
-    starters = {"kafka": _start_kafka, "redis": _start_redis}
-    for name in ("redis", "kafka"):
+    """Start whatever is not running and wait until all answer. Safe to call twice."""
+    starters = {"kafka": _start_kafka, "redis": _start_redis, "qdrant": _start_qdrant}
+    for name in _components(cfg):
         pid = _read_pid(cfg, name)
-        port = cfg.redis_port if name == "redis" else cfg.kafka_port
+        port = _port(cfg, name)
         if pid is None:
             if _port_open(port):
                 raise StackError(f"port {port} is taken by a process this stack did not start")
@@ -334,8 +397,8 @@ def _reap(pid: int) -> None:
 
 
 def down(cfg: StackConfig) -> None:
-    """Stop Kafka first (it may still be writing), then Redis. Data stays for the next `up`."""
-    for name in ("kafka", "redis"):
+    """Stop Kafka first (it may still be writing), then Qdrant and Redis. Data stays."""
+    for name in ("kafka", "qdrant", "redis"):
         stop(cfg, name)
 
 
@@ -354,10 +417,22 @@ def _redis_version() -> str:
     return f"redis {version[2:]}"
 
 
+def _qdrant_version(binary: str) -> str:
+    try:
+        out = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, check=False, timeout=10
+        ).stdout
+    except OSError as exc:
+        return f"unusable binary ({exc})"
+    return out.strip().lower() or "qdrant ?"
+
+
 def status(cfg: StackConfig) -> list[ComponentStatus]:
     kafka_pid, redis_pid = _read_pid(cfg, "kafka"), _read_pid(cfg, "redis")
+    qdrant_pid = _read_pid(cfg, "qdrant")
     installed = (cfg.kafka_libs / ".complete").exists()
-    return [
+    binary = cfg.qdrant_server()
+    rows = [
         ComponentStatus(
             "kafka",
             kafka_pid is not None,
@@ -367,3 +442,16 @@ def status(cfg: StackConfig) -> list[ComponentStatus]:
         ),
         ComponentStatus("redis", redis_pid is not None, redis_pid, cfg.redis_url, _redis_version()),
     ]
+    if binary is not None:  # without a binary the stack has no vector server to report
+        version = _qdrant_version(binary)
+        rows.append(
+            ComponentStatus("qdrant", qdrant_pid is not None, qdrant_pid, cfg.qdrant_url, version)
+        )
+    return rows
+
+
+NO_QDRANT = (
+    "no Qdrant server binary (set stack.qdrant_binary, SAGESTREAM_STACK__QDRANT_BINARY, or put "
+    "qdrant on PATH): vectors go to embedded Qdrant, which one process locks, so no reader can "
+    "query while a worker writes and a second worker cannot start"
+)

@@ -1,4 +1,4 @@
-"""`sagestream stack up|down|status|purge`: the local real Kafka and Redis."""
+"""`sagestream stack up|down|status|purge`: the local real Kafka, Redis and Qdrant."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from streams.cli.common import say, settings_of
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser("stack", help="start, stop or inspect the local Kafka and Redis")
+    parser = sub.add_parser("stack", help="start, stop or inspect the local Kafka, Redis, Qdrant")
     parser.add_argument("action", choices=["up", "down", "status", "purge"])
     parser.set_defaults(func=run)
 
@@ -25,6 +25,8 @@ def run(args: argparse.Namespace) -> int:
     rows = stack.status(cfg)
     for row in rows:
         say(row.line())
+    if cfg.qdrant_server() is None:
+        say(stack.NO_QDRANT)
     say(f"data: {cfg.run_dir}")
     if args.action == "status":
         return 0 if all(r.running for r in rows) else 3

@@ -1,9 +1,12 @@
-"""Where the tests' real Kafka and Redis come from. One place decides; tests never know which.
+"""Where the tests' real Kafka, Redis and Qdrant come from. One place decides; tests never know.
 
-1. `SAGESTREAM_TEST_KAFKA` / `SAGESTREAM_TEST_REDIS_URL`: servers someone already runs.
-2. A Docker engine that answers: testcontainers starts Kafka (KRaft) and Redis.
+1. `SAGESTREAM_TEST_KAFKA` / `SAGESTREAM_TEST_REDIS_URL` / `SAGESTREAM_TEST_QDRANT_URL`: servers
+   someone already runs.
+2. A Docker engine that answers: testcontainers starts Kafka (KRaft), Redis and Qdrant.
 3. Otherwise the native stack from `deploy/`, on ports of its own so a running demo is untouched,
-   with `appendfsync always` because the crash tests kill Redis.
+   with `appendfsync always` because the crash tests kill Redis, and the Qdrant server binary
+   named by `SAGESTREAM_TEST_QDRANT_BINARY`, else the workplace's `../shared/bin/qdrant`. A
+   missing binary fails the session: vector tests never skip, and never fall back to embedded.
 """
 
 from __future__ import annotations
@@ -12,14 +15,37 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from deploy.stack import StackConfig, down, up
 
 log = logging.getLogger(__name__)
 
+REPO = Path(__file__).resolve().parents[2]
+QDRANT_IMAGE = "qdrant/qdrant:v1.19.0"
+
+
+def qdrant_binary() -> Path:
+    """The Qdrant server the native test stack runs; a missing one is an error, not a skip."""
+    named = os.environ.get("SAGESTREAM_TEST_QDRANT_BINARY")
+    candidates = [Path(named)] if named else [REPO.parent / "shared" / "bin" / "qdrant"]
+    for path in candidates:
+        if path.is_file() and os.access(path, os.X_OK):
+            return path.resolve()
+    raise FileNotFoundError(
+        f"no Qdrant server binary at {[str(c) for c in candidates]}: set "
+        "SAGESTREAM_TEST_QDRANT_BINARY or SAGESTREAM_TEST_QDRANT_URL"
+    )
+
+
 TEST_STACK = StackConfig(
-    kafka_port=29092, controller_port=29093, redis_port=26379, appendfsync="always"
+    kafka_port=29092,
+    controller_port=29093,
+    redis_port=26379,
+    qdrant_port=26333,
+    qdrant_grpc_port=26334,
+    appendfsync="always",
 )
 
 
@@ -27,8 +53,10 @@ TEST_STACK = StackConfig(
 class Services:
     bootstrap_servers: str
     redis_url: str
+    qdrant_url: str
     source: str
     stack: StackConfig | None = None  # set when the native stack runs them (fault tests use it)
+    qdrant_api_key: str | None = None
 
 
 def _docker_available() -> bool:
@@ -48,33 +76,48 @@ def _docker_available() -> bool:
 
 @contextmanager
 def _containers() -> Iterator[Services]:
+    from testcontainers.community.qdrant import QdrantContainer
     from testcontainers.kafka import KafkaContainer
     from testcontainers.redis import RedisContainer
 
     with ExitStack() as stack:
         kafka = stack.enter_context(KafkaContainer("apache/kafka:4.1.1").with_kraft())
         redis = stack.enter_context(RedisContainer("redis:7.2").with_command("--appendonly yes"))
+        qdrant = stack.enter_context(QdrantContainer(QDRANT_IMAGE))
         url = f"redis://{redis.get_container_host_ip()}:{redis.get_exposed_port(6379)}/0"
-        yield Services(kafka.get_bootstrap_server(), url, "testcontainers")
+        qdrant_url = f"http://{qdrant.get_container_host_ip()}:{qdrant.get_exposed_port(6333)}"
+        yield Services(kafka.get_bootstrap_server(), url, qdrant_url, "testcontainers")
 
 
 @contextmanager
 def _native() -> Iterator[Services]:
-    up(TEST_STACK)
+    external = os.environ.get("SAGESTREAM_TEST_QDRANT_URL")  # a server someone runs beats ours
+    cfg = (
+        replace(TEST_STACK, run_qdrant=False)
+        if external
+        else replace(TEST_STACK, qdrant_binary=qdrant_binary())
+    )
+    up(cfg)
     try:
-        yield Services(TEST_STACK.bootstrap_servers, TEST_STACK.redis_url, "native", TEST_STACK)
+        key = os.environ.get("SAGESTREAM_TEST_QDRANT_API_KEY") if external else None
+        url = external or cfg.qdrant_url
+        yield Services(cfg.bootstrap_servers, cfg.redis_url, url, "native", cfg, key)
     finally:
-        down(TEST_STACK)
+        down(cfg)
 
 
 @contextmanager
 def provide() -> Iterator[Services]:
-    kafka, redis_url = (
+    kafka, redis_url, qdrant_url = (
         os.environ.get("SAGESTREAM_TEST_KAFKA"),
         os.environ.get("SAGESTREAM_TEST_REDIS_URL"),
+        os.environ.get("SAGESTREAM_TEST_QDRANT_URL"),
     )
+    key = os.environ.get("SAGESTREAM_TEST_QDRANT_API_KEY")
     if kafka and redis_url:
-        yield Services(kafka, redis_url, "external")
+        if not qdrant_url:
+            raise RuntimeError("external services need SAGESTREAM_TEST_QDRANT_URL too")
+        yield Services(kafka, redis_url, qdrant_url, "external", qdrant_api_key=key)
     elif _docker_available():
         with _containers() as services:
             yield services
