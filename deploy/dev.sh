@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One entry for a newcomer and for CI: set everything up, then run the demo or the tests.
 #   bash deploy/dev.sh demo    the real local stack, a generated stream, the worker, the state
-#   bash deploy/dev.sh test    lint, types, and every test on the real Kafka and Redis
+#   bash deploy/dev.sh test    lint, types, and every test on the real Kafka, Redis and Qdrant
 #   bash deploy/dev.sh setup   only set up
 # It installs what it needs: Java and Maven (for the Kafka broker), redis-server, a virtual
 # environment with sagestream and its pinned dependencies (torch once per environment).
@@ -44,6 +44,12 @@ case "${1:-}" in
   demo)
     setup
     shift
+    # This workplace keeps a Qdrant server binary beside the checkout; point the stack at it
+    # unless the user named one (elsewhere: qdrant on PATH, or the demo's embedded fallback).
+    shared_qdrant="$(pwd)/../shared/bin/qdrant"
+    if [ -z "${SAGESTREAM_STACK__QDRANT_BINARY:-}" ] && [ -x "$shared_qdrant" ]; then
+      export SAGESTREAM_STACK__QDRANT_BINARY="$shared_qdrant"
+    fi
     exec "$VENV/bin/sagestream" demo "$@"
     ;;
   test)

@@ -107,6 +107,12 @@ class VectorStoreConfig:
     retry_max_s: float = 5.0
     unavailable_after_s: float = 30.0
     timeout_s: float = 10.0
+    # Server only (embedded mode searches exactly and ignores them): how new collections index.
+    prefer_grpc: bool = False  # the point writes and searches over gRPC (the REST port still
+    grpc_port: int = 6334  # answers the admin calls); measured in `sagestream bench --stage qdrant`
+    hnsw_m: int = 16  # graph degree: recall and memory go up with it
+    hnsw_ef_construct: int = 100  # build-time beam: recall and build time go up with it
+    on_disk: bool = False  # vectors memory-mapped from disk instead of held in RAM
 
     def __post_init__(self) -> None:
         if self.url is not None and self.path is not None:
@@ -119,6 +125,9 @@ class VectorStoreConfig:
             value = float(getattr(self, name))
             if not math.isfinite(value) or value <= 0:
                 raise StateError(f"VectorStoreConfig.{name} must be finite and > 0, got {value!r}")
+        for name in ("hnsw_m", "hnsw_ef_construct", "grpc_port"):
+            if int(getattr(self, name)) < 1:
+                raise StateError(f"VectorStoreConfig.{name} must be >= 1")
 
 
 class StoredPoint(NamedTuple):
@@ -282,6 +291,8 @@ class VectorStore:
                 client = QdrantClient(
                     url=cfg.url,
                     api_key=cfg.api_key,
+                    prefer_grpc=cfg.prefer_grpc,
+                    grpc_port=cfg.grpc_port,
                     timeout=max(1, math.ceil(cfg.timeout_s)),
                     check_compatibility=False,  # it warns instead of failing; we check below
                 )
@@ -372,24 +383,63 @@ class VectorStore:
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
             raise StateError(f"vector size must be an int >= 1, got {dim!r}")
         names = [self.collection(kind, version) for kind in KINDS]
-        self._call(f"prepare {names}", lambda c: [self._ensure(c, name, dim) for name in names])
+
+        def ensure_all(client: QdrantClient) -> None:
+            for name in names:
+                self._ensure(client, name, dim)
+
+        self._call(f"prepare {names}", ensure_all)
         if self.config.path is not None:
             for name in names:
                 embedded_wal(Path(self.config.path), name)
 
-    @staticmethod
-    def _ensure(client: QdrantClient, name: str, dim: int) -> None:
-        wanted = models.VectorParams(size=dim, distance=models.Distance.COSINE)
-        if not client.collection_exists(name):
-            client.create_collection(name, vectors_config=wanted)
-            log.info("created collection %s (dim %d, cosine)", name, dim)
-            return
-        found = client.get_collection(name).config.params.vectors
-        if not isinstance(found, models.VectorParams) or (found.size, found.distance) != (
-            wanted.size,
-            wanted.distance,
-        ):
-            raise StateError(f"collection {name} exists with other vector params: {found}")
+    def _ensure(self, client: QdrantClient, name: str, dim: int) -> None:
+        cfg = self.config
+        wanted = models.VectorParams(
+            size=dim, distance=models.Distance.COSINE, on_disk=cfg.on_disk or None
+        )
+        created = not client.collection_exists(name) and self._create(client, name, wanted)
+        if not created:
+            found = client.get_collection(name).config.params.vectors
+            if not isinstance(found, models.VectorParams) or (found.size, found.distance) != (
+                wanted.size,
+                wanted.distance,
+            ):
+                raise StateError(f"collection {name} exists with other vector params: {found}")
+        if not self._embedded:  # embedded mode has no indexes (it warns and ignores them)
+            # Every live write filters on state_version (the guard): index it, so the server
+            # evaluates the filter from the index rather than from each point's payload.
+            # Idempotent, and asked every time: the worker that created the collection may
+            # have died before it got here.
+            client.create_payload_index(
+                name, STATE_VERSION, field_schema=models.PayloadSchemaType.INTEGER, wait=True
+            )
+        if created:
+            log.info(
+                "created collection %s (dim %d, cosine, hnsw m=%d ef_construct=%d%s)",
+                name,
+                dim,
+                cfg.hnsw_m,
+                cfg.hnsw_ef_construct,
+                ", on disk" if cfg.on_disk else "",
+            )
+
+    def _create(self, client: QdrantClient, name: str, wanted: models.VectorParams) -> bool:
+        """Create `name`; False when another worker created it first (several prepare at once)."""
+        hnsw = models.HnswConfigDiff(
+            m=self.config.hnsw_m, ef_construct=self.config.hnsw_ef_construct
+        )
+        try:
+            client.create_collection(name, vectors_config=wanted, hnsw_config=hnsw)
+        except UnexpectedResponse as err:
+            if err.status_code == 409:  # Conflict: it exists now
+                return False
+            raise
+        except ValueError as err:  # embedded mode says it this way
+            if "already exists" in str(err):
+                return False
+            raise
+        return True
 
     def _aliases(self, client: QdrantClient) -> dict[str, str]:
         ours = {self.alias(kind) for kind in KINDS}

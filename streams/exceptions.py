@@ -11,3 +11,7 @@ class TransientError(SagestreamError):
 
 class FatalError(SagestreamError):
     """Continuing would lose or corrupt data: stop the worker without committing."""
+
+
+class ConfigError(SagestreamError):
+    """The settings ask for something this machine cannot give (a taken port, a missing file)."""

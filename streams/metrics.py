@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from streams.exceptions import ConfigError
+from streams.settings import MetricsSettings
 from streams.vectors.rules import PassStats
 from streams.wire.events import REASONS
 
+log = logging.getLogger(__name__)
 NAMESPACE = "sagestream"
 BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
 SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
@@ -142,10 +147,23 @@ class IngestMetrics:
         self.reencode_skips.labels(kind="users").inc(stats.users_skipped)
         self.reencode_skips.labels(kind="items").inc(stats.items_skipped)
 
-    def serve(self, host: str, port: int) -> None:
-        """Expose /metrics; port 0 means no endpoint (tests, benchmarks)."""
-        if port:
-            start_http_server(port, addr=host, registry=self.registry)
+    def serve_from(self, settings: MetricsSettings) -> int | None:
+        """Serve as the settings say; the port bound, or None when the endpoint is off."""
+        return self.serve(settings.host, settings.port) if settings.enabled else None
+
+    def serve(self, host: str, port: int) -> int:
+        """Expose /metrics on `port` (0: any free port, so workers can share a host); returns
+        the port bound. A taken port is a clear error, not a traceback from the socket."""
+        try:
+            server, _ = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot serve metrics on {host}:{port} ({exc.strerror or exc}): choose another "
+                "port (SAGESTREAM_METRICS__PORT), or 0 for any free one"
+            ) from exc
+        bound = int(server.server_port)
+        log.info("metrics on http://%s:%d/metrics", host, bound)
+        return bound
 
 
 def quantile_from_buckets(cumulative: dict[float, float], q: float) -> float:

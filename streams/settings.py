@@ -111,9 +111,19 @@ class RedisSettings(_Section):
 
 
 class QdrantSettings(_Section):
+    """A server by `url` (what production runs), else embedded mode at `path` (one process
+    only: it locks the folder). The collection settings apply to collections created later."""
+
     url: str | None = None
     path: Path = Path("var/qdrant")
     api_key: SecretStr | None = None
+    collection_prefix: str = ""  # a name part before every collection and alias
+    prefer_grpc: bool = False
+    grpc_port: int = Field(default=6334, ge=1, le=65535)
+    hnsw_m: int = Field(default=16, ge=2)
+    hnsw_ef_construct: int = Field(default=100, ge=4)
+    on_disk: bool = False
+    upsert_batch: int = Field(default=256, ge=1)
 
     _check_url = field_validator("url")(_refuse_password_in_url)
 
@@ -148,8 +158,9 @@ class ModelSettings(_Section):
 
 
 class MetricsSettings(_Section):
+    enabled: bool = True
     host: str = "127.0.0.1"
-    port: int = Field(default=9464, ge=0, le=65535)  # 0 turns the endpoint off
+    port: int = Field(default=9464, ge=0, le=65535)  # 0: any free port (logged at start)
 
 
 class ReencodeSettings(_Section):

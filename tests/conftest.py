@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from state import VectorStore, VectorStoreConfig
 from streams.settings import Settings
+from tests.support.qdrant import drop_prefixed
 from tests.support.services import Services, provide
 
 
@@ -34,8 +36,25 @@ async def redis_client(services: Services) -> AsyncIterator[aioredis.Redis]:
 
 
 @pytest.fixture
-def make_settings(services: Services, key_prefix: str, tmp_path: Any) -> Callable[..., Settings]:
-    """Settings on the test services with this test's own topics, group and key prefix."""
+def qdrant_config(services: Services, key_prefix: str) -> Iterator[VectorStoreConfig]:
+    """The test Qdrant server, this test's collections under its own prefix (dropped after)."""
+    prefix = f"{key_prefix}_"
+    yield VectorStoreConfig(url=services.qdrant_url, api_key=services.qdrant_api_key, prefix=prefix)
+    drop_prefixed(services.qdrant_url, prefix, services.qdrant_api_key)
+
+
+@pytest.fixture
+def qdrant_store(qdrant_config: VectorStoreConfig) -> Iterator[VectorStore]:
+    with VectorStore(qdrant_config) as store:
+        yield store
+
+
+@pytest.fixture
+def make_settings(
+    services: Services, key_prefix: str, qdrant_config: VectorStoreConfig
+) -> Callable[..., Settings]:
+    """Settings on the test services with this test's own topics, group, key prefix and
+    collection prefix on the Qdrant server."""
 
     def factory(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
@@ -45,7 +64,11 @@ def make_settings(services: Services, key_prefix: str, tmp_path: Any) -> Callabl
             },
             "topics": {"engagements": f"eng-{key_prefix}", "items": f"items-{key_prefix}"},
             "redis": {"url": services.redis_url, "key_prefix": key_prefix},
-            "qdrant": {"path": str(tmp_path / "qdrant")},
+            "qdrant": {
+                "url": qdrant_config.url,
+                "api_key": qdrant_config.api_key,
+                "collection_prefix": qdrant_config.prefix,
+            },
             "metrics": {"port": 0},
         }
         for section, fields in overrides.items():

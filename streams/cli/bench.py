@@ -1,5 +1,5 @@
-"""`sagestream bench --stage ingest|encoders|e2e|train`: figures beside their baselines, in one
-run."""
+"""`sagestream bench --stage ingest|encoders|e2e|train|qdrant`: figures beside their
+baselines, in one run."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from streams.cli.common import say, settings_of
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("bench", help="measure throughput against same-run baselines")
-    parser.add_argument("--stage", choices=["ingest", "encoders", "e2e", "train"], default="ingest")
+    parser.add_argument(
+        "--stage", choices=["ingest", "encoders", "e2e", "train", "qdrant"], default="ingest"
+    )
     parser.add_argument(
         "--model",
         type=Path,
@@ -61,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
         return run_e2e(args)
     if args.stage == "train":
         return run_train_stage(args)
+    if args.stage == "qdrant":
+        return run_qdrant_stage(args)
     from streams.devtools.bench.ingest import run_ingest_bench
 
     settings = settings_of(args)
@@ -80,6 +84,42 @@ def run_encoders(args: argparse.Namespace) -> int:
         raise SystemExit("--stage encoders needs --model VERSION_DIR")
     result = run_encoder_bench(args.model, repeats=args.repeats or 20)
     sys.stdout.write(format_table(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def run_qdrant_stage(args: argparse.Namespace) -> int:
+    """Indexed against exact search on a Qdrant server, per collection setting."""
+    from streams.devtools.bench.qdrant import QdrantBenchConfig, run_qdrant_bench
+
+    settings = settings_of(args)
+    stack.up(settings.stack)
+    url, key = settings.qdrant.url, settings.qdrant.api_key
+    if url is None and settings.stack.qdrant_server() is not None:
+        url, key = settings.stack.qdrant_url, None
+    if url is None:
+        raise SystemExit(f"--stage qdrant needs a server: {stack.NO_QDRANT}")
+    grpc = settings.qdrant.grpc_port if settings.qdrant.url else settings.stack.qdrant_grpc_port
+    cfg = QdrantBenchConfig(
+        url=url,
+        api_key=key.get_secret_value() if key else settings.stack.qdrant_api_key,
+        items=args.events or 100_000,
+        grpc_port=grpc,
+    )
+    result = run_qdrant_bench(cfg)
+    say(
+        f"qdrant benchmark: {cfg.items:,} item-like vectors (dim {cfg.dim}), {cfg.queries} "
+        f"queries, recall@{cfg.k} of the HNSW search against exact search on the same server"
+    )
+    for row in result["rows"]:
+        say(
+            f"  {row['variant']:<50} upsert {row['upsert_points_per_s']:>7,}/s "
+            f"({row['upsert_vs_default']:.2f}x)  index {row['index_build_s']:>5.1f} s  "
+            f"recall@10 {row['recall@10']:.4f}  search p50/p99 {row['hnsw']['p50_ms']}/"
+            f"{row['hnsw']['p99_ms']} ms  exact {row['exact']['p50_ms']}/"
+            f"{row['exact']['p99_ms']} ms"
+        )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0

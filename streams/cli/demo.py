@@ -23,6 +23,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
+from pydantic import SecretStr
 
 from deploy import stack
 from streams.cli.common import CommandSettings, say, settings_of
@@ -51,10 +52,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def demo_settings(base: CommandSettings, workdir: Path) -> CommandSettings:
-    """The user's settings, with the demo's own registry and embedded Qdrant under `workdir`.
+    """The user's settings, with the demo's own registry under `workdir` and its vectors on the
+    stack's Qdrant server (its own collection prefix), else in embedded Qdrant under `workdir`.
 
-    Fresh names each run (topics, group, key prefix), so a second demo starts clean."""
+    Fresh names each run (topics, group, key and collection prefix), so a second demo starts
+    clean."""
     tag = time.strftime("%Y%m%d%H%M%S")
+    qdrant = base.qdrant.model_copy(update={"path": workdir / tag / "qdrant"})
+    if base.qdrant.url is None and base.stack.qdrant_server() is not None:
+        key = base.stack.qdrant_api_key
+        qdrant = base.qdrant.model_copy(
+            update={
+                "url": base.stack.qdrant_url,
+                "api_key": SecretStr(key) if key else None,
+                "collection_prefix": f"demo{tag}_",
+            }
+        )
     return base.model_copy(
         update={
             "topics": base.topics.model_copy(
@@ -63,7 +76,7 @@ def demo_settings(base: CommandSettings, workdir: Path) -> CommandSettings:
             "kafka": base.kafka.model_copy(update={"group_id": f"demo-{tag}"}),
             "redis": base.redis.model_copy(update={"key_prefix": f"demo{tag}"}),
             "models": base.models.model_copy(update={"registry": workdir / tag / "models"}),
-            "qdrant": base.qdrant.model_copy(update={"path": workdir / tag / "qdrant"}),
+            "qdrant": qdrant,
         }
     )
 
@@ -74,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
     say("1/6 starting the local stack (the first run downloads Kafka with Maven)")
     for row in stack.up(settings.stack):
         say("    " + row.line())
+    if settings.qdrant.url is None:
+        say(f"    {stack.NO_QDRANT}; the demo uses embedded Qdrant at {settings.qdrant.path}")
     ensure_topics(settings)
     cfg = GeneratorConfig(events=args.events, seed=args.seed)
     events = list(generate_events(cfg))
@@ -103,7 +118,14 @@ def run(args: argparse.Namespace) -> int:
         last = events[-1]
         show(recommend(store, last.user_id, None, 5))
         show(recommend(store, None, last.item_id, 5))
-    say(f"    try: SAGESTREAM_QDRANT__PATH={settings.qdrant.path} sagestream query --user ID")
+    if settings.qdrant.url is None:
+        where = f"SAGESTREAM_QDRANT__PATH={settings.qdrant.path}"
+    else:
+        where = (
+            f"SAGESTREAM_QDRANT__URL={settings.qdrant.url} "
+            f"SAGESTREAM_QDRANT__COLLECTION_PREFIX={settings.qdrant.collection_prefix}"
+        )
+    say(f"    try: {where} sagestream query --user ID")
     return 0
 
 

@@ -9,7 +9,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from streams.exceptions import ConfigError
 from streams.seams import NO_SEAMS, Seams
+
+EXIT_CONFIG = 78  # EX_CONFIG
 
 COMMAND_MODULES = (
     "streams.cli.stack",
@@ -52,4 +55,8 @@ def main(argv: Sequence[str] | None = None, seams: Seams = NO_SEAMS) -> int:
     )
     for noisy in ("kafka", "aiokafka", "faust", "mode", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:  # the operator's to fix: one line, no traceback
+        logging.getLogger("sagestream").error("%s", exc)
+        return EXIT_CONFIG

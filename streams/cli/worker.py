@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     if args.runtime == "batch":
         from streams.runtimes.batch import BatchRuntime
 
-        metrics.serve(settings.metrics.host, settings.metrics.port)
+        metrics.serve_from(settings.metrics)
         try:
             stats = asyncio.run(BatchRuntime(settings, metrics, limits, args.seams).run())
         except Exception:  # nothing was committed past the failed batch; say so and stop

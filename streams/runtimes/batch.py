@@ -2,8 +2,9 @@
 
 Faust's per-event machinery costs about 20 times the raw client (ARCHITECTURE.md); this runtime
 pays it once per batch. The loop is strictly sequential: fetch, then the commit order of
-checkpoint.py (everything awaited), fetch again. A rebalance can only happen inside
-`getmany`, when nothing is in flight, so a revoked partition never has an unfinished batch.
+checkpoint.py (everything awaited), fetch again. The group may rebalance in the background
+while a batch is in flight; the commit then leaves out the partitions this worker lost (their
+new owners replay from the last commit, a no-op on the Redis watermark).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import CommitFailedError
 
 from streams.metrics import IngestMetrics
 from streams.runtimes.limits import RunLimits
@@ -90,8 +92,7 @@ class BatchRuntime:
             resources.push_async_callback(kafka.stop)
 
             async def commit(offsets: dict[tuple[str, int], int]) -> None:
-                await kafka.commit({TopicPartition(t, p): o for (t, p), o in offsets.items()})
-                self.stats.committed.update(offsets)
+                await self._commit(kafka, offsets)
 
             worker = await wire_worker(
                 self.settings,
@@ -108,6 +109,24 @@ class BatchRuntime:
             if self._failed:
                 raise RuntimeError("the updater failed; see the log")
         return self.stats
+
+    async def _commit(self, kafka: AIOKafkaConsumer, offsets: dict[tuple[str, int], int]) -> None:
+        """Commit what this worker still owns. A partition revoked while its batch was in flight
+        (the group rebalances in the background) is its new owner's: that one reads on from the
+        last commit, and the offset watermark in Redis makes the replay a no-op."""
+        owned = kafka.assignment()
+        mine = {TopicPartition(t, p): o for (t, p), o in offsets.items()}
+        kept = {tp: o for tp, o in mine.items() if tp in owned}
+        if len(kept) < len(mine):
+            log.info("not committing revoked partitions %s", sorted(set(mine) - set(kept)))
+        if not kept:
+            return
+        try:
+            await kafka.commit(kept)
+        except CommitFailedError as exc:  # the group moved on mid-commit: same as revoked
+            log.info("commit refused by a rebalance (%s); the new owners replay", exc)
+            return
+        self.stats.committed.update({(tp.topic, tp.partition): o for tp, o in kept.items()})
 
     def _shards(self, kafka: AIOKafkaConsumer) -> list[tuple[str, int]]:
         """The partitions this worker owns: their marks are its to re-encode."""

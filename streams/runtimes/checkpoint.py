@@ -5,8 +5,10 @@ For each batch of engagement records, every step awaited before the next:
 1. decode and validate; dead letters sent and acknowledged by the broker (acks=all);
 2. the state applied in Redis, one script call per partition, which stores the partition's
    offset watermark with the state and writes the dirty marks (durable: AOF);
-3. the offsets committed: the batch loop commits exactly the offsets the core returned; Faust
-   acks the batch when its agent moves on and commits acked offsets on its interval;
+3. the offsets committed: the batch loop commits the offsets the core returned for the
+   partitions it still owns (one revoked meanwhile is replayed by its new owner, a no-op on the
+   watermark); Faust acks the batch when its agent moves on and commits acked offsets on its
+   interval;
 4. later, in the updater: a dirty mark is cleared only after the vectors it implies were
    upserted with ``wait=True`` (streams/vectors/reencoder.py).
 

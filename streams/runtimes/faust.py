@@ -191,7 +191,7 @@ class FaustRuntime:
 
     def run(self) -> int:
         self.worker = faust.Worker(self.app, loglevel=self.settings.log_level, quiet=True)
-        self.metrics.serve(self.settings.metrics.host, self.settings.metrics.port)
+        self.metrics.serve_from(self.settings.metrics)
         try:
             self.worker.execute_from_commandline()
         except SystemExit as done:

@@ -32,20 +32,25 @@ import redis.asyncio as aioredis
 from encoders.registry import ModelRegistry
 from encoders.runtime import EncoderBundle
 from state import VectorStore
+from state.vectors import canonical_version
 from streams.metrics import IngestMetrics
 from streams.settings import Settings
 from streams.vectors.backfill import Backfill, is_new
+from streams.vectors.crew import Crew
 from streams.vectors.reencoder import Reencoder
 
 log = logging.getLogger(__name__)
 
 
 class ModelSwitch:
-    """One switch from the primary's model to `bundle`: dual writes, backfill, flip."""
+    """One switch from the primary's model to `bundle`: dual writes, backfill, flip; with other
+    workers, behind the barrier of crew.py."""
 
-    def __init__(self, primary: Reencoder, backfill: Backfill) -> None:
+    def __init__(self, primary: Reencoder, backfill: Backfill, crew: Crew) -> None:
         self.primary = primary
         self.backfill = backfill
+        self.crew = crew
+        self._waiting: set[str] = set()
         primary.dual_write(backfill.writer)
 
     @classmethod
@@ -57,26 +62,57 @@ class ModelSwitch:
         client: aioredis.Redis,
         prefix: str,
         page: int,
+        crew: Crew,
     ) -> ModelSwitch:
         insert_only = await is_new(store, bundle.version, bundle.dim)
         shadow = primary.spawn(bundle)
+        switch = cls(primary, Backfill(shadow, client, prefix, page, insert_only), crew)
+        await crew.join(bundle.version)  # dual writes are on from the next pass
         log.info(
-            "switching %s -> %s: dual writes on, backfill (%s) started",
+            "switching %s -> %s: dual writes on, backfill (%s) once every worker dual-writes",
             primary.bundle.version,
             bundle.version,
             "insert_only" if insert_only else "guarded, collections exist",
         )
-        return cls(primary, Backfill(shadow, client, prefix, page, insert_only))
+        return switch
+
+    @property
+    def version(self) -> str:
+        return self.backfill.writer.bundle.version
 
     async def step(self, store: VectorStore) -> bool:
-        """One backfill page; after the last, flip the aliases and make the new model primary."""
+        """One step between passes; True once the new model is this worker's primary.
+
+        Another worker's flip ends the switch here too; otherwise wait for every live worker to
+        dual-write, hold the backfill lease, write one page, and flip after the last one."""
+        if await asyncio.to_thread(store.serving_version) == canonical_version(self.version):
+            return self._finish("another worker flipped")
+        await self.crew.join(self.version)
+        if not await self._everyone_in():
+            return False
+        if not await self.crew.lead(self.version):
+            return False  # another worker backfills; its flip ends this switch
         if not await self.backfill.step():
             return False
+        if not await self._everyone_in():  # a worker came up meanwhile: let it join first
+            return False
+        await asyncio.to_thread(store.flip, self.version)
+        await self.crew.release(self.version)
+        return self._finish(f"backfilled {self.backfill.progress}")
+
+    async def _everyone_in(self) -> bool:
+        waiting = await self.crew.waiting_for(self.version)
+        if waiting != self._waiting:
+            if waiting:
+                log.info("switch to %s waits for %s to dual-write", self.version, sorted(waiting))
+            self._waiting = waiting
+        return not waiting
+
+    def _finish(self, how: str) -> bool:
         bundle = self.backfill.writer.bundle
-        await asyncio.to_thread(store.flip, bundle.version)
         self.primary.dual_write(None)
         self.primary.swap(bundle)
-        log.info("switched to %s after backfilling %s", bundle.version, self.backfill.progress)
+        log.info("switched to %s (%s)", bundle.version, how)
         return True
 
 
@@ -97,9 +133,11 @@ class ModelWatcher:
         self._rejected: set[str] = set()
         self._polled = time.monotonic()
         self.switch: ModelSwitch | None = None
+        self.crew = Crew(client, settings.redis.key_prefix)
 
     async def step(self) -> None:
         """One backfill page of a switch in progress, or a registry poll when one is due."""
+        await self.crew.beat()
         if self.switch is not None:
             old = self._current
             if await self.switch.step(self._store):
@@ -142,6 +180,7 @@ class ModelWatcher:
             self._client,
             self._settings.redis.key_prefix,
             self._settings.models.backfill_page,
+            self.crew,
         )
 
     def _serving(self, old: str, new: str) -> None:

@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from state.vectors import MIN_SERVER_VERSION
+
 COMPOSE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
 
 
@@ -83,3 +85,12 @@ def test_compose_client_accepts_the_file_where_one_exists() -> None:
         [docker, "compose", "-f", str(COMPOSE), "config", "-q"], capture_output=True
     )
     assert done.returncode == 0, done.stderr.decode()
+
+
+def test_qdrant_needs_an_api_key_that_the_worker_sends() -> None:
+    services = load()["services"]
+    key = services["qdrant"]["environment"]["QDRANT__SERVICE__API_KEY"]
+    assert key.startswith("${QDRANT_API_KEY:?")  # compose refuses to start without one
+    assert services["worker"]["environment"]["SAGESTREAM_QDRANT__API_KEY"] == key
+    version = services["qdrant"]["image"].rsplit(":v", 1)[1]
+    assert tuple(int(p) for p in version.split(".")) >= MIN_SERVER_VERSION

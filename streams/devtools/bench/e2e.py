@@ -243,7 +243,7 @@ def _path_settings(base: Settings, topic: str, registry: Path, qdrant: Path | No
         update={
             "models": settings.models.model_copy(update={"registry": registry}),
             "qdrant": settings.qdrant.model_copy(update={"url": None, "path": qdrant}),
-            "metrics": settings.metrics.model_copy(update={"port": 0}),
+            "metrics": settings.metrics.model_copy(update={"enabled": False}),
         }
     )
 

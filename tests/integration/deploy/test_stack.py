@@ -1,4 +1,5 @@
-"""`sagestream stack`: a real Kafka and Redis of its own; up is idempotent, down leaves nothing."""
+"""`sagestream stack`: a real Kafka, Redis and Qdrant of its own; up is idempotent, down leaves
+nothing; without a Qdrant binary the stack says what embedded mode loses."""
 
 from __future__ import annotations
 
@@ -7,22 +8,33 @@ import os
 import socket
 import subprocess
 import sys
-from dataclasses import asdict
+import urllib.request
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
 
 from deploy.stack import StackConfig
-from tests.support.services import TEST_STACK
+from tests.support.services import TEST_STACK, qdrant_binary
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[3]
 # Ports of its own, so the session's shared test stack and a running demo are untouched.
-OWN = StackConfig(home=TEST_STACK.home, kafka_port=39092, controller_port=39093, redis_port=36379)
+OWN = StackConfig(
+    home=TEST_STACK.home,
+    kafka_port=39092,
+    controller_port=39093,
+    redis_port=36379,
+    qdrant_port=36333,
+    qdrant_grpc_port=36334,
+    qdrant_binary=qdrant_binary(),
+)
+PORTS = (39092, 39093, 36379, 36333, 36334)
 
 
-def stack(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, SAGESTREAM_STACK=json.dumps({k: str(v) for k, v in asdict(OWN).items()}))
+def stack(*args: str, cfg: StackConfig = OWN) -> subprocess.CompletedProcess[str]:
+    fields = {k: str(v) for k, v in asdict(cfg).items() if v is not None}
+    env = dict(os.environ, SAGESTREAM_STACK=json.dumps(fields))
     return subprocess.run(
         [sys.executable, "-m", "streams.cli", "stack", *args],
         env=env,
@@ -61,11 +73,21 @@ def test_up_twice_gives_one_stack_and_down_leaves_nothing() -> None:
         assert "kafka 4.1.1 (KRaft)" in status.stdout
         assert "redis 7." in status.stdout
         assert "127.0.0.1:39092" in status.stdout
-        assert listening(39092) and listening(36379)
+        assert "qdrant 1.19.0" in status.stdout and "http://127.0.0.1:36333" in status.stdout
+        with urllib.request.urlopen("http://127.0.0.1:36333/readyz", timeout=5) as ready:
+            assert ready.status == 200
+        assert all(listening(port) for port in PORTS)
     finally:
         down = stack("down")
     assert down.returncode == 0, down.stderr
-    assert not listening(39092) and not listening(39093) and not listening(36379)
+    assert not any(listening(port) for port in PORTS)
     assert stack("status").returncode == 3  # not running: probes get a failing exit code
     for pid in pids(first.stdout):
         assert not Path(f"/proc/{pid}").exists()
+
+
+def test_without_a_qdrant_binary_the_stack_says_what_embedded_mode_loses() -> None:
+    bare = replace(OWN, run_qdrant=False)
+    status = stack("status", cfg=bare)
+    assert "qdrant" not in [line.split()[0] for line in status.stdout.splitlines() if line]
+    assert "no Qdrant server binary" in status.stdout and "second worker" in status.stdout

@@ -1,26 +1,25 @@
-"""VectorStore contract: the same checks on embedded Qdrant or on a server.
+"""VectorStore contract: the same checks on the test Qdrant server and in embedded mode.
 
-One fixture decides: with ``SAGESTREAM_TEST_QDRANT_URL`` set, the store is that server and each
-test gets its own name prefix (and cleans up after itself); otherwise qdrant-client's embedded
-local mode on the test's own path. Nothing is skipped in either case.
+The server comes from the fixture layer (tests/support/services.py), each test under its own
+collection prefix, dropped after; embedded mode runs the same checks on the test's own path, as
+the demo's fallback. Nothing is skipped.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import random
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pytest
-from qdrant_client import QdrantClient, models
+from qdrant_client import QdrantClient
 from qdrant_client.http.exceptions import ResponseHandlingException
 
 from state import StateUnavailableError, VectorRecord, VectorStore, VectorStoreConfig
@@ -30,39 +29,16 @@ from state.vectors import EntityKind
 log = logging.getLogger(__name__)
 
 DIM = 16
-QDRANT_URL_ENV = "SAGESTREAM_TEST_QDRANT_URL"
 
 
-def _cleanup_server(url: str, prefix: str) -> None:
-    client = QdrantClient(url=url, check_compatibility=False)
-    try:
-        ours = [
-            a.alias_name for a in client.get_aliases().aliases if a.alias_name.startswith(prefix)
-        ]
-        if ours:
-            client.update_collection_aliases(
-                change_aliases_operations=[
-                    models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=name))
-                    for name in ours
-                ]
-            )
-        for collection in client.get_collections().collections:
-            if collection.name.startswith(prefix):
-                client.delete_collection(collection.name)
-    finally:
-        client.close()
-
-
-@pytest.fixture
-def vector_config(tmp_path: Any) -> Iterator[VectorStoreConfig]:
-    """A server from the environment (own prefix) or embedded mode on this test's path."""
-    url = os.environ.get(QDRANT_URL_ENV)
-    if url:
-        prefix = f"t{uuid.uuid4().hex[:10]}_"
-        yield VectorStoreConfig(url=url, prefix=prefix, batch_size=7, timeout_s=5.0)
-        _cleanup_server(url, prefix)
-    else:
-        yield VectorStoreConfig(path=str(tmp_path / "qdrant"), batch_size=7)
+@pytest.fixture(params=["server", "embedded"])
+def vector_config(
+    request: pytest.FixtureRequest, qdrant_config: VectorStoreConfig, tmp_path: Any
+) -> VectorStoreConfig:
+    """Every check on the test Qdrant server (own prefix), and again in embedded mode."""
+    if request.param == "server":
+        return replace(qdrant_config, batch_size=7, timeout_s=5.0)
+    return VectorStoreConfig(path=str(tmp_path / "qdrant"), batch_size=7)
 
 
 @pytest.fixture
@@ -379,3 +355,35 @@ def test_transient_failures_are_retried_until_the_write_lands(
         == 1
     )
     assert not failures and store.count("users", version="v1") == 1
+
+
+def test_workers_preparing_one_version_at_once_all_succeed(
+    qdrant_config: VectorStoreConfig,
+) -> None:
+    """Several workers load a new model together: every prepare succeeds (a lost create race is
+    not an error), and the collections carry the guard's payload index."""
+    start = threading.Barrier(4)
+    failures: list[BaseException] = []
+
+    def prepare() -> None:
+        with VectorStore(qdrant_config) as store:
+            start.wait()
+            try:
+                store.prepare("v7", DIM)
+            except BaseException as exc:  # collected for the assertion below
+                failures.append(exc)
+
+    threads = [threading.Thread(target=prepare) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert failures == []
+    client = QdrantClient(url=qdrant_config.url, check_compatibility=False)
+    try:
+        for kind in ("users", "items"):
+            info = client.get_collection(f"{qdrant_config.prefix}{kind}_v7")
+            assert "state_version" in (info.payload_schema or {}), kind
+            assert info.config.hnsw_config.m == qdrant_config.hnsw_m
+    finally:
+        client.close()

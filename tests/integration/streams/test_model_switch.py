@@ -13,7 +13,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,15 +21,17 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 from encoders.registry import ModelRegistry
-from state import StateError, VectorStore, VectorStoreConfig
+from state import StateError, VectorStore
 from streams.devtools.generate import GeneratorConfig, generate_catalog, generate_events
 from streams.devtools.tiny_model import publish_tiny_model
 from streams.metrics import IngestMetrics
 from streams.settings import Settings
 from streams.vectors.backfill import Backfill, run_backfill
+from streams.vectors.store import vector_store
 from streams.vectors.switch import ModelWatcher
 from streams.vectors.updater import Updater
 from streams.wire.events import Engagement
+from tests.support.reader import read_round
 from tests.support.vectors_world import World, assert_matches_oracle
 
 pytestmark = pytest.mark.integration
@@ -49,9 +51,9 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
 
 
 @pytest.fixture
-def store() -> Iterator[VectorStore]:
-    with VectorStore(VectorStoreConfig()) as vectors:
-        yield vectors
+def store(qdrant_store: VectorStore) -> VectorStore:
+    """The test server (this test's collection prefix)."""
+    return qdrant_store
 
 
 class Reader(threading.Thread):
@@ -77,20 +79,7 @@ class Reader(threading.Thread):
             time.sleep(0.005)  # a steady reader, not a busy loop on the embedded store's lock
 
     def _round(self, user: str) -> None:
-        got = self.store.get("users", [user])
-        if user not in got:
-            self.errors.append(f"{user}: no vector through the alias")
-            return
-        model = str(got[user].payload["model_version"])
-        self.versions.add(model)
-        pinned = self.store.search("items", got[user].vector, 10, version=model)
-        plain = self.store.search("items", got[user].vector, 10)
-        if len(pinned) != 10 or len(plain) != 10:
-            self.errors.append(f"{user}: short result {len(pinned)}/{len(plain)}")
-        if {str(h.payload["model_version"]) for h in pinned} != {model}:
-            self.errors.append(f"{user}: user of {model}, items of other versions")
-        if len({str(h.payload["model_version"]) for h in plain}) != 1:
-            self.errors.append(f"{user}: one search mixed versions")
+        self.errors += read_round(self.store, user, self.versions)
 
 
 class Feed:
@@ -266,10 +255,9 @@ async def test_backfill_command_fills_a_new_version_then_flips(
     registry = ModelRegistry(root)
     settings = make_settings(
         models={"registry": str(root), "backfill_page": 32},
-        qdrant={"path": str(tmp_path / "qdrant")},
         reencode={"item_min_change": 0.0},
     )
-    with VectorStore(VectorStoreConfig(path=str(tmp_path / "qdrant"))) as store:
+    with vector_store(settings) as store:
         world = World(redis_client, settings, registry.load(first), store)
         await world.put(generate_catalog(STREAM))
         await world.apply(list(generate_events(STREAM))[:600])
@@ -280,7 +268,7 @@ async def test_backfill_command_fills_a_new_version_then_flips(
     users, _ = world.engaged()
     assert done["insert_only"] == 1.0
     assert done["users"] == len(users) and done["items"] == len(generate_catalog(STREAM))
-    with VectorStore(VectorStoreConfig(path=str(tmp_path / "qdrant"))) as store:
+    with vector_store(settings) as store:
         world.store = store
         assert store.serving_version() == second
         assert await assert_matches_oracle(world, registry.load(second)) == 0

@@ -4,7 +4,7 @@ checked against the from-scratch oracle of tests/support/vectors_world.py."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -14,7 +14,6 @@ from encoders.runtime import EncoderBundle
 from state import (
     VectorRecord,
     VectorStore,
-    VectorStoreConfig,
     VectorStoreUnavailable,
 )
 from state.keys import ShardKeys, shard_tag
@@ -44,9 +43,9 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> EncoderBundle:
 
 
 @pytest.fixture
-def store() -> Iterator[VectorStore]:
-    with VectorStore(VectorStoreConfig()) as vectors:
-        yield vectors
+def store(qdrant_store: VectorStore) -> VectorStore:
+    """The test server (this test's collection prefix)."""
+    return qdrant_store
 
 
 @pytest.fixture

@@ -36,7 +36,6 @@ import redis.asyncio as aioredis
 
 from encoders.data import TrainingData
 from encoders.workflow import evaluate_version
-from state import VectorStore, VectorStoreConfig
 from state.encode_inputs import EncodeInputs
 from streams.cli.main import main
 from streams.devtools.produce import produce_catalog, produce_engagements
@@ -45,6 +44,7 @@ from streams.settings import Settings
 from streams.training.data import build_training_data, neighbour_lists
 from streams.training.datasets import load_dataset
 from streams.training.store_eval import evaluate_store, relative_gap
+from streams.vectors.store import vector_store
 from streams.wire.events import Engagement
 from streams.wire.topics import ensure_topics
 from tests.support.datasets import ML100K
@@ -117,8 +117,8 @@ def metrics(found: dict[str, Any]) -> dict[str, dict[str, float]]:
     return {g: {k: round(v, 4) for k, v in found[g].items()} for g in ("full", "sampled100")}
 
 
-def store_metrics(path: Path, data: TrainingData) -> dict[str, Any]:
-    with VectorStore(VectorStoreConfig(path=str(path))) as store:
+def store_metrics(settings: Settings, data: TrainingData) -> dict[str, Any]:
+    with vector_store(settings) as store:
         return evaluate_store(store, data, seed=0)
 
 
@@ -134,9 +134,7 @@ async def test_replayed_movielens_reads_from_qdrant_like_the_offline_evaluation(
     data = await asyncio.to_thread(build, dataset.events, dataset.items, FEATURIZER, NEIGHBOURS)
     registry, version = await asyncio.to_thread(publish_tiny_model_on, tmp_path / "models", data)
     registry.promote(version)
-    settings = make_settings(
-        models={"registry": str(tmp_path / "models")}, qdrant={"path": str(tmp_path / "qdrant")}
-    )
+    settings = make_settings(models={"registry": str(tmp_path / "models")})
     ensure_topics(settings)
     produce_catalog(settings, dataset.items.values())
     fed = before_test_targets(dataset.events)
@@ -151,7 +149,7 @@ async def test_replayed_movielens_reads_from_qdrant_like_the_offline_evaluation(
     assert code == 0, worker_log.read_text()[-3000:]
     inputs = EncodeInputs(redis_client, settings.state, settings.redis.key_prefix)
     paired, zero = await all_zero_items(inputs, list(data.item_ids), NEIGHBOURS)
-    after_replay = store_metrics(tmp_path / "qdrant", data)
+    after_replay = store_metrics(settings, data)
 
     refresh = ["backfill", "--version", version, "--refresh"]
     assert await asyncio.to_thread(cli, monkeypatch, settings, *refresh) == 0

@@ -17,22 +17,20 @@ import pytest
 import redis.asyncio as aioredis
 
 from encoders.registry import ModelRegistry
-from state import RedisState, VectorStore, VectorStoreConfig
+from state import RedisState
 from streams.devtools.generate import GeneratorConfig, generate_catalog, generate_events
 from streams.devtools.produce import produce_catalog, produce_engagements
 from streams.devtools.tiny_model import publish_tiny_model
 from streams.settings import Settings
+from streams.vectors.store import vector_store
 from streams.wire.topics import ensure_topics
+from tests.support.convergence import assert_converged
 from tests.support.faults import FaultPlan
 from tests.support.harness import (
-    Oracle,
     committed_offsets,
-    end_offsets,
-    mismatches,
     read_topic,
     run_worker,
 )
-from tests.support.vectors_world import World, assert_matches_oracle
 
 pytestmark = pytest.mark.integration
 log = logging.getLogger(__name__)
@@ -49,30 +47,25 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> ModelRegistry:
     return registry
 
 
-def worker_settings(
-    make_settings: Callable[..., Settings], registry: ModelRegistry, qdrant: Path
-) -> Settings:
+def worker_settings(make_settings: Callable[..., Settings], registry: ModelRegistry) -> Settings:
     return make_settings(
         ingest={"batch_max": 250},
         models={"registry": str(registry.root)},
-        qdrant={"path": str(qdrant)},
         reencode={"item_min_change": 0.0, "window_s": 0.05},
     )
 
 
-def stack_with_catalog(
-    make_settings: Callable[..., Settings], registry: ModelRegistry, qdrant: Path
-) -> Settings:
+def stack_with_catalog(make_settings: Callable[..., Settings], registry: ModelRegistry) -> Settings:
     """The worker's settings, its topics created and the generated catalog produced."""
-    settings = worker_settings(make_settings, registry, qdrant)
+    settings = worker_settings(make_settings, registry)
     ensure_topics(settings)
     produce_catalog(settings, generate_catalog(STREAM))
     return settings
 
 
-def stored_versions(qdrant: Path, users: set[str], items: set[str]) -> Versions:
-    """Every stored point's state_version, read through the aliases (the worker has exited)."""
-    with VectorStore(VectorStoreConfig(path=str(qdrant))) as store:
+def stored_versions(settings: Settings, users: set[str], items: set[str]) -> Versions:
+    """Every stored point's state_version, read through the aliases."""
+    with vector_store(settings) as store:
         if store.serving_version() is None:
             return {}
         found: Versions = {}
@@ -98,23 +91,12 @@ async def check_commits_within_applied(settings: Settings, state: RedisState) ->
 
 
 async def converged(
-    settings: Settings, state: RedisState, redis_client: aioredis.Redis, registry: ModelRegistry
+    settings: Settings, redis_client: aioredis.Redis, registry: ModelRegistry
 ) -> tuple[int, int]:
-    """I1, offsets at the end, and I2; returns (valid events, users behind their items)."""
-    records = await asyncio.to_thread(read_topic, settings, settings.topics.engagements)
-    oracle = Oracle.from_records(settings, records)
-    assert await mismatches(state, oracle) == []
-    ends = await asyncio.to_thread(end_offsets, settings, settings.topics.engagements)
-    assert await asyncio.to_thread(committed_offsets, settings) == ends
     promoted = registry.promoted()
     assert promoted is not None
-    assert settings.qdrant.path is not None
-    with VectorStore(VectorStoreConfig(path=str(settings.qdrant.path))) as store:
-        world = World(redis_client, settings, registry.load(promoted), store)
-        world.replayed({p: [e for _, e in evs] for p, evs in oracle.events.items()})
-        world.content = {i.item_id: i for i in generate_catalog(STREAM)}
-        behind = await assert_matches_oracle(world)
-    return oracle.valid_count, behind
+    bundle = registry.load(promoted)
+    return await assert_converged(settings, redis_client, bundle, generate_catalog(STREAM))
 
 
 async def test_kill_9_at_each_named_point_loses_nothing_and_never_goes_back(
@@ -123,7 +105,7 @@ async def test_kill_9_at_each_named_point_loses_nothing_and_never_goes_back(
     registry: ModelRegistry,
     tmp_path: Path,
 ) -> None:
-    settings = stack_with_catalog(make_settings, registry, tmp_path / "qdrant")
+    settings = stack_with_catalog(make_settings, registry)
     events = list(generate_events(STREAM))
     third = len(events) // len(KILLS) + 1
     users = {e.user_id for e in events}
@@ -139,15 +121,15 @@ async def test_kill_9_at_each_named_point_loses_nothing_and_never_goes_back(
         code = await asyncio.to_thread(run_worker, settings, *args, log=crash_log, faults=kill)
         assert code == -9, crash_log.read_text()[-3000:]
         await check_commits_within_applied(settings, state)
-        now = await asyncio.to_thread(stored_versions, tmp_path / "qdrant", users, items)
+        now = await asyncio.to_thread(stored_versions, settings, users, items)
         moved += check_no_version_went_down(seen, now)
         seen = now
 
     code = await asyncio.to_thread(run_worker, settings, *args, log=tmp_path / "clean.log")
     assert code == 0, (tmp_path / "clean.log").read_text()[-3000:]
-    final = await asyncio.to_thread(stored_versions, tmp_path / "qdrant", users, items)
+    final = await asyncio.to_thread(stored_versions, settings, users, items)
     check_no_version_went_down(seen, final)
-    valid, behind = await converged(settings, state, redis_client, registry)
+    valid, behind = await converged(settings, redis_client, registry)
     log.info(
         "kill -9 x%d at %s: %d events, 0 lost or doubled (I1), %d vectors checked (I2), "
         "%d users built before a later item change, %d version moves, none backwards (I3)",
@@ -166,7 +148,7 @@ async def test_vector_store_outage_pauses_consumption_and_converges_after(
     registry: ModelRegistry,
     tmp_path: Path,
 ) -> None:
-    settings = stack_with_catalog(make_settings, registry, tmp_path / "qdrant")
+    settings = stack_with_catalog(make_settings, registry)
     produce_engagements(settings, generate_events(STREAM))
     outage = FaultPlan(store_outage_s=12.0)
     worker_log = tmp_path / "outage.log"
@@ -187,6 +169,5 @@ async def test_vector_store_outage_pauses_consumption_and_converges_after(
         read_topic, settings, settings.topics.dlq(settings.topics.engagements), 10
     )
     assert letters == []  # a transient store error is never dead-lettered
-    state = RedisState(redis_client, settings.state, prefix=settings.redis.key_prefix)
-    valid, behind = await converged(settings, state, redis_client, registry)
+    valid, behind = await converged(settings, redis_client, registry)
     log.info("store outage 12s: %d events, converged; %d users behind", valid, behind)

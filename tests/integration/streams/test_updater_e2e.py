@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import redis.asyncio as aioredis
 
-from state import RedisState, VectorStore, VectorStoreConfig
+from state import RedisState
 from streams.devtools.generate import GeneratorConfig, generate_events
 from streams.devtools.produce import produce_engagements
 from streams.devtools.tiny_model import publish_tiny_model
 from streams.settings import Settings
+from streams.vectors.store import vector_store
 from streams.wire.topics import ensure_topics
 from tests.support.harness import read_topic, run_worker
 
@@ -35,7 +36,6 @@ async def test_generated_events_become_vectors_a_recommender_can_query(
     registry.promote(version)
     settings = make_settings(
         models={"registry": str(tmp_path / "models")},
-        qdrant={"path": str(tmp_path / "qdrant")},
         reencode={"item_min_change": 0.0},
     )
     ensure_topics(settings)
@@ -49,7 +49,7 @@ async def test_generated_events_become_vectors_a_recommender_can_query(
     records = await asyncio.to_thread(read_topic, settings, settings.topics.engagements)
     users = {r.key.decode(): r.partition for r in records if r.key}
     state = RedisState(redis_client, settings.state, prefix=settings.redis.key_prefix)
-    store = VectorStore(VectorStoreConfig(path=str(tmp_path / "qdrant")))
+    store = vector_store(settings)
     try:
         assert store.serving_version() is not None
         stored_users = store.get("users", users)

@@ -1,0 +1,192 @@
+"""What downstream reads, measured on a Qdrant server: indexed search against exact search.
+
+    sagestream bench --stage qdrant [--events 100000]    (events = item vectors here)
+
+The vectors are shaped like item vectors, not uniform noise (on which every index looks bad):
+unit vectors around a few hundred topic centres, each item a mix of its topic and noise, so
+neighbours are meaningful and some topics are dense. For each collection setting measured:
+
+- upsert: points/s of the guarded write path (`VectorStore.upsert`, ``wait=True``), by batch
+  size and over REST or gRPC;
+- build: seconds until the server reports the collection indexed (status green);
+- search: recall@10 of the HNSW search against ``exact=True`` on the same server (the baseline:
+  brute force over every point), and p50/p99 latency of each, over the same queries.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+import uuid
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+from qdrant_client import QdrantClient, models
+
+from encoders.data import FloatArray
+from state import VectorRecord, VectorStore, VectorStoreConfig
+from state.vectors import canonical_version
+
+log = logging.getLogger(__name__)
+VERSION = "bench"
+
+
+@dataclass(frozen=True)
+class QdrantBenchConfig:
+    url: str
+    api_key: str | None = None
+    items: int = 100_000
+    dim: int = 64
+    topics: int = 300
+    queries: int = 500
+    k: int = 10
+    seed: int = 0
+    grpc_port: int = 6334
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One collection setting; the first is the production default."""
+
+    name: str
+    hnsw_m: int = 16
+    hnsw_ef_construct: int = 100
+    on_disk: bool = False
+    prefer_grpc: bool = False
+    batch: int = 256
+
+
+VARIANTS = (
+    Variant("default (m 16, ef_construct 100, REST, batch 256)"),
+    Variant("gRPC writes and searches", prefer_grpc=True),
+    Variant("batch 64", batch=64),
+    Variant("batch 1024", batch=1024),
+    Variant("m 8, ef_construct 64", hnsw_m=8, hnsw_ef_construct=64),
+    Variant("m 32, ef_construct 200", hnsw_m=32, hnsw_ef_construct=200),
+    Variant("vectors on disk", on_disk=True),
+)
+
+
+def item_like_vectors(cfg: QdrantBenchConfig, n: int, rng: np.random.Generator) -> FloatArray:
+    """Unit vectors around `topics` centres, topic sizes Zipf-like (a few dense topics)."""
+    centres = rng.normal(size=(cfg.topics, cfg.dim))
+    weights = 1.0 / np.arange(1, cfg.topics + 1)
+    topic = rng.choice(cfg.topics, size=n, p=weights / weights.sum())
+    spread = rng.uniform(0.3, 0.9, size=(n, 1))
+    raw = centres[topic] + spread * rng.normal(size=(n, cfg.dim)) * 1.5
+    out: FloatArray = (raw / np.linalg.norm(raw, axis=1, keepdims=True)).astype(np.float32)
+    return out
+
+
+def _store(cfg: QdrantBenchConfig, variant: Variant, prefix: str) -> VectorStore:
+    return VectorStore(
+        VectorStoreConfig(
+            url=cfg.url,
+            api_key=cfg.api_key,
+            prefix=prefix,
+            batch_size=variant.batch,
+            prefer_grpc=variant.prefer_grpc,
+            grpc_port=cfg.grpc_port,
+            hnsw_m=variant.hnsw_m,
+            hnsw_ef_construct=variant.hnsw_ef_construct,
+            on_disk=variant.on_disk,
+            timeout_s=60.0,
+        )
+    )
+
+
+def _indexed(client: QdrantClient, name: str, timeout_s: float = 900.0) -> float:
+    """Seconds until the collection is green with every point in the HNSW index."""
+    began = time.monotonic()
+    while time.monotonic() - began < timeout_s:
+        info = client.get_collection(name)
+        done = info.indexed_vectors_count or 0
+        if info.status == models.CollectionStatus.GREEN and done >= (info.points_count or 0):
+            return time.monotonic() - began
+        time.sleep(0.5)
+    raise TimeoutError(f"{name} not indexed after {timeout_s:.0f}s")
+
+
+def _search(
+    client: QdrantClient, name: str, query: FloatArray, k: int, exact: bool
+) -> tuple[list[str], float]:
+    """The ids found and the seconds the call took, as a reader would see them."""
+    began = time.perf_counter()
+    result = client.query_points(
+        name,
+        query=query.tolist(),
+        limit=k,
+        search_params=models.SearchParams(exact=exact),
+        with_payload=False,
+    )
+    return [str(p.id) for p in result.points], time.perf_counter() - began
+
+
+def _quantiles(seconds: list[float]) -> dict[str, float]:
+    ms = sorted(s * 1000 for s in seconds)
+    return {
+        "p50_ms": round(statistics.median(ms), 2),
+        "p99_ms": round(ms[min(len(ms) - 1, int(0.99 * len(ms)))], 2),
+    }
+
+
+def run_variant(
+    cfg: QdrantBenchConfig, variant: Variant, vectors: FloatArray, queries: FloatArray
+) -> dict[str, Any]:
+    prefix = f"bench{uuid.uuid4().hex[:6]}_"
+    store = _store(cfg, variant, prefix)
+    try:
+        store.prepare(VERSION, cfg.dim)
+        records = [VectorRecord("items", f"i{n}", vectors[n], 1, 0.0) for n in range(len(vectors))]
+        began = time.perf_counter()
+        chunk = 10_000  # one progress line per chunk; the store batches inside it
+        for start in range(0, len(records), chunk):
+            store.upsert(VERSION, records[start : start + chunk])
+            log.info("%s: %d/%d upserted", variant.name, start + chunk, len(records))
+        upsert_s = time.perf_counter() - began
+        client = store._connect()
+        name = f"{prefix}items_{canonical_version(VERSION)}"
+        build_s = _indexed(client, name)
+        hnsw, exact, recalls = [], [], []
+        for query in queries:
+            got, took = _search(client, name, query, cfg.k, exact=False)
+            want, took_exact = _search(client, name, query, cfg.k, exact=True)
+            hnsw.append(took)
+            exact.append(took_exact)
+            recalls.append(len(set(got) & set(want)) / len(want))
+        return {
+            "variant": variant.name,
+            "upsert_points_per_s": round(len(records) / upsert_s),
+            "index_build_s": round(build_s, 1),
+            "recall@10": round(float(np.mean(recalls)), 4),
+            "hnsw": _quantiles(hnsw),
+            "exact": _quantiles(exact),
+        }
+    finally:
+        try:
+            client = store._connect()
+            for kind in ("users", "items"):
+                client.delete_collection(f"{prefix}{kind}_{canonical_version(VERSION)}")
+        finally:
+            store.close()
+
+
+def run_qdrant_bench(
+    cfg: QdrantBenchConfig, variants: tuple[Variant, ...] = VARIANTS
+) -> dict[str, Any]:
+    rng = np.random.default_rng(cfg.seed)
+    vectors = item_like_vectors(cfg, cfg.items, rng)
+    queries = item_like_vectors(replace(cfg, seed=cfg.seed + 1), cfg.queries, rng)
+    rows = []
+    for variant in variants:
+        log.info("qdrant bench: %s", variant.name)
+        rows.append(run_variant(cfg, variant, vectors, queries))
+    base = rows[0]
+    for row in rows:
+        row["upsert_vs_default"] = round(
+            row["upsert_points_per_s"] / base["upsert_points_per_s"], 2
+        )
+        row["hnsw_p99_vs_exact_p99"] = round(row["hnsw"]["p99_ms"] / row["exact"]["p99_ms"], 3)
+    return {"items": cfg.items, "dim": cfg.dim, "queries": cfg.queries, "rows": rows}

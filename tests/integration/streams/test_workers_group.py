@@ -1,0 +1,250 @@
+"""Scale-out on one Redis and one Qdrant server: N workers in one group, a kill -9, a model switch
+with every worker writing, and a recommender reading through the aliases in its own process.
+
+Every wait is for a condition (offsets, backlog, the reader's tally, the alias), never for a
+length of time; the deadlines only catch hangs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from encoders.registry import ModelRegistry
+from state import RedisState
+from state.vectors import canonical_version
+from streams.devtools.generate import GeneratorConfig, generate_catalog, generate_events
+from streams.devtools.produce import produce_catalog, produce_engagements
+from streams.devtools.tiny_model import publish_tiny_model
+from streams.settings import Settings
+from streams.vectors.store import vector_store
+from streams.wire.topics import ensure_topics
+from tests.support.convergence import assert_converged
+from tests.support.harness import (
+    REPO,
+    Oracle,
+    committed_offsets,
+    end_offsets,
+    read_topic,
+    start_worker,
+)
+
+pytestmark = pytest.mark.integration
+log = logging.getLogger(__name__)
+
+STREAM = GeneratorConfig(users=150, items=300, communities=4, events=6000, seed=53)
+WORKERS = 3
+DEADLINE_S = 240.0
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
+    """Two versions of the tiny model in one registry; the first promoted."""
+    root = tmp_path_factory.mktemp("registry")
+    registry, first = publish_tiny_model(root, STREAM, seed=3)
+    _, second = publish_tiny_model(root, STREAM, seed=4)
+    registry.promote(first)
+    return root, first, second
+
+
+def group_settings(make_settings: Callable[..., Settings], root: Path) -> Settings:
+    settings = make_settings(
+        ingest={"batch_max": 250},
+        topics={"partitions": 6},
+        kafka={"session_timeout_s": 6.0, "heartbeat_interval_s": 2.0},
+        models={"registry": str(root), "poll_s": 0.5, "backfill_page": 32},
+        reencode={"item_min_change": 0.0, "window_s": 0.05},
+    )
+    ensure_topics(settings)
+    produce_catalog(settings, generate_catalog(STREAM))
+    return settings
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    began = time.monotonic()
+    while not condition():
+        assert time.monotonic() - began < DEADLINE_S, f"still waiting for {what}"
+        await asyncio.sleep(0.2)
+
+
+async def drained(settings: Settings, state: RedisState) -> None:
+    """Every record committed and every dirty mark turned into vectors."""
+    began = time.monotonic()
+    while True:
+        ends = await asyncio.to_thread(end_offsets, settings, settings.topics.engagements)
+        done = await asyncio.to_thread(committed_offsets, settings) == ends
+        if done and sum((await state.dirty_backlog()).values()) == 0:
+            return
+        assert time.monotonic() - began < DEADLINE_S, "the group did not drain"
+        await asyncio.sleep(0.5)
+
+
+def start_group(settings: Settings, logs: Path, n: int) -> list[subprocess.Popen[bytes]]:
+    return [
+        start_worker(settings, "--runtime", "batch", log=logs / f"worker{i}.log") for i in range(n)
+    ]
+
+
+def stop_group(workers: list[subprocess.Popen[bytes]]) -> list[int]:
+    for worker in workers:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+    return [worker.wait(timeout=60) for worker in workers]
+
+
+async def lost_and_doubled(settings: Settings, state: RedisState) -> tuple[int, int]:
+    """Events missing from, and applied twice to, Redis: each user's version counts the events
+    applied to it, against the oracle's count of the valid events in the topic."""
+    records = await asyncio.to_thread(read_topic, settings, settings.topics.engagements)
+    oracle = Oracle.from_records(settings, records)
+    lost = doubled = 0
+    topic = settings.topics.engagements
+    for partition, events in oracle.events.items():
+        graph = oracle.shards[partition]
+        for user in {e.user_id for _, e in events}:
+            found = await state.user_version(topic, partition, user) or 0
+            lost += max(0, graph.user_version(user) - found)
+            doubled += max(0, found - graph.user_version(user))
+    return lost, doubled
+
+
+async def test_three_workers_lose_one_to_kill_9_and_end_exact(
+    make_settings: Callable[..., Settings],
+    redis_client: aioredis.Redis,
+    models: tuple[Path, str, str],
+    tmp_path: Path,
+) -> None:
+    root, first, _ = models
+    settings = group_settings(make_settings, root)
+    state = RedisState(redis_client, settings.state, prefix=settings.redis.key_prefix)
+    events = list(generate_events(STREAM))
+    cut = len(events) * 3 // 5
+    produce_engagements(settings, events[:cut])
+    workers = start_group(settings, tmp_path, WORKERS)
+    try:
+
+        def committed() -> int:
+            return sum(committed_offsets(settings).values())
+
+        await until(lambda: committed() >= cut // 4, "the group's first commits")
+        workers[0].send_signal(signal.SIGKILL)
+        assert workers[0].wait(timeout=30) == -9
+        produce_engagements(settings, events[cut:])
+        await drained(settings, state)  # the survivors took the killed worker's partitions
+    finally:
+        codes = stop_group(workers)
+    assert codes[1:] == [0] * (WORKERS - 1), [p.read_text()[-2000:] for p in tmp_path.glob("*.log")]
+    valid, behind = await assert_converged(
+        settings, redis_client, ModelRegistry(root).load(first), generate_catalog(STREAM)
+    )
+    lost, doubled = await lost_and_doubled(settings, state)
+    assert lost == doubled == 0
+    with vector_store(settings) as store:
+        checked = store.count("users") + store.count("items")
+    log.info(
+        "group: %d events, %d workers, 1 kill -9, lost %d, doubled %d, %d vectors checked, "
+        "0 mismatches, %d users built before a later item change",
+        valid,
+        WORKERS,
+        lost,
+        doubled,
+        checked,
+        behind,
+    )
+
+
+class ReaderProcess:
+    """tests/support/reader.py in its own process; its tally is read from the file it rewrites."""
+
+    def __init__(self, settings: Settings, out: Path, users: list[str]) -> None:
+        env = dict(os.environ, **settings.to_env())
+        self.out = out
+        cmd = [sys.executable, "-m", "tests.support.reader", str(out), *users]
+        self._log = open(out.with_suffix(".log"), "ab")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=self._log, stderr=self._log)
+
+    def tally(self) -> dict[str, object]:
+        try:
+            found: dict[str, object] = json.loads(self.out.read_text())
+            return found
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {"rounds": 0, "errors": [], "versions": []}
+
+    def saw(self, version: str, rounds: int = 20) -> bool:
+        tally = self.tally()
+        return version in tally["versions"] and int(tally["rounds"]) >= rounds  # type: ignore
+
+    def stop(self) -> dict[str, object]:
+        self.out.with_suffix(".stop").touch()
+        assert self.proc.wait(timeout=60) == 0, self.out.with_suffix(".log").read_text()[-2000:]
+        self._log.close()
+        return self.tally()
+
+
+async def test_a_switch_with_every_worker_writing_ends_exact_and_readers_never_see_a_gap(
+    make_settings: Callable[..., Settings],
+    redis_client: aioredis.Redis,
+    models: tuple[Path, str, str],
+    tmp_path: Path,
+) -> None:
+    root, first, second = models
+    registry = ModelRegistry(root)
+    settings = group_settings(make_settings, root)
+    state = RedisState(redis_client, settings.state, prefix=settings.redis.key_prefix)
+    events = list(generate_events(STREAM))
+    half = len(events) // 2
+    produce_engagements(settings, events[:half])
+    workers = start_group(settings, tmp_path, WORKERS)
+    reader: ReaderProcess | None = None
+    try:
+        await drained(settings, state)
+        users = sorted({e.user_id for e in events[:half]})
+        reader = ReaderProcess(settings, tmp_path / "reader.json", users)
+        await until(lambda: reader is not None and reader.saw(first), "the reader on the first")
+        registry.promote(second)
+        with vector_store(settings) as store:
+
+            def serving() -> bool:
+                return store.serving_version() == canonical_version(second)
+
+            sent = half
+            while sent < len(events) and not serving():  # writes go on through the switch
+                produce_engagements(settings, events[sent : sent + 200])
+                sent += 200
+                await asyncio.sleep(0.2)
+            await until(serving, "the flip")
+        produce_engagements(settings, events[sent:])
+        await until(lambda: reader is not None and reader.saw(second), "the reader on the second")
+        await drained(settings, state)
+    finally:
+        tally = reader.stop() if reader is not None else {}
+        codes = stop_group(workers)
+    logs = {p.name: p.read_text() for p in tmp_path.glob("worker*.log")}
+    assert codes == [0] * WORKERS, {k: v[-2000:] for k, v in logs.items()}
+    assert tally["errors"] == [], tally["errors"][:5]  # type: ignore[index]
+    assert tally["versions"] == sorted([canonical_version(first), canonical_version(second)])
+    assert all("switched to" in text for text in logs.values()), "a worker never switched"
+    valid, behind = await assert_converged(
+        settings, redis_client, registry.load(second), generate_catalog(STREAM)
+    )
+    log.info(
+        "switch with %d workers writing: %d events, reader %d rounds, 0 errors, versions %s; "
+        "every vector of %s equals the oracle (%d users built before a later item change)",
+        WORKERS,
+        valid,
+        tally["rounds"],
+        tally["versions"],
+        second,
+        behind,
+    )
