@@ -1,0 +1,42 @@
+"""The worker's /metrics endpoint: any free port on request, a clear error on a taken one."""
+
+from __future__ import annotations
+
+import socket
+import urllib.request
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from streams.cli.main import EXIT_CONFIG, main
+from streams.exceptions import ConfigError
+from streams.metrics import IngestMetrics
+from streams.settings import MetricsSettings
+
+
+def test_port_zero_serves_on_a_free_port_and_says_which() -> None:
+    metrics = IngestMetrics(CollectorRegistry())
+    port = metrics.serve_from(MetricsSettings(port=0))
+    assert port is not None and port > 0
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
+        assert b"sagestream_" in page.read()
+    assert IngestMetrics(CollectorRegistry()).serve_from(MetricsSettings(enabled=False)) is None
+
+
+def test_a_taken_port_is_a_config_error_and_a_one_line_exit(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match="choose another port"):
+            IngestMetrics(CollectorRegistry()).serve("127.0.0.1", port)
+
+        def worker(_args: object) -> int:
+            IngestMetrics(CollectorRegistry()).serve("127.0.0.1", port)
+            return 0
+
+        monkeypatch.setattr("streams.cli.worker.run", worker)
+        assert main(["worker"]) == EXIT_CONFIG
+    assert any("choose another port" in r.getMessage() for r in caplog.records)
