@@ -233,6 +233,21 @@ def check_record(record: VectorRecord) -> list[float]:
     return values
 
 
+def _purge(client: QdrantClient, prefix: str) -> int:
+    ours = [a.alias_name for a in client.get_aliases().aliases if a.alias_name.startswith(prefix)]
+    if ours:  # aliases first: an alias pins its collection
+        client.update_collection_aliases(
+            change_aliases_operations=[
+                models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=name))
+                for name in ours
+            ]
+        )
+    names = [c.name for c in client.get_collections().collections if c.name.startswith(prefix)]
+    for name in names:
+        client.delete_collection(name)
+    return len(names)
+
+
 def _retryable(err: BaseException) -> bool:
     return isinstance(err, (ApiException, OSError, ValueError, RuntimeError)) and is_transient(err)
 
@@ -497,6 +512,15 @@ class VectorStore:
             raise StateError(f"{canonical_version(version)} is serving; flip away before dropping")
         names = [self.collection(kind, version) for kind in KINDS]
         self._call(f"drop {names}", lambda c: [c.delete_collection(name) for name in names])
+
+    def purge(self) -> int:
+        """Delete every alias and collection under this store's prefix (a test's or a bench's
+        namespace on a shared server); returns the collections deleted. Needs a prefix, so it
+        can never wipe a production namespace by accident."""
+        prefix = self.config.prefix
+        if not prefix:
+            raise StateError("purge needs a prefix: it never deletes an unprefixed namespace")
+        return self._call(f"purge {prefix}*", lambda c: _purge(c, prefix))
 
     # -- writes ------------------------------------------------------------------------------
 

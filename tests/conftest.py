@@ -39,8 +39,11 @@ async def redis_client(services: Services) -> AsyncIterator[aioredis.Redis]:
 def qdrant_config(services: Services, key_prefix: str) -> Iterator[VectorStoreConfig]:
     """The test Qdrant server, this test's collections under its own prefix (dropped after)."""
     prefix = f"{key_prefix}_"
-    yield VectorStoreConfig(url=services.qdrant_url, api_key=services.qdrant_api_key, prefix=prefix)
-    drop_prefixed(services.qdrant_url, prefix, services.qdrant_api_key)
+    config = VectorStoreConfig(
+        url=services.qdrant_url, api_key=services.qdrant_api_key, prefix=prefix
+    )
+    yield config
+    drop_prefixed(config)
 
 
 @pytest.fixture

@@ -48,10 +48,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     parser.add_argument(
         "--qdrant",
-        choices=["memory", "disk"],
+        choices=["memory", "disk", "server"],
         default="memory",
-        help="e2e: embedded Qdrant in memory (default: the nearest to a server's batched writes "
-        "that runs here) or on disk (one SQLite commit per point)",
+        help="e2e: embedded Qdrant in memory (default) or on disk (one SQLite commit per point), "
+        "or the Qdrant server (qdrant.url, else the stack's), a collection prefix per path",
     )
     parser.set_defaults(func=run)
 
@@ -176,6 +176,11 @@ def run_e2e(args: argparse.Namespace) -> int:
     )
     settings = settings_of(args)
     stack.up(settings.stack)
+    if args.qdrant == "server" and settings.qdrant.url is None:
+        if settings.stack.qdrant_server() is None:
+            raise SystemExit(f"--qdrant server: {stack.NO_QDRANT}")
+        server = settings.qdrant.model_copy(update={"url": settings.stack.qdrant_url})
+        settings = settings.model_copy(update={"qdrant": server})
     result = run_e2e_bench(settings, cfg)
     report_e2e(result)
     if args.json:

@@ -49,7 +49,7 @@ from kafka import KafkaAdminClient
 
 from encoders.contract import MANIFEST_FILE
 from encoders.registry import ModelRegistry
-from state import RedisState, VectorStore, VectorStoreConfig
+from state import RedisState
 from streams.devtools.bench.ingest import bench_settings, consume_ceiling, drop_prefix
 from streams.devtools.bench.naive import run_naive, spawn
 from streams.devtools.generate import GeneratorConfig, generate_events
@@ -60,7 +60,7 @@ from streams.runtimes.limits import RunLimits
 from streams.runtimes.wiring import redis_client
 from streams.settings import Settings
 from streams.vectors.rules import PassStats
-from streams.vectors.store import MEMORY
+from streams.vectors.store import MEMORY, vector_store
 from streams.wire.topics import ensure_topics
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ class E2EConfig:
     naive_events: int | None = None  # None: min(events, NAIVE_EVENTS_MAX)
     model: Path | None = None  # a registry root with a promoted version, or a version directory
     png: Path | None = None
-    qdrant: str = "memory"  # embedded Qdrant: "memory", or "disk" (a path per run)
+    qdrant: str = "memory"  # embedded "memory" or "disk" (a path per run), or "server"
     load_fraction: float = 0.5  # offered load for freshness, as a share of sagestream's max
     users: int = 5000
     items: int = 10000
@@ -235,29 +235,44 @@ async def under_load(
 # -- the run -----------------------------------------------------------------------------------
 
 
-def _path_settings(base: Settings, topic: str, registry: Path, qdrant: Path | None) -> Settings:
-    """One path's settings; `qdrant` None means an in-memory embedded store."""
+def _path_settings(base: Settings, topic: str, registry: Path, store: str, work: Path) -> Settings:
+    """One path's settings: its own embedded store (in memory or on disk under `work`), or its
+    own collection prefix on the server `base` names."""
     settings = bench_settings(base, topic)
-    qdrant = qdrant or Path(MEMORY)
+    name = settings.redis.key_prefix  # fresh per path (bench_settings)
+    if store == "server":
+        qdrant = settings.qdrant.model_copy(update={"collection_prefix": f"{name}_"})
+    else:
+        path = work / f"qdrant-{name}" if store == "disk" else Path(MEMORY)
+        qdrant = settings.qdrant.model_copy(update={"url": None, "path": path})
     return settings.model_copy(
         update={
             "models": settings.models.model_copy(update={"registry": registry}),
-            "qdrant": settings.qdrant.model_copy(update={"url": None, "path": qdrant}),
+            "qdrant": qdrant,
             "metrics": settings.metrics.model_copy(update={"enabled": False}),
         }
     )
 
 
 def _where(settings: Settings) -> str:
-    return "in memory" if str(settings.qdrant.path) == MEMORY else "on disk"
+    if settings.qdrant.url:
+        return f"server {settings.qdrant.url}, a collection prefix per path"
+    where = "in memory" if str(settings.qdrant.path) == MEMORY else "on disk"
+    return f"embedded (local mode, {where}), one store per path"
 
 
-def count_vectors(path: Path, version: str) -> dict[str, int]:
-    """Points per kind in an on-disk store; an in-memory one is gone with its worker ({})."""
-    if not path.exists():
+def count_vectors(settings: Settings, version: str) -> dict[str, int]:
+    """Points per kind a path wrote; an in-memory store is gone with its worker ({})."""
+    if settings.qdrant.url is None and str(settings.qdrant.path) == MEMORY:
         return {}
-    with VectorStore(VectorStoreConfig(path=str(path))) as store:
+    with vector_store(settings) as store:
         return {kind: store.count(kind, version=version) for kind in ("users", "items")}
+
+
+def drop_vectors(settings: Settings) -> None:
+    if settings.qdrant.url:
+        with vector_store(settings) as store:
+            store.purge()
 
 
 async def marks_left(settings: Settings) -> int:
@@ -305,21 +320,23 @@ def save_png(freshness: Mapping[str, Sequence[float]], path: Path, title: str) -
 
 def run_e2e_bench(base: Settings, cfg: E2EConfig) -> dict[str, Any]:
     """Every figure of the module docstring, from one run; temporary state is removed after."""
-    if base.qdrant.url:
+    if base.qdrant.url and cfg.qdrant != "server":
         log.warning("qdrant.url is not used: each path writes an embedded store of its own")
+    if cfg.qdrant == "server" and not base.qdrant.url:
+        raise ValueError("--qdrant server needs a server URL (qdrant.url or the stack's Qdrant)")
     topic = f"bench-e2e-{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory(prefix="sagestream-e2e-") as tmp:
         work = Path(tmp)
         registry, version = prepare_model(cfg.model, work / "models", cfg.stream(cfg.events))
-        disk = cfg.qdrant == "disk"
-        naive = _path_settings(base, topic, registry, work / "qdrant-naive" if disk else None)
-        sage = _path_settings(base, topic, registry, work / "qdrant-sagestream" if disk else None)
+        naive = _path_settings(base, topic, registry, cfg.qdrant, work)
+        sage = _path_settings(base, topic, registry, cfg.qdrant, work)
         try:
             result, sage_eps = _throughput(cfg, naive, sage, work, version)
             result["freshness"] = _freshness(cfg, sage, sage_eps * cfg.load_fraction, work)
         finally:
             for settings in (naive, sage):
                 asyncio.run(drop_prefix(settings))
+                drop_vectors(settings)
     result["goals"] = _goals(result)
     result["model"] = {"version": version, "source": str(cfg.model or "tiny, trained here")}
     return result
@@ -360,7 +377,7 @@ def _throughput(
         "events": cfg.events,
         "partitions": sage.topics.partitions,
         "cpus": os.cpu_count(),
-        "qdrant": f"embedded (local mode, {_where(sage)}), one store per path",
+        "qdrant": _where(sage),
         "eps": {
             "ceiling": round(ceiling),
             "naive": round(naive_eps),
@@ -377,8 +394,8 @@ def _throughput(
             "items": len({e.item_id for e in events}),
         },
         "vectors": {
-            "naive": count_vectors(work / "qdrant-naive", version),
-            "sagestream": count_vectors(work / "qdrant-sagestream", version),
+            "naive": count_vectors(naive, version),
+            "sagestream": count_vectors(sage, version),
         },
         "marks_left": asyncio.run(marks_left(sage)),
         "sagestream_passes": metrics.pass_summary(),

@@ -1,4 +1,5 @@
-"""The end-to-end bench on a tiny stream: every figure is there and consistent (no timing goals)."""
+"""The end-to-end bench on a tiny stream, both paths writing to the Qdrant server: every figure
+is there and consistent (no timing goals)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from pathlib import Path
 from streams.devtools.bench.e2e import E2EConfig, run_e2e_bench
 from streams.settings import Settings
 png, out = Path(sys.argv[1]), Path(sys.argv[2])
-cfg = E2EConfig(events=600, load_seconds=5, png=png, users=120, items=300, qdrant="disk")
+cfg = E2EConfig(events=600, load_seconds=5, png=png, users=120, items=300, qdrant="server")
 out.write_text(json.dumps(run_e2e_bench(Settings.load(), cfg)))
 """
 
