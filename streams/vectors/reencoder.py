@@ -41,8 +41,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import numpy as np
 import redis.asyncio as aioredis
@@ -51,32 +50,20 @@ from encoders.data import FloatArray, encoder_window
 from encoders.runtime import EncoderBundle
 from state import RedisState, StateConfig, VectorRecord, VectorStore
 from state.catalog import CatalogRecord, CatalogStore
-from state.encode_inputs import EncodeBasis, EncodeInputs, ItemInputs, UserInputs
+from state.encode_inputs import EncodeBasis, EncodeInputs, UserInputs
 from streams.settings import ReencodeSettings
 from streams.vectors.encoding import ContentCache, content_rows, item_rows, user_rows
 from streams.vectors.marks import MarkBook
+from streams.vectors.plans import ItemPlan, ItemPlanner
 from streams.vectors.rules import (
     REASONS,
     Marks,
     PassStats,
     Reason,
     Shard,
-    item_reason,
-    material_change,
 )
 
 __all__ = ["REASONS", "PassStats", "Reason", "Reencoder", "Shard"]
-
-
-@dataclass(frozen=True)
-class _ItemPlan:
-    """One item to encode now, with the inputs read before encoding."""
-
-    reason: Reason
-    state: ItemInputs
-    content: CatalogRecord
-    basis: EncodeBasis  # becomes the item's basis once the upsert returned
-    first_ts: float | None
 
 
 class Reencoder:
@@ -95,6 +82,7 @@ class Reencoder:
         self._state, self._inputs, self._catalog = state, inputs, catalog
         self._store, self._cfg, self._clock = store, settings, clock
         self._marks = MarkBook(state, catalog)
+        self._planner = ItemPlanner(inputs, catalog, settings.item_min_change)
         self._content = ContentCache(settings.content_cache)
         self._prepared: str | None = None
         self.bundle = bundle
@@ -210,13 +198,13 @@ class Reencoder:
         """
         await self._prepare()
         arrived = {item_id for item_id, _ in marks.catalog}
-        plans = await self._plan_items(marks.items(), arrived, stats, skip=primary)
+        plans = await self._planner.dirty(self.bundle, marks.items(), arrived, stats, skip=primary)
         users = {
             shard: await self._inputs.users(*shard, ids) for shard, ids in marks.users().items()
         }
         stored = await self._history_vectors(users, plans)
         vectors = await self._encode_items(plans, stats)
-        records = [self._item_record(plan, vectors[i]) for i, plan in plans.items()]
+        records = [plan.record(vectors[i]) for i, plan in plans.items()]
         records += await self._encode_users(users, {**stored, **vectors}, stats)
         await self._upsert(records, stats, insert_only=insert_only, refresh=refresh)
         if primary:
@@ -237,64 +225,8 @@ class Reencoder:
 
     # -- items -----------------------------------------------------------------------------------
 
-    async def _plan_items(
-        self, first_ts: Mapping[str, float], arrived: set[str], stats: PassStats, *, skip: bool
-    ) -> dict[str, _ItemPlan]:
-        """Read dirty items' state, basis and content; keep those that must be encoded
-        (all of them unless `skip`: immaterial changes are skipped only by the primary)."""
-        ids = list(first_ts)
-        if not ids:
-            return {}
-        states = await self._inputs.items(ids, self.bundle.neighbours)
-        bases = await self._inputs.bases(ids)
-        contents = await self._catalog.get(ids)
-        plans: dict[str, _ItemPlan] = {}
-        for item_id in ids:
-            content = contents.get(item_id) or CatalogRecord.empty(item_id)
-            state = states[item_id]
-            basis = bases.get(item_id)
-            changed = basis is not None and material_change(
-                basis, state.neighbours, state.degree, self._cfg.item_min_change
-            )
-            reason = item_reason(
-                basis, self.bundle.version, item_id in arrived, content.content_version, changed
-            )
-            if reason is None and not skip:
-                reason = "neighbours"
-            if reason is None:
-                stats.items_skipped += 1
-                continue
-            plan_basis = self._basis(state, content)
-            plans[item_id] = _ItemPlan(reason, state, content, plan_basis, first_ts[item_id])
-        return plans
-
-    def _basis(self, state: ItemInputs, content: CatalogRecord) -> EncodeBasis:
-        """What the item is encoded from; its weights are already relative (merge_relative)."""
-        return EncodeBasis(
-            state_version=state.version + content.content_version,
-            model_version=self.bundle.version,
-            neighbours=tuple(n for n, _ in state.neighbours),
-            weights=tuple(w for _, w in state.neighbours),
-            degree=state.degree,
-            content_version=content.content_version,
-        )
-
-    async def _cold_plans(self, ids: Iterable[str]) -> dict[str, _ItemPlan]:
-        """Plans for items a history needs that have no vector of this model (step 4)."""
-        wanted = list(ids)
-        if not wanted:
-            return {}
-        states = await self._inputs.items(wanted, self.bundle.neighbours)
-        contents = await self._catalog.get(wanted)
-        plans = {}
-        for item_id in wanted:
-            content = contents.get(item_id) or CatalogRecord.empty(item_id)
-            basis = self._basis(states[item_id], content)
-            plans[item_id] = _ItemPlan("cold_start", states[item_id], content, basis, None)
-        return plans
-
     async def _encode_items(
-        self, plans: Mapping[str, _ItemPlan], stats: PassStats
+        self, plans: Mapping[str, ItemPlan], stats: PassStats
     ) -> dict[str, FloatArray]:
         """Item vectors of every plan: own and neighbour content, relative weights, degree."""
         if not plans:
@@ -353,16 +285,6 @@ class Reencoder:
                 self._content.put(record.item_id, record.content_version, row)
         return out
 
-    def _item_record(self, plan: _ItemPlan, vector: FloatArray) -> VectorRecord:
-        known = [t for t in (plan.first_ts, plan.content.put_ts) if t is not None]
-        return VectorRecord(
-            "items",
-            plan.content.item_id,
-            vector,
-            plan.basis.state_version,
-            max(known, default=0.0),
-        )
-
     # -- users -----------------------------------------------------------------------------------
 
     def _history(self, user: UserInputs) -> list[tuple[str, int, float]]:
@@ -371,7 +293,7 @@ class Reencoder:
     async def _history_vectors(
         self,
         users: Mapping[Shard, Mapping[str, UserInputs]],
-        plans: dict[str, _ItemPlan],
+        plans: dict[str, ItemPlan],
     ) -> dict[str, FloatArray]:
         """Stored vectors of history items not encoded in this pass; items with no vector of
         this model are added to `plans` (step 4 of the module docstring)."""
@@ -386,7 +308,7 @@ class Reencoder:
         found = await asyncio.to_thread(
             self._store.get, "items", needed, version=self.bundle.version
         )
-        plans.update(await self._cold_plans(sorted(needed - set(found))))
+        plans.update(await self._planner.cold(self.bundle, sorted(needed - set(found))))
         return {item_id: point.vector for item_id, point in found.items()}
 
     async def _encode_users(
@@ -440,7 +362,7 @@ class Reencoder:
         await asyncio.to_thread(write, self.bundle.version, records)
         stats.upsert_s += time.perf_counter() - began
 
-    def _freshness(self, stats: PassStats, plans: Mapping[str, _ItemPlan], marks: Marks) -> None:
+    def _freshness(self, stats: PassStats, plans: Mapping[str, ItemPlan], marks: Marks) -> None:
         """Upsert wall time minus each encoded entity's first dirty ts (one sample each)."""
         now = self._clock()
         for plan in plans.values():
