@@ -46,10 +46,11 @@ case "${1:-}" in
     shift
     # This workplace keeps a Qdrant server binary beside the checkout; point the stack at it
     # unless the user named one (elsewhere: qdrant on PATH, or the demo's embedded fallback).
-    shared_qdrant="$(pwd)/../shared/bin/qdrant"
-    if [ -z "${SAGESTREAM_STACK__QDRANT_BINARY:-}" ] && [ -x "$shared_qdrant" ]; then
-      export SAGESTREAM_STACK__QDRANT_BINARY="$shared_qdrant"
-    fi
+    for shared_qdrant in "$(pwd)/../shared/bin/qdrant" /work/shared/bin/qdrant; do
+      if [ -z "${SAGESTREAM_STACK__QDRANT_BINARY:-}" ] && [ -x "$shared_qdrant" ]; then
+        export SAGESTREAM_STACK__QDRANT_BINARY="$shared_qdrant"
+      fi
+    done
     exec "$VENV/bin/sagestream" demo "$@"
     ;;
   test)

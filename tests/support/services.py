@@ -29,7 +29,8 @@ QDRANT_IMAGE = "qdrant/qdrant:v1.19.0"
 def qdrant_binary() -> Path:
     """The Qdrant server the native test stack runs; a missing one is an error, not a skip."""
     named = os.environ.get("SAGESTREAM_TEST_QDRANT_BINARY")
-    candidates = [Path(named)] if named else [REPO.parent / "shared" / "bin" / "qdrant"]
+    beside = [REPO.parent / "shared" / "bin" / "qdrant", Path("/work/shared/bin/qdrant")]
+    candidates = [Path(named)] if named else beside
     for path in candidates:
         if path.is_file() and os.access(path, os.X_OK):
             return path.resolve()
