@@ -17,7 +17,9 @@ cost follows its events, not the catalogue:
   items as negatives;
 - validation ranks a fixed sample of at most ``validation_users`` users.
 
-``fit`` keeps the best validation epoch and stops after ``patience`` epochs without a better one, or
+``fit`` can validate (and serve) an exponential moving average of the weights (``ema_decay``
+per step, Polyak averaging: smoother validation curves, so the kept epoch is less a noise peak);
+it keeps the best validation epoch and stops after ``patience`` epochs without a better one, or
 when ``max_seconds`` is spent. Everything random comes from one seed; ``torch.set_num_threads``
 is set.
 """
@@ -77,6 +79,11 @@ class TrainConfig:
     use_feature_task: bool = True
     use_neighbours: bool = True
     max_seconds: float | None = None
+    # Validate and serve an exponential moving average of the weights (0: off, the raw weights).
+    # It spans 1 / (1 - decay) steps from the initial weights, so short runs (the demo's first
+    # model, the tests' one-epoch models) must keep it off. ML-100K full NDCG@10, median of seeds
+    # 0-2 at 0.995: 0.1022 -> 0.1061, inside the seed noise (SE ~0.008): off until a run shows more.
+    ema_decay: float = 0.0
 
 
 @dataclass(slots=True)
@@ -122,6 +129,9 @@ class Trainer:
         self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.opt, mode="max", factor=0.5, patience=1
         )
+        self.params = list(self.model.parameters())
+        self.ema = [p.detach().clone() for p in self.params] if cfg.ema_decay > 0 else None
+        self.last_val: dict[str, float] = {}
         self.bag_tokens, self.bag_sizes = token_bags(self.model, data.token_ids)
         self.dense = torch.as_tensor(data.dense)
         k = model_cfg.neighbours
@@ -224,6 +234,10 @@ class Trainer:
         total.backward()  # type: ignore[no-untyped-call]
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.opt.step()
+        if self.ema is not None:
+            with torch.no_grad():
+                for average, live in zip(self.ema, self.params, strict=True):
+                    average.lerp_(live, 1.0 - self.cfg.ema_decay)
         return {k: float(v.detach()) for k, v in losses.items()}
 
     def _user_loss(self, batch: Batch, vec: Callable[[Tensor], Tensor]) -> Tensor:
@@ -254,7 +268,21 @@ class Trainer:
         users = encode_users(self.model, items, cases.histories)
         self.model.train()
         metrics = rank_metrics(vector_scorer(users, items), cases, negatives)
+        self.last_val = {
+            "val_recall@10": metrics["full"]["recall@10"],
+            "val_hr@10": metrics["sampled100"]["hr@10"],
+        }
         return metrics["full"]["ndcg@10"]
+
+    def _swap_in_average(self) -> list[Tensor] | None:
+        """Put the moving average into the model; returns the raw weights to restore."""
+        if self.ema is None:
+            return None
+        live = [p.detach().clone() for p in self.params]
+        with torch.no_grad():
+            for param, average in zip(self.params, self.ema, strict=True):
+                param.copy_(average)
+        return live
 
     def fit(self, progress: Progress | None = None) -> TrainResult:
         result = TrainResult(self.model)
@@ -268,10 +296,12 @@ class Trainer:
                     sums[k] = sums.get(k, 0.0) + v
                 if progress is not None:
                     progress(epoch, step, steps, {k: v / step for k, v in sums.items()})
+            live = self._swap_in_average()
             val = self.validate()
             row = {
                 "epoch": float(epoch),
                 "val_ndcg@10": val,
+                **self.last_val,
                 **{k: v / step for k, v in sums.items()},
             }
             result.history.append(row)
@@ -279,6 +309,10 @@ class Trainer:
             self.plateau.step(val)
             if val > best[0]:
                 best, result.best_epoch = (val, copy.deepcopy(self.model.state_dict())), epoch
+            if live is not None:  # back to the raw weights to train on
+                with torch.no_grad():
+                    for param, raw in zip(self.params, live, strict=True):
+                        param.copy_(raw)
             if self.cfg.max_seconds is not None and time.monotonic() - start > self.cfg.max_seconds:
                 log.warning("stopping after epoch %d: time budget spent", epoch)
                 break

@@ -82,6 +82,12 @@ def model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-minutes", type=float, help="stop training after this long")
+    parser.add_argument(
+        "--ema-decay",
+        type=float,
+        default=0.0,
+        help="validate and serve a moving average of the weights (e.g. 0.995; 0: off)",
+    )
     for flag in ("neighbours", "content", "ids", "logq", "random-negatives"):
         parser.add_argument(f"--no-{flag}", action="store_true", help=f"ablation: no {flag}")
 
@@ -152,6 +158,7 @@ def _configs(args: argparse.Namespace, feat: FeaturizerConfig) -> tuple[ModelCon
         use_feature_task=not args.no_content,
         use_neighbours=not args.no_neighbours,
         max_seconds=None if args.max_minutes is None else args.max_minutes * 60.0,
+        ema_decay=args.ema_decay,
     )
     return model_cfg, train_cfg
 
