@@ -204,9 +204,12 @@ def _spawn(
         (os.POSIX_SPAWN_OPEN, 1, log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644),
         (os.POSIX_SPAWN_DUP2, 1, 2),
     ]
-    # Every path in the configs is absolute, so the daemon's working directory does not matter.
     environ = {**os.environ, **(env or {})}
-    pid = os.posix_spawn(binary, cmd, environ, file_actions=actions, setsid=True)
+    # Started from the run directory (sh cd's there, then execs: same pid), so a daemon that
+    # drops files in its working directory (Qdrant's .qdrant-initialized) leaves the caller's
+    # folder, maybe a checkout, alone.
+    here = ["/bin/sh", "-c", 'cd "$0" && exec "$@"', str(cfg.run_dir), binary, *cmd[1:]]
+    pid = os.posix_spawn("/bin/sh", here, environ, file_actions=actions, setsid=True)
     _pid_file(cfg, name).write_text(str(pid))
     return pid
 

@@ -113,6 +113,7 @@ class VectorStoreConfig:
     hnsw_m: int = 16  # graph degree: recall and memory go up with it
     hnsw_ef_construct: int = 100  # build-time beam: recall and build time go up with it
     on_disk: bool = False  # vectors memory-mapped from disk instead of held in RAM
+    search_ef: int | None = None  # query-time beam of `search`; None: the server's default
 
     def __post_init__(self) -> None:
         if self.url is not None and self.path is not None:
@@ -608,10 +609,17 @@ class VectorStore:
         )
         query = np.asarray(vector, dtype=np.float32).tolist()
         target = self._target(kind, version)
+        ef = self.config.search_ef
+        params = models.SearchParams(hnsw_ef=ef) if ef is not None and not self._embedded else None
         result = self._call(
             f"search {target}",
             lambda c: c.query_points(
-                target, query=query, limit=k, query_filter=query_filter, with_payload=True
+                target,
+                query=query,
+                limit=k,
+                query_filter=query_filter,
+                with_payload=True,
+                search_params=params,
             ),
         )
         return [

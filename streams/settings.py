@@ -123,6 +123,7 @@ class QdrantSettings(_Section):
     hnsw_m: int = Field(default=16, ge=2)
     hnsw_ef_construct: int = Field(default=100, ge=4)
     on_disk: bool = False
+    search_ef: int | None = Field(default=None, ge=1)  # query beam of `sagestream query` reads
     upsert_batch: int = Field(default=256, ge=1)
 
     _check_url = field_validator("url")(_refuse_password_in_url)

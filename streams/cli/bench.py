@@ -109,7 +109,7 @@ def run_qdrant_stage(args: argparse.Namespace) -> int:
     )
     result = run_qdrant_bench(cfg)
     say(
-        f"qdrant benchmark: {cfg.items:,} item-like vectors (dim {cfg.dim}), {cfg.queries} "
+        f"qdrant benchmark: {cfg.items:,} {cfg.vectors} vectors (dim {cfg.dim}), {cfg.queries} "
         f"queries, recall@{cfg.k} of the HNSW search against exact search on the same server"
     )
     for row in result["rows"]:
@@ -121,6 +121,11 @@ def run_qdrant_stage(args: argparse.Namespace) -> int:
             f"{row['hnsw']['p99_ms']} ms  exact {row['exact']['p50_ms']}/"
             f"{row['exact']['p99_ms']} ms"
         )
+        for ef in row["by_ef"][1:]:
+            say(
+                f"  {'':<50} hnsw_ef {ef['hnsw_ef']:>4}: recall@10 {ef['recall@10']:.4f}  "
+                f"search p50/p99 {ef['p50_ms']}/{ef['p99_ms']} ms"
+            )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0

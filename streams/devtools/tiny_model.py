@@ -27,15 +27,16 @@ def publish_tiny_model(
 
 
 def publish_tiny_model_on(
-    root: Path, data: TrainingData, seed: int = 3, epochs: int = 1
+    root: Path, data: TrainingData, seed: int = 3, epochs: int = 1, width: int = 8
 ) -> tuple[ModelRegistry, str]:
-    """The tiny model trained on `data` (built with `FEATURIZER`), published at `root`."""
+    """The tiny model trained on `data` (built with `FEATURIZER`), published at `root`; `width`
+    is its output size (the Qdrant bench asks for a production-sized 64)."""
     model = ModelConfig(
         buckets_per_kind=FEATURIZER.buckets_per_kind,
         dense_width=FEATURIZER.dense_width,
         dropout=0.0,
-        d_model=16,
-        out_dim=8,
+        d_model=max(16, width),
+        out_dim=width,
         neighbours=4,
         seq_len=6,
     )

@@ -30,6 +30,7 @@ def vector_store(settings: Settings, seams: Seams = NO_SEAMS) -> VectorStore:
         hnsw_m=q.hnsw_m,
         hnsw_ef_construct=q.hnsw_ef_construct,
         on_disk=q.on_disk,
+        search_ef=q.search_ef,
         retry_initial_s=retry.initial_s,
         retry_max_s=retry.max_s,
         unavailable_after_s=retry.store_unavailable_after_s,

@@ -77,6 +77,7 @@ def test_up_twice_gives_one_stack_and_down_leaves_nothing() -> None:
         with urllib.request.urlopen("http://127.0.0.1:36333/readyz", timeout=5) as ready:
             assert ready.status == 200
         assert all(listening(port) for port in PORTS)
+        assert not (REPO / ".qdrant-initialized").exists()  # daemons run in the run directory
     finally:
         down = stack("down")
     assert down.returncode == 0, down.stderr

@@ -16,7 +16,7 @@ def test_qdrant_bench_reports_recall_and_latency_and_cleans_up(
 ) -> None:
     assert qdrant_config.url is not None
     cfg = QdrantBenchConfig(url=qdrant_config.url, api_key=qdrant_config.api_key, items=3000,
-                            queries=30, topics=20)  # fmt: skip
+                            queries=30, topics=20, vectors="noise")  # fmt: skip
     variants = (Variant("default"), Variant("batch 64", batch=64))
     before = _collections(qdrant_config)
     result = run_qdrant_bench(cfg, variants)
