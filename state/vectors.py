@@ -114,6 +114,7 @@ class VectorStoreConfig:
     hnsw_ef_construct: int = 100  # build-time beam: recall and build time go up with it
     on_disk: bool = False  # vectors memory-mapped from disk instead of held in RAM
     search_ef: int | None = None  # query-time beam of `search`; None: the server's default
+    payload_index: bool = True  # index state_version, which every guarded write filters on
 
     def __post_init__(self) -> None:
         if self.url is not None and self.path is not None:
@@ -422,7 +423,7 @@ class VectorStore:
                 wanted.distance,
             ):
                 raise StateError(f"collection {name} exists with other vector params: {found}")
-        if not self._embedded:  # embedded mode has no indexes (it warns and ignores them)
+        if not self._embedded and cfg.payload_index:  # embedded mode has no indexes (it warns)
             # Every live write filters on state_version (the guard): index it, so the server
             # evaluates the filter from the index rather than from each point's payload.
             # Idempotent, and asked every time: the worker that created the collection may

@@ -115,7 +115,8 @@ def run_qdrant_stage(args: argparse.Namespace) -> int:
     for row in result["rows"]:
         say(
             f"  {row['variant']:<50} upsert {row['upsert_points_per_s']:>7,}/s "
-            f"({row['upsert_vs_default']:.2f}x)  index {row['index_build_s']:>5.1f} s "
+            f"({row['upsert_vs_default']:.2f}x), guarded updates "
+            f"{row['guarded_update_points_per_s']:>7,}/s  index {row['index_build_s']:>5.1f} s "
             f"({row['indexed_share']:.0%} in HNSW)  "
             f"recall@10 {row['recall@10']:.4f}  search p50/p99 {row['hnsw']['p50_ms']}/"
             f"{row['hnsw']['p99_ms']} ms  exact {row['exact']['p50_ms']}/"

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -28,6 +29,7 @@ OWN = StackConfig(
     qdrant_port=36333,
     qdrant_grpc_port=36334,
     qdrant_binary=qdrant_binary(),
+    qdrant_api_key="stack-test-key",
 )
 PORTS = (39092, 39093, 36379, 36333, 36334)
 
@@ -75,7 +77,14 @@ def test_up_twice_gives_one_stack_and_down_leaves_nothing() -> None:
         assert "127.0.0.1:39092" in status.stdout
         assert "qdrant 1.19.0" in status.stdout and "http://127.0.0.1:36333" in status.stdout
         with urllib.request.urlopen("http://127.0.0.1:36333/readyz", timeout=5) as ready:
-            assert ready.status == 200
+            assert ready.status == 200  # health needs no key
+        with pytest.raises(urllib.error.HTTPError, match="401"):
+            urllib.request.urlopen("http://127.0.0.1:36333/collections", timeout=5)
+        keyed = urllib.request.Request(
+            "http://127.0.0.1:36333/collections", headers={"api-key": "stack-test-key"}
+        )
+        with urllib.request.urlopen(keyed, timeout=5) as listed:
+            assert listed.status == 200
         assert all(listening(port) for port in PORTS)
         assert not (REPO / ".qdrant-initialized").exists()  # daemons run in the run directory
     finally:

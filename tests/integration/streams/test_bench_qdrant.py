@@ -23,7 +23,8 @@ def test_qdrant_bench_reports_recall_and_latency_and_cleans_up(
     assert [row["variant"] for row in result["rows"]] == ["default", "batch 64"]
     for row in result["rows"]:
         assert 0.0 <= row["recall@10"] <= 1.0
-        assert row["upsert_points_per_s"] > 0 and 0.0 <= row["indexed_share"] <= 1.0
+        assert row["upsert_points_per_s"] > 0 and row["guarded_update_points_per_s"] > 0
+        assert 0.0 <= row["indexed_share"] <= 1.0
         for kind in ("hnsw", "exact"):
             assert 0 < row[kind]["p50_ms"] <= row[kind]["p99_ms"]
     assert result["rows"][0]["upsert_vs_default"] == 1.0
