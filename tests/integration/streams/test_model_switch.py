@@ -23,7 +23,6 @@ from prometheus_client import CollectorRegistry
 from encoders.registry import ModelRegistry
 from state import StateError, VectorStore
 from streams.devtools.generate import GeneratorConfig, generate_catalog, generate_events
-from streams.devtools.tiny_model import publish_tiny_model
 from streams.metrics import IngestMetrics
 from streams.settings import Settings
 from streams.vectors.backfill import Backfill, run_backfill
@@ -31,6 +30,7 @@ from streams.vectors.store import vector_store
 from streams.vectors.switch import ModelWatcher
 from streams.vectors.updater import Updater
 from streams.wire.events import Engagement
+from tests.support.models import two_versions
 from tests.support.reader import read_round
 from tests.support.vectors_world import World, assert_matches_oracle
 
@@ -42,12 +42,7 @@ STREAM = GeneratorConfig(users=40, items=80, communities=3, events=1600, seed=37
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
-    """Two versions of the tiny model (different seeds) in one registry; the first promoted."""
-    root = tmp_path_factory.mktemp("registry")
-    registry, first = publish_tiny_model(root, STREAM, seed=3)
-    _, second = publish_tiny_model(root, STREAM, seed=4)
-    registry.promote(first)
-    return root, first, second
+    return two_versions(tmp_path_factory.mktemp("registry"), STREAM)
 
 
 @pytest.fixture

@@ -26,7 +26,6 @@ from state import RedisState
 from state.vectors import canonical_version
 from streams.devtools.generate import GeneratorConfig, generate_catalog, generate_events
 from streams.devtools.produce import produce_catalog, produce_engagements
-from streams.devtools.tiny_model import publish_tiny_model
 from streams.settings import Settings
 from streams.vectors.store import vector_store
 from streams.wire.topics import ensure_topics
@@ -39,6 +38,7 @@ from tests.support.harness import (
     read_topic,
     start_worker,
 )
+from tests.support.models import two_versions
 
 pytestmark = pytest.mark.integration
 log = logging.getLogger(__name__)
@@ -50,12 +50,7 @@ DEADLINE_S = 240.0
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
-    """Two versions of the tiny model in one registry; the first promoted."""
-    root = tmp_path_factory.mktemp("registry")
-    registry, first = publish_tiny_model(root, STREAM, seed=3)
-    _, second = publish_tiny_model(root, STREAM, seed=4)
-    registry.promote(first)
-    return root, first, second
+    return two_versions(tmp_path_factory.mktemp("registry"), STREAM)
 
 
 def group_settings(make_settings: Callable[..., Settings], root: Path) -> Settings:
