@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy import stack
-from streams.cli.common import say, settings_of
+from streams.cli.common import on_server, say, settings_of
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -95,17 +95,15 @@ def run_qdrant_stage(args: argparse.Namespace) -> int:
 
     settings = settings_of(args)
     stack.up(settings.stack)
-    url, key = settings.qdrant.url, settings.qdrant.api_key
-    if url is None and settings.stack.qdrant_server() is not None:
-        url, key = settings.stack.qdrant_url, None
-    if url is None:
+    server = on_server(settings)
+    if server is None or server.qdrant.url is None:
         raise SystemExit(f"--stage qdrant needs a server: {stack.NO_QDRANT}")
-    grpc = settings.qdrant.grpc_port if settings.qdrant.url else settings.stack.qdrant_grpc_port
+    key = server.qdrant.api_key
     cfg = QdrantBenchConfig(
-        url=url,
-        api_key=key.get_secret_value() if key else settings.stack.qdrant_api_key,
+        url=server.qdrant.url,
+        api_key=key.get_secret_value() if key else None,
         items=args.events or 100_000,
-        grpc_port=grpc,
+        grpc_port=server.qdrant.grpc_port,
     )
     result = run_qdrant_bench(cfg)
     say(
@@ -183,11 +181,11 @@ def run_e2e(args: argparse.Namespace) -> int:
     )
     settings = settings_of(args)
     stack.up(settings.stack)
-    if args.qdrant == "server" and settings.qdrant.url is None:
-        if settings.stack.qdrant_server() is None:
+    if args.qdrant == "server":
+        server = on_server(settings)
+        if server is None:
             raise SystemExit(f"--qdrant server: {stack.NO_QDRANT}")
-        server = settings.qdrant.model_copy(update={"url": settings.stack.qdrant_url})
-        settings = settings.model_copy(update={"qdrant": server})
+        settings = server
     result = run_e2e_bench(settings, cfg)
     report_e2e(result)
     if args.json:

@@ -23,10 +23,9 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
-from pydantic import SecretStr
 
 from deploy import stack
-from streams.cli.common import CommandSettings, say, settings_of
+from streams.cli.common import CommandSettings, on_server, say, settings_of
 from streams.cli.vectors import recommend, show
 from streams.devtools.generate import GeneratorConfig, generate_catalog, generate_events
 from streams.devtools.produce import produce_catalog, produce_engagements
@@ -58,16 +57,11 @@ def demo_settings(base: CommandSettings, workdir: Path) -> CommandSettings:
     Fresh names each run (topics, group, key and collection prefix), so a second demo starts
     clean."""
     tag = time.strftime("%Y%m%d%H%M%S")
-    qdrant = base.qdrant.model_copy(update={"path": workdir / tag / "qdrant"})
-    if base.qdrant.url is None and base.stack.qdrant_server() is not None:
-        key = base.stack.qdrant_api_key
-        qdrant = base.qdrant.model_copy(
-            update={
-                "url": base.stack.qdrant_url,
-                "api_key": SecretStr(key) if key else None,
-                "collection_prefix": f"demo{tag}_",
-            }
-        )
+    server = on_server(base)
+    if server is None:
+        qdrant = base.qdrant.model_copy(update={"path": workdir / tag / "qdrant"})
+    else:
+        qdrant = server.qdrant.model_copy(update={"collection_prefix": f"demo{tag}_"})
     return base.model_copy(
         update={
             "topics": base.topics.model_copy(

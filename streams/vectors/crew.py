@@ -28,6 +28,10 @@ BEAT_EVERY_S = 1.0
 LEASE_S = 30.0
 
 
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
@@ -56,7 +60,7 @@ class Crew:
     async def live(self) -> set[str]:
         since = time.time() - self._live_s
         found = await self._client.zrangebyscore(self._key("workers"), since, "+inf")
-        return {m.decode() if isinstance(m, bytes) else str(m) for m in found} | {self.me}
+        return {_text(m) for m in found} | {self.me}
 
     async def join(self, version: str) -> None:
         """Say this worker dual-writes `version` from its next pass on."""
@@ -67,7 +71,7 @@ class Crew:
     async def waiting_for(self, version: str) -> set[str]:
         """Live workers that do not dual-write `version` yet (empty: the barrier is passed)."""
         joined = await self._client.smembers(self._key("switch", version))
-        have = {m.decode() if isinstance(m, bytes) else str(m) for m in joined}
+        have = {_text(m) for m in joined}
         return await self.live() - have
 
     async def lead(self, version: str) -> bool:
@@ -77,9 +81,7 @@ class Crew:
         if await self._client.set(key, self.me, nx=True, px=lease_ms):
             return True
         holder = await self._client.get(key)
-        if holder is not None and (holder.decode() if isinstance(holder, bytes) else holder) == (
-            self.me
-        ):
+        if holder is not None and _text(holder) == self.me:
             await self._client.pexpire(key, lease_ms)
             return True
         return False
