@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import logging
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-
-from streams.exceptions import ConfigError
+from streams import health as probes
+from streams.health import Health
 from streams.settings import MetricsSettings
 from streams.vectors.rules import PassStats
 from streams.wire.events import REASONS
 
-log = logging.getLogger(__name__)
 NAMESPACE = "sagestream"
 BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
 SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
@@ -22,8 +20,11 @@ FRESHNESS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60)
 class IngestMetrics:
     """What an operator needs to see the ingest path: flow, rejections, latency, lag, backlog."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, health: Health | None = None
+    ) -> None:
         self.registry = registry or CollectorRegistry()
+        self.health = health or Health()  # served beside the metrics (streams/health.py)
         r, ns = self.registry, NAMESPACE
         self.consumed = Counter(
             "events_consumed", "Records read", ["topic"], namespace=ns, registry=r
@@ -152,18 +153,8 @@ class IngestMetrics:
         return self.serve(settings.host, settings.port) if settings.enabled else None
 
     def serve(self, host: str, port: int) -> int:
-        """Expose /metrics on `port` (0: any free port, so workers can share a host); returns
-        the port bound. A taken port is a clear error, not a traceback from the socket."""
-        try:
-            server, _ = start_http_server(port, addr=host, registry=self.registry)
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot serve metrics on {host}:{port} ({exc.strerror or exc}): choose another "
-                "port (SAGESTREAM_METRICS__PORT), or 0 for any free one"
-            ) from exc
-        bound = int(server.server_port)
-        log.info("metrics on http://%s:%d/metrics", host, bound)
-        return bound
+        """/metrics, /healthz and /readyz on `port`; returns the port bound."""
+        return probes.serve(self.registry, self.health, host, port)
 
 
 def quantile_from_buckets(cumulative: dict[float, float], q: float) -> float:

@@ -162,6 +162,10 @@ class MetricsSettings(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(default=9464, ge=0, le=65535)  # 0: any free port (logged at start)
+    # /healthz turns 503 when the event loop has not beaten for this long, or when the worker
+    # has not finished starting (joined, wired, model loaded) this long after it began.
+    stale_after_s: float = Field(default=30.0, gt=0)
+    startup_s: float = Field(default=300.0, gt=0)
 
 
 class ReencodeSettings(_Section):

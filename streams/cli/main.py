@@ -17,6 +17,7 @@ EXIT_CONFIG = 78  # EX_CONFIG
 COMMAND_MODULES = (
     "streams.cli.stack",
     "streams.cli.worker",
+    "streams.cli.check",
     "streams.cli.data",
     "streams.cli.bench",
     "streams.cli.demo",

@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 from streams.cli.common import settings_of
+from streams.health import Health
 from streams.metrics import IngestMetrics
 from streams.runtimes.limits import RunLimits
 from streams.runtimes.wiring import EXIT_FATAL
@@ -41,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_of(args)
     ensure_topics(settings)
     limits = RunLimits(max_events=args.max_events, until_idle_s=args.until_idle)
-    metrics = IngestMetrics()
+    probe = settings.metrics
+    metrics = IngestMetrics(health=Health(probe.stale_after_s, probe.startup_s))
     if args.runtime == "batch":
         from streams.runtimes.batch import BatchRuntime
 

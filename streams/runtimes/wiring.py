@@ -4,6 +4,7 @@ periodic tick and the lag gauge. A runtime adds only its loop."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
 from state import RedisState
+from streams.health import start_heartbeat
 from streams.ingest.catalog import CatalogConsumer, start_catalog_consumer
 from streams.ingest.core import IngestCore
 from streams.metrics import IngestMetrics
@@ -71,6 +73,15 @@ class Worker:
             self.metrics.dirty_backlog.labels(kind=kind).set(count)
         self.backpressure.observe_backlog(sum(backlog.values()))
 
+    def readiness(self) -> dict[str, Any]:
+        """What /readyz tells beside its verdict: why consumption is paused, what is served."""
+        bp = self.backpressure
+        return {
+            "paused": list(bp.reasons),
+            "paused_for_s": round(time.monotonic() - bp.since, 1) if bp.since else 0.0,
+            "model": self.updater.version if self.updater is not None else None,
+        }
+
     def record_lag(self, next_offsets: Mapping[tuple[str, int], int], highwater: Highwater) -> None:
         for (topic, partition), next_offset in next_offsets.items():
             end = highwater(topic, partition)
@@ -108,4 +119,8 @@ async def wire_worker(
     catalog = CatalogConsumer(settings, client, sink, metrics)
     start_catalog_consumer(catalog, resources, on_fatal)
     checkpoint = Checkpoint(core, commit, seams)
-    return Worker(checkpoint, state, client, backpressure, updater, metrics)
+    worker = Worker(checkpoint, state, client, backpressure, updater, metrics)
+    resources.callback(start_heartbeat(metrics.health))
+    metrics.health.started(worker.readiness)
+    resources.callback(metrics.health.stopping)  # closes first: unready before anything stops
+    return worker

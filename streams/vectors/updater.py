@@ -60,6 +60,11 @@ class Updater:
         self._task = asyncio.create_task(self._supervise())
 
     @property
+    def version(self) -> str:
+        """The model version this worker encodes with now."""
+        return self._reencoder.bundle.version
+
+    @property
     def failing(self) -> bool:
         """True from a pass that failed on an unreachable dependency until a pass succeeds."""
         return self._failing

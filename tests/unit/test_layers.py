@@ -2,7 +2,7 @@
 
 Rooms of `streams`, lowest first; a module may import its own room and the rooms below it:
 
-    settings, exceptions, seams -> wire -> vectors.rules -> metrics -> ingest -> vectors
+    settings, exceptions, seams -> wire -> vectors.rules -> metrics, health -> ingest -> vectors
     -> runtimes -> training -> devtools -> cli
 
 `state` and `encoders` are libraries below all of `streams`; `deploy` and `streams.devtools` are
@@ -21,7 +21,7 @@ ROOMS = [
     ("streams.settings", "streams.exceptions", "streams.seams"),
     ("streams.wire",),
     ("streams.vectors.rules",),
-    ("streams.metrics",),
+    ("streams.metrics", "streams.health"),
     ("streams.ingest",),
     ("streams.vectors",),
     ("streams.runtimes",),

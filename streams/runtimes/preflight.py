@@ -1,0 +1,221 @@
+"""Preflight: can a worker with these settings reach everything it needs, and load its model?
+
+Each dependency is asked once, in its own daemon thread, under one deadline: a broker that never
+answers costs the deadline, not kafka-python's bootstrap retries (about 40 s), and a hung call
+cannot hold the process at exit. Every verdict is one line an operator can act on; secrets
+from the settings never appear in it, even when a client library echoes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kafka import KafkaConsumer
+from pydantic import BaseModel, SecretStr
+
+from encoders.registry import ModelRegistry
+from streams.runtimes.wiring import redis_client
+from streams.settings import Settings
+from streams.vectors.store import vector_store
+
+OK, FAILED, SKIPPED = "ok", "FAIL", "--"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    name: str
+    status: str  # OK, FAILED or SKIPPED (not configured, nothing to check)
+    detail: str
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> bool:
+        return self.status == FAILED
+
+    def line(self) -> str:
+        return f"{self.name:<9} {self.status:<4}  {self.detail}  ({self.seconds:.2f}s)"
+
+
+class Skip(Exception):
+    """A dependency that is not configured: nothing to check, and not a failure."""
+
+
+def reachable(servers: str, timeout_s: float) -> None:
+    """A TCP connection to one of `servers` (host:port, comma-separated), or an error naming
+    why none answers: kafka-python only says it was "unable to bootstrap"."""
+    why = []
+    for server in servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+            return
+        except socket.gaierror:
+            why.append(f"{server}: unknown host")
+        except ConnectionRefusedError:
+            why.append(f"{server}: connection refused")
+        except (TimeoutError, OSError) as exc:
+            why.append(f"{server}: {exc.strerror or 'no answer'}")
+    raise ConnectionError("; ".join(why))
+
+
+def check_kafka(settings: Settings, timeout_s: float) -> str:
+    """Bootstrap, then the topics a worker reads (it creates them itself when absent)."""
+    reachable(settings.kafka.bootstrap_servers, timeout_s)
+    consumer = KafkaConsumer(
+        **settings.kafka.client_kwargs(),
+        group_id=None,
+        bootstrap_timeout_ms=int(timeout_s * 1000),
+    )
+    try:
+        topics = consumer.topics()
+        found = []
+        for topic in (settings.topics.engagements, settings.topics.items):
+            parts = consumer.partitions_for_topic(topic) if topic in topics else None
+            found.append(f"{topic} x{len(parts)}" if parts else f"{topic} absent")
+        return f"{settings.kafka.bootstrap_servers}: {', '.join(found)}"
+    finally:
+        consumer.close()
+
+
+def check_redis(settings: Settings, _timeout_s: float) -> str:
+    async def ping() -> str:
+        client = redis_client(settings.redis)
+        try:
+            await client.ping()
+            try:
+                info = await client.info("server")
+            except Exception:  # an ACL user may PING without INFO: the worker needs neither
+                return "PING answered"
+            return f"redis {info.get('redis_version', '?')}"
+        finally:
+            await client.aclose()
+
+    return f"{settings.redis.url}: {asyncio.run(ping())}"
+
+
+def check_qdrant(settings: Settings, timeout_s: float) -> str:
+    if settings.qdrant.url is None:
+        raise Skip(f"embedded at {settings.qdrant.path}: no server to ask (the worker locks it)")
+    once = settings.retry.model_copy(update={"store_unavailable_after_s": 0.001})  # ask once
+    store = vector_store(settings.model_copy(update={"retry": once}))
+    try:
+        with warnings.catch_warnings():  # said below, once, instead of a warning per client
+            warnings.filterwarnings("ignore", "Api key is used with an insecure connection")
+            serving = store.serving_version()
+    finally:
+        store.close()
+    plain = settings.qdrant.api_key is not None and settings.qdrant.url.startswith("http://")
+    return (
+        f"{settings.qdrant.url}: "
+        + (f"aliases serve {serving}" if serving else "answers; nothing served yet")
+        + ("; its API key travels over plain HTTP" if plain else "")
+    )
+
+
+def check_registry(settings: Settings, _timeout_s: float) -> str:
+    root = settings.models.registry
+    if root is None:
+        raise Skip("no registry configured: the worker ingests without vectors")
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a directory (SAGESTREAM_MODELS__REGISTRY)")
+    registry = ModelRegistry(root)
+    promoted = registry.promoted()
+    versions = registry.list()
+    if promoted is None:
+        return f"{root}: {len(versions)} versions, none promoted (the worker ingests only)"
+    return f"{root}: {len(versions)} versions, {promoted} promoted"
+
+
+def check_model(settings: Settings, _timeout_s: float) -> str:
+    """Load the promoted version the way a worker does: checksums, dims, a smoke inference."""
+    root = settings.models.registry
+    promoted = ModelRegistry(root).promoted() if root is not None and root.is_dir() else None
+    if root is None or promoted is None:
+        raise Skip("no promoted model to load")
+    bundle = ModelRegistry(root).load(promoted, settings.models.threads)
+    return f"{promoted} loads: {bundle.dim}-d vectors"
+
+
+CHECKS: dict[str, Callable[[Settings, float], str]] = {
+    "kafka": check_kafka,
+    "redis": check_redis,
+    "qdrant": check_qdrant,
+    "registry": check_registry,
+    "model": check_model,
+}
+
+
+def preflight(settings: Settings, timeout_s: float = 5.0) -> list[Verdict]:
+    """Run every check at once; each has `timeout_s` (loading a model may take longer)."""
+    started = time.monotonic()
+    runs = {name: _Run(name, check, settings, timeout_s) for name, check in CHECKS.items()}
+    verdicts = []
+    for name, run in runs.items():
+        slack = 4 * timeout_s if name == "model" else timeout_s + 1  # their own error first
+        run.thread.join(max(0.0, started + slack - time.monotonic()))
+        verdicts.append(run.verdict(slack, _secrets(settings)))
+    return verdicts
+
+
+class _Run:
+    def __init__(
+        self,
+        name: str,
+        check: Callable[[Settings, float], str],
+        settings: Settings,
+        timeout_s: float,
+    ) -> None:
+        self.name = name
+        self._started = time.monotonic()
+        self._outcome: tuple[str, str, float] | None = None
+
+        def run() -> None:
+            try:
+                status, detail = OK, check(settings, timeout_s)
+            except Skip as skip:
+                status, detail = SKIPPED, str(skip)
+            except Exception as exc:
+                status, detail = FAILED, _explain(exc)
+            self._outcome = (status, detail, time.monotonic() - self._started)
+
+        self.thread = threading.Thread(target=run, name=f"check-{name}", daemon=True)
+        self.thread.start()
+
+    def verdict(self, limit_s: float, secrets: list[str]) -> Verdict:
+        if self._outcome is None:
+            return Verdict(self.name, FAILED, f"no answer within {limit_s:g}s", limit_s)
+        status, detail, seconds = self._outcome
+        for secret in secrets:
+            detail = detail.replace(secret, "***")
+        return Verdict(self.name, status, detail, seconds)
+
+
+def _explain(exc: BaseException) -> str:
+    """The exception and its first cause, on one line: the cause names what went wrong."""
+    text = f"{type(exc).__name__}: {exc}"
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and str(cause) and str(cause) not in text:
+        text += f" (caused by {type(cause).__name__}: {cause})"
+    return " ".join(text.split())[:400]
+
+
+def _secrets(settings: Settings) -> list[str]:
+    found: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, SecretStr):
+            if value.get_secret_value():
+                found.append(value.get_secret_value())
+        elif isinstance(value, BaseModel):
+            for name in type(value).model_fields:
+                walk(getattr(value, name))
+
+    walk(settings)
+    return found
