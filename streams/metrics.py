@@ -99,6 +99,20 @@ class IngestMetrics:
             namespace=ns,
             registry=r,
         )
+        self.read_seconds = Histogram(
+            "read_seconds",
+            "Redis seconds per pass (marks, sequences, neighbours, clears): the rest of the pass",
+            buckets=SECONDS_BUCKETS,
+            namespace=ns,
+            registry=r,
+        )
+        self.pass_seconds = Histogram(
+            "pass_seconds",
+            "Seconds per re-encode pass that found marks",
+            buckets=SECONDS_BUCKETS,
+            namespace=ns,
+            registry=r,
+        )
         self.reencodes = Counter(
             "reencodes", "Entities re-encoded, by reason", ["reason"], namespace=ns, registry=r
         )
@@ -124,6 +138,12 @@ class IngestMetrics:
             namespace=ns,
             registry=r,
         )
+        self.model_refused = Gauge(
+            "promoted_model_refused",
+            "1 while the registry's promoted version is one this worker refused",
+            namespace=ns,
+            registry=r,
+        )
         self.model_switches = Counter(
             "model_switches", "Completed switches (backfill + alias flip)", namespace=ns, registry=r
         )
@@ -143,6 +163,8 @@ class IngestMetrics:
                 self.freshness.labels(kind=kind).observe(seconds)
         self.encode_seconds.observe(stats.encode_s)
         self.upsert_seconds.observe(stats.upsert_s)
+        self.read_seconds.observe(stats.read_s)
+        self.pass_seconds.observe(stats.pass_s)
         for reason, count in stats.reasons.items():
             self.reencodes.labels(reason=reason).inc(count)
         self.reencode_skips.labels(kind="users").inc(stats.users_skipped)

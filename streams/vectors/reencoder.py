@@ -168,6 +168,7 @@ class Reencoder:
     async def run_pass(self, shards: Sequence[Shard], *, catalog: bool = True) -> PassStats:
         """Drain, write every target, clear; see the module docstring."""
         stats = PassStats()
+        began = time.perf_counter()
         marks = await self._marks.drain(shards, self._cfg.marks_per_shard, catalog=catalog)
         stats.marks = marks.count()
         stats.more_waiting = marks.full(self._cfg.marks_per_shard)
@@ -175,9 +176,13 @@ class Reencoder:
             return stats
         await self.write(marks, stats)
         if self._shadow is not None:  # a model switch is under way: dual writes
-            await self._shadow.write(marks, PassStats(), primary=False)
+            shadow = PassStats()
+            await self._shadow.write(marks, shadow, primary=False)
+            stats.encode_s += shadow.encode_s
+            stats.upsert_s += shadow.upsert_s
         self._after_vector_write()
         await self._marks.clear(marks)
+        stats.pass_s = time.perf_counter() - began
         return stats
 
     async def write(

@@ -34,6 +34,7 @@ class PassStats:
     reasons: dict[Reason, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
     encode_s: float = 0.0
     upsert_s: float = 0.0
+    pass_s: float = 0.0  # the whole pass; what encode and upsert leave is Redis (read_s)
     freshness_s: dict[EntityKind, list[float]] = field(
         default_factory=lambda: {"users": [], "items": []}
     )
@@ -42,6 +43,11 @@ class PassStats:
     def idle(self) -> bool:
         """True when the pass found no marks at all."""
         return self.marks == 0
+
+    @property
+    def read_s(self) -> float:
+        """Seconds in Redis: marks, sequences, neighbours, bases and the clear."""
+        return max(0.0, self.pass_s - self.encode_s - self.upsert_s)
 
 
 @dataclass

@@ -150,11 +150,14 @@ class ModelWatcher:
 
     async def poll(self) -> None:
         version = await asyncio.to_thread(self._registry.promoted)
-        if version is None or version == self._current or version in self._rejected:
-            return
-        bundle = await self._load(version)
-        if bundle is not None:
-            await self.begin(bundle)
+        refused = version in self._rejected
+        if not (version is None or version == self._current or refused):
+            bundle = await self._load(version)
+            refused = bundle is None
+            if bundle is not None:
+                await self.begin(bundle)
+        # Alertable for as long as it lasts: a rejection counter is born at 1 and never moves.
+        self._metrics.model_refused.set(1 if refused else 0)
 
     async def _load(self, version: str) -> EncoderBundle | None:
         """The validated bundle, or None (counted, logged) when the version is unusable."""

@@ -56,20 +56,19 @@ def test_retrainer_runs_every_six_hours_on_the_workers_image_and_registry() -> N
     assert registry in mounts and f"{mounts[registry]}:{registry}" in retrainer["volumes"]
 
 
-def test_prometheus_scrapes_the_workers_metrics_port() -> None:
+def test_prometheus_scrapes_every_worker_replica_and_loads_the_rules() -> None:
     prometheus = load()["services"]["prometheus"]
     assert prometheus["image"].startswith("prom/prometheus:")
     mounted = {v.split(":")[1]: v.split(":")[0] for v in prometheus["volumes"]}
-    config = mounted["/etc/prometheus/prometheus.yml"]
-    scrape = yaml.safe_load((COMPOSE.parent / config).read_text())
-    targets = [
-        target
-        for job in scrape["scrape_configs"]
-        for static in job["static_configs"]
-        for target in static["targets"]
-    ]
+    config_dir = COMPOSE.parent / mounted["/etc/prometheus"]
+    scrape = yaml.safe_load((config_dir / "prometheus.yml").read_text())
+    (job,) = scrape["scrape_configs"]
+    (dns,) = job["dns_sd_configs"]
     port = load()["services"]["worker"]["environment"]["SAGESTREAM_METRICS__PORT"]
-    assert targets == [f"worker:{port}"]
+    assert (dns["names"], dns["port"]) == (["worker"], int(port))
+    assert [str(p.relative_to(config_dir)) for p in config_dir.glob(scrape["rule_files"][0])] == [
+        "rules/sagestream.yml"
+    ]
 
 
 def test_compose_client_accepts_the_file_where_one_exists() -> None:

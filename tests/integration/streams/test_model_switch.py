@@ -223,8 +223,12 @@ async def test_a_poisoned_promotion_is_refused_and_the_old_model_keeps_serving(
         "sagestream_model_rejections_total", {"version": poisoned}
     )
     assert rejected == 1
+    assert metrics.registry.get_sample_value("sagestream_promoted_model_refused") == 1
     await world.reencoder.run_until_idle(world.shards)  # the old model keeps encoding
     assert store.get("users", ["u1"])["u1"].payload["model_version"] == good
+    copy.rollback()  # the operator's answer to the alert: the refusal is over
+    await watcher.poll()
+    assert metrics.registry.get_sample_value("sagestream_promoted_model_refused") == 0
 
 
 def switches(metrics: IngestMetrics) -> float:

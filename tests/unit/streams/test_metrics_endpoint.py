@@ -12,6 +12,7 @@ from streams.cli.main import EXIT_CONFIG, main
 from streams.exceptions import ConfigError
 from streams.metrics import IngestMetrics
 from streams.settings import MetricsSettings
+from streams.vectors.rules import PassStats
 
 
 def test_port_zero_serves_on_a_free_port_and_says_which() -> None:
@@ -40,3 +41,15 @@ def test_a_taken_port_is_a_config_error_and_a_one_line_exit(
         monkeypatch.setattr("streams.cli.worker.run", worker)
         assert main(["worker"]) == EXIT_CONFIG
     assert any("choose another port" in r.getMessage() for r in caplog.records)
+
+
+def test_a_pass_is_split_into_redis_encode_and_upsert_seconds() -> None:
+    metrics = IngestMetrics(CollectorRegistry())
+    metrics.observe_pass(PassStats(marks=3, pass_s=1.0, encode_s=0.25, upsert_s=0.5))
+    metrics.observe_pass(PassStats())  # idle: not a pass worth timing
+    value = metrics.registry.get_sample_value
+    assert value("sagestream_pass_seconds_count") == 1
+    assert value("sagestream_pass_seconds_sum") == 1.0
+    assert value("sagestream_read_seconds_sum") == 0.25
+    assert value("sagestream_encode_seconds_sum") == 0.25
+    assert value("sagestream_upsert_seconds_sum") == 0.5
