@@ -3,8 +3,9 @@
 #   bash deploy/dev.sh demo    the real local stack, a generated stream, the worker, the state
 #   bash deploy/dev.sh test    lint, types, and every test on the real Kafka, Redis and Qdrant
 #   bash deploy/dev.sh setup   only set up
-# It installs what it needs: Java and Maven (for the Kafka broker), redis-server, a virtual
-# environment with sagestream and its pinned dependencies (torch once per environment).
+# It installs what it needs: Java and Maven (for the Kafka broker), redis-server, promtool (the
+# alert rule tests, from Debian's prometheus package), a virtual environment with sagestream
+# and its pinned dependencies (torch once per environment).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,13 +17,16 @@ need_apt() {
   command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
   command -v mvn >/dev/null || missing+=(maven)
   command -v redis-server >/dev/null || missing+=(redis-server)
+  command -v promtool >/dev/null || missing+=(prometheus)  # promtool: the alert rule tests
   if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]}"
     if [ "$(id -u)" != 0 ]; then echo "run as root or install: ${missing[*]}" >&2; exit 1; fi
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-    # Debian's package starts a redis on 6379; the stack runs its own, so stop that one.
+    # Debian's packages may start a redis on 6379 and a prometheus on 9090; the stack and
+    # the tests run their own, so stop those.
     service redis-server stop >/dev/null 2>&1 || true
+    service prometheus stop >/dev/null 2>&1 || true
   fi
 }
 

@@ -128,9 +128,10 @@ def check_registry(settings: Settings, _timeout_s: float) -> str:
     registry = ModelRegistry(root)
     promoted = registry.promoted()
     versions = registry.list()
+    count = f"{len(versions)} version{'' if len(versions) == 1 else 's'}"
     if promoted is None:
-        return f"{root}: {len(versions)} versions, none promoted (the worker ingests only)"
-    return f"{root}: {len(versions)} versions, {promoted} promoted"
+        return f"{root}: {count}, none promoted (the worker ingests only)"
+    return f"{root}: {count}, {promoted} promoted"
 
 
 def check_model(settings: Settings, _timeout_s: float) -> str:
