@@ -42,7 +42,7 @@ def test_promtool_accepts_the_config_and_the_rules() -> None:
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
-def test_every_alert_fires_in_the_promtool_unit_tests() -> None:
+def test_every_alert_fires_and_every_record_is_evaluated_in_the_promtool_tests() -> None:
     done = promtool("test", "rules", str(RULE_TESTS))
     assert done.returncode == 0, done.stdout + done.stderr
     cases = yaml.safe_load(RULE_TESTS.read_text())["tests"]
@@ -53,6 +53,8 @@ def test_every_alert_fires_in_the_promtool_unit_tests() -> None:
         if check.get("exp_alerts")
     }
     assert fired == set(alerts())
+    evaluated = {check["expr"] for case in cases for check in case.get("promql_expr_test", [])}
+    assert evaluated == {rule["record"] for rule in rules() if "record" in rule}
 
 
 def test_the_unit_tests_catch_a_rule_that_never_fires(tmp_path: Path) -> None:
