@@ -13,7 +13,7 @@ from streams.wire.events import REASONS
 NAMESPACE = "sagestream"
 BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
 SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
-EXTRA_REASONS = ("key_mismatch", "empty_value")
+EXTRA_REASONS = ("key_mismatch", "missing_key", "empty_value")
 FRESHNESS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60)
 
 

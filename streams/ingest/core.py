@@ -67,7 +67,12 @@ def validate(
             letters.append(DeadLetter(record, Rejection("empty_value", "record has no value")))
         elif isinstance(result, Rejection):
             letters.append(DeadLetter(record, result))
-        elif record.key is not None and record.key != result.user_id.encode():
+        elif record.key is None:
+            # Without the user id as key, the producer's partitioner spreads one user's events
+            # over several partitions: their sequence would split between owners.
+            detail = f"record has no key; produce it keyed by its user_id {result.user_id!r}"
+            letters.append(DeadLetter(record, Rejection("missing_key", detail)))
+        elif record.key != result.user_id.encode():
             # Partitioning by user id is what keeps a user's sequence in order (one owner).
             detail = f"key {record.key[:64]!r} is not the event's user_id {result.user_id!r}"
             letters.append(DeadLetter(record, Rejection("key_mismatch", detail)))

@@ -4,6 +4,7 @@ periodic tick and the lag gauge. A runtime adds only its loop."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
@@ -16,7 +17,7 @@ from aiokafka import AIOKafkaProducer
 from state import RedisState
 from streams.health import start_heartbeat
 from streams.ingest.catalog import CatalogConsumer, start_catalog_consumer
-from streams.ingest.core import IngestCore
+from streams.ingest.core import IngestCore, is_transient
 from streams.metrics import IngestMetrics
 from streams.runtimes.backpressure import Backpressure
 from streams.runtimes.checkpoint import Checkpoint, Commit
@@ -25,6 +26,7 @@ from streams.settings import RedisSettings, Settings
 from streams.vectors.updater import Updater, start_updater
 from streams.wire.dlq import KafkaDeadLetterSink
 
+log = logging.getLogger(__name__)
 EXIT_FATAL = 70  # EX_SOFTWARE: a worker that stopped rather than commit past a failure
 TICK_EVERY_S = 5.0  # how often the backlog is counted (gauges and backpressure)
 Shards = Callable[[], Sequence[tuple[str, int]]]
@@ -67,8 +69,18 @@ class Worker:
     metrics: IngestMetrics
 
     async def tick(self) -> None:
-        """Count the dirty backlog: the gauges, and the backlog reason of backpressure."""
-        backlog = await self.state.dirty_backlog()
+        """Count the dirty backlog: the gauges, and the backlog reason of backpressure.
+
+        A count that fails on a transient error is skipped: the next tick is its retry, and
+        nothing waits on it (backpressure keeps its last verdict meanwhile)."""
+        try:
+            backlog = await self.state.dirty_backlog()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            self.metrics.retries.labels(step="backlog").inc()
+            log.warning("dirty backlog not counted (%s); trying again next tick", exc)
+            return
         for kind, count in backlog.items():
             self.metrics.dirty_backlog.labels(kind=kind).set(count)
         self.backpressure.observe_backlog(sum(backlog.values()))

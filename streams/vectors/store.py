@@ -45,19 +45,22 @@ def serving_bundle(
 
     The primary is what the aliases serve, so a restarted worker keeps feeding readers; a first
     deployment serves the promoted version at once (aliases point at its empty collections).
+    The promoted version is loaded only when it is written first: otherwise the watcher
+    validates it (and refuses a broken one, counted) while the serving version keeps serving,
+    so a bad promotion is no crash loop. Raises ModelRejected only when nothing loadable is
+    left to write.
     """
     serving = store.serving_version()
+    if serving is not None and serving != canonical_version(promoted):
+        try:
+            return registry.load(serving, threads), promoted
+        except Exception as exc:  # the serving version is gone or broken: write the promoted one
+            log.warning(
+                "aliases serve %s, which cannot be loaded (%s); writing %s", serving, exc, promoted
+            )
+            return registry.load(promoted, threads), promoted
     bundle = registry.load(promoted, threads)
     if serving is None:
         store.prepare(promoted, bundle.dim)
         store.flip(promoted)
-        return bundle, None
-    if serving == canonical_version(promoted):
-        return bundle, None
-    try:
-        return registry.load(serving, threads), promoted
-    except Exception as exc:  # the serving version is gone or broken: write the promoted one
-        log.warning(
-            "aliases serve %s, which cannot be loaded (%s); writing %s", serving, exc, promoted
-        )
-        return bundle, promoted
+    return bundle, None

@@ -16,6 +16,7 @@ from contextlib import AsyncExitStack, suppress
 
 import redis.asyncio as aioredis
 
+from encoders.exceptions import ModelRejected
 from encoders.registry import ModelRegistry
 from state import StateUnavailableError, VectorStore
 from state.retry import Backoff, Stopped, of_types, retry_async
@@ -145,9 +146,19 @@ async def start_updater(
         return None
     store = vector_store(settings, seams)
     resources.callback(store.close)
-    bundle, pending = await asyncio.to_thread(
-        serving_bundle, registry, store, promoted, settings.models.threads
-    )
+    try:
+        bundle, pending = await asyncio.to_thread(
+            serving_bundle, registry, store, promoted, settings.models.threads
+        )
+    except ModelRejected as refused:  # nothing loadable to write: ingest on, rather than loop
+        metrics.model_rejections.labels(version=refused.version).inc()
+        metrics.model_refused.set(1)
+        log.error(
+            "%s, and no other version is served: ingest only, no vectors, until a good version "
+            "is promoted and the worker restarted",
+            refused,
+        )
+        return None
     reencoder = Reencoder.connect(
         client, settings.state, settings.redis.key_prefix, store, bundle, settings.reencode
     )

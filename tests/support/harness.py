@@ -118,7 +118,7 @@ class Oracle:
         oracle = cls(settings)
         for record in records:
             decoded = decode_engagement(record.value or b"")
-            key_ok = record.key is None or record.key == getattr(decoded, "user_id", "").encode()
+            key_ok = record.key == getattr(decoded, "user_id", "").encode()
             if isinstance(decoded, Engagement) and key_ok:
                 oracle.events[record.partition].append((record.offset, decoded))
         for partition, events in oracle.events.items():

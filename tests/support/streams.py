@@ -12,7 +12,8 @@ SMALL = GeneratorConfig(users=150, items=300, communities=4, events=3000, seed=1
 
 
 def produce_mixed(settings: Settings, cfg: GeneratorConfig, bad: int) -> list[tuple[bytes, str]]:
-    """Valid generated events with malformed payloads and one mis-keyed event in between."""
+    """Valid generated events with malformed payloads, one mis-keyed and one keyless event in
+    between."""
     ensure_topics(settings)
     events = list(generate_events(cfg))
     half = len(events) // 2
@@ -22,9 +23,14 @@ def produce_mixed(settings: Settings, cfg: GeneratorConfig, bad: int) -> list[tu
         settings, [(b"u-bad", payload) for payload, _ in malformed], settings.topics.engagements
     )
     mis_keyed = events[half]
-    produce_raw(settings, [(b"someone-else", _encode(mis_keyed))], settings.topics.engagements)
-    produce_engagements(settings, events[half + 1 :])
-    return [*malformed, (_encode(mis_keyed), "key_mismatch")]
+    keyless = events[half + 1]
+    produce_raw(
+        settings,
+        [(b"someone-else", _encode(mis_keyed)), (None, _encode(keyless))],
+        settings.topics.engagements,
+    )
+    produce_engagements(settings, events[half + 2 :])
+    return [*malformed, (_encode(mis_keyed), "key_mismatch"), (_encode(keyless), "missing_key")]
 
 
 def _encode(event: Engagement) -> bytes:

@@ -21,15 +21,20 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 from encoders.registry import ModelRegistry
-from state import StateError, VectorStore
+from state import RedisState, StateError, VectorStore
 from streams.devtools.generate import GeneratorConfig, generate_catalog, generate_events
+from streams.devtools.produce import produce_engagements
 from streams.metrics import IngestMetrics
+from streams.runtimes.batch import BatchRuntime
+from streams.runtimes.limits import RunLimits
 from streams.settings import Settings
 from streams.vectors.backfill import Backfill, run_backfill
 from streams.vectors.store import vector_store
 from streams.vectors.switch import ModelWatcher
 from streams.vectors.updater import Updater
 from streams.wire.events import Engagement
+from streams.wire.topics import ensure_topics
+from tests.support.harness import Oracle, mismatches, read_topic
 from tests.support.models import two_versions
 from tests.support.reader import read_round
 from tests.support.vectors_world import World, assert_matches_oracle
@@ -229,6 +234,53 @@ async def test_a_poisoned_promotion_is_refused_and_the_old_model_keeps_serving(
     copy.rollback()  # the operator's answer to the alert: the refusal is over
     await watcher.poll()
     assert metrics.registry.get_sample_value("sagestream_promoted_model_refused") == 0
+
+
+@pytest.mark.parametrize("serving", ["previous", "nothing"])
+async def test_a_restart_under_a_poisoned_promotion_keeps_ingesting_and_counts_it(
+    serving: str,
+    redis_client: aioredis.Redis,
+    make_settings: Callable[..., Settings],
+    models: tuple[Path, str, str],
+    store: VectorStore,
+    tmp_path: Path,
+) -> None:
+    """RELIABILITY: no crash loop. A worker restarted while a broken version is promoted
+    serves what the aliases serve (and refuses the promotion, counted); with nothing else to
+    serve it ingests without vectors. Either way it runs to the end of the stream."""
+    root, first, _ = models
+    copy = ModelRegistry(tmp_path / "registry")
+    good = clone(ModelRegistry(root), first, copy)
+    copy.promote(good)
+    if serving == "previous":
+        store.prepare(good, copy.load(good).dim)
+        store.flip(good)
+    poisoned = clone(ModelRegistry(root), first, copy)
+    copy.promote(poisoned)
+    onnx = next(copy.path(poisoned).glob("*.onnx"))
+    onnx.write_bytes(onnx.read_bytes()[: onnx.stat().st_size // 2])
+
+    settings = make_settings(models={"registry": str(tmp_path / "registry")})
+    ensure_topics(settings)
+    events = list(generate_events(GeneratorConfig(users=12, items=30, events=200, seed=41)))
+    produce_engagements(settings, events)
+    metrics = IngestMetrics(CollectorRegistry())
+    stats = await BatchRuntime(settings, metrics, RunLimits(max_events=len(events))).run()
+    assert stats.events == len(events)
+
+    value = metrics.registry.get_sample_value
+    assert value("sagestream_model_rejections_total", {"version": poisoned}) == 1
+    assert value("sagestream_promoted_model_refused") == 1
+    state = RedisState(redis_client, settings.state, prefix=settings.redis.key_prefix)
+    oracle = Oracle.from_records(settings, read_topic(settings, settings.topics.engagements))
+    assert await mismatches(state, oracle) == []  # every event applied either way
+    users = {e.user_id for e in events}
+    if serving == "previous":
+        stored = store.get("users", users)
+        assert stored.keys() == users
+        assert {p.payload["model_version"] for p in stored.values()} == {good}
+    else:
+        assert store.serving_version() is None
 
 
 def switches(metrics: IngestMetrics) -> float:

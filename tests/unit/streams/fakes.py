@@ -26,9 +26,9 @@ def record(
     *,
     partition: int = 0,
     topic: str = "eng",
-    key: bytes | None = None,
+    key: bytes | None = b"u1",
 ) -> SourceRecord:
-    """A record of a valid engagement unless `value` says otherwise."""
+    """A record of a valid engagement unless `value` says otherwise, keyed by its user."""
     return SourceRecord(topic, partition, offset, key, engagement() if value is None else value)
 
 

@@ -18,7 +18,7 @@ def event(user: str = "u1", item: str = "i1") -> bytes:
 
 
 def test_valid_records_pass_and_keep_their_coordinates() -> None:
-    valid, letters = validate([record(5, event()), record(6, event(), key=None)])
+    valid, letters = validate([record(5, event()), record(6, event(user="u2"), key=b"u2")])
     assert [r.offset for r, _ in valid] == [5, 6]
     assert letters == []
 
@@ -29,11 +29,12 @@ def test_every_rejection_is_a_dead_letter_with_a_reason() -> None:
         record(2, None),
         record(3, event(user="u2")),  # keyed u1: would land in another user's partition
         record(4, event()),
+        record(5, event(), key=None),  # the partitioner would spread the user's events
     ]
     valid, letters = validate(records)
     assert [r.offset for r, _ in valid] == [4]
     reasons = {letter.record.offset: letter.rejection.reason for letter in letters}
-    assert reasons == {1: "bad_json", 2: "empty_value", 3: "key_mismatch"}
+    assert reasons == {1: "bad_json", 2: "empty_value", 3: "key_mismatch", 5: "missing_key"}
     headers = dict(letters[0].headers())
     assert headers["source.topic"] == b"eng"
     assert headers["source.offset"] == b"1"
