@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_serializer, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from state import StateConfig
@@ -26,7 +34,8 @@ CONFIG_FILE_ENV = "SAGESTREAM_CONFIG_FILE"
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # A refused value is not echoed: it may be a password (a URL with one, a numeric secret).
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
 
 def _refuse_password_in_url(url: str) -> str:
@@ -49,6 +58,23 @@ class KafkaSettings(_Section):
     # A crashed worker's partitions move to the others after this long (Faust's default is 60 s).
     session_timeout_s: float = Field(default=10.0, gt=0)
     heartbeat_interval_s: float = Field(default=3.0, gt=0)
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> Self:
+        """SASL needs its mechanism, and credentials need SASL: either half alone would be
+        dropped silently by the clients, and the broker's refusal would come 40 s later."""
+        sasl = self.security_protocol.startswith("SASL_")
+        if sasl and self.sasl_mechanism is None:
+            raise ValueError(
+                f"{self.security_protocol} needs sasl_mechanism (PLAIN, SCRAM-SHA-...)"
+            )
+        credentials = self.sasl_username is not None or self.sasl_password is not None
+        if credentials and not sasl:
+            raise ValueError(
+                f"SASL credentials are set but security_protocol is {self.security_protocol}: "
+                "choose SASL_PLAINTEXT or SASL_SSL"
+            )
+        return self
 
     def client_kwargs(self) -> dict[str, Any]:
         """Connection options shared by kafka-python and aiokafka (their names agree)."""
@@ -186,7 +212,11 @@ class ReencodeSettings(_Section):
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="SAGESTREAM_", env_nested_delimiter="__", frozen=True, extra="forbid"
+        env_prefix="SAGESTREAM_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+        hide_input_in_errors=True,
     )
 
     kafka: KafkaSettings = KafkaSettings()

@@ -9,6 +9,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from streams.exceptions import ConfigError
 from streams.seams import NO_SEAMS, Seams
 
@@ -61,3 +63,13 @@ def main(argv: Sequence[str] | None = None, seams: Seams = NO_SEAMS) -> int:
     except ConfigError as exc:  # the operator's to fix: one line, no traceback
         logging.getLogger("sagestream").error("%s", exc)
         return EXIT_CONFIG
+    except ValidationError as exc:  # settings refused: which, and why, never the value
+        logging.getLogger("sagestream").error("invalid settings: %s", settings_problems(exc))
+        return EXIT_CONFIG
+
+
+def settings_problems(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(part) for part in error['loc']) or 'settings'}: {error['msg']}"
+        for error in exc.errors(include_input=False, include_url=False)
+    )

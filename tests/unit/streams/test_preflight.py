@@ -35,7 +35,8 @@ def test_verdicts_say_ok_fail_skip_and_hide_secrets(monkeypatch: pytest.MonkeyPa
         "CHECKS",
         {"good": lambda _s, _t: "fine", "leaky": leaks, "off": skipped, "stuck": hangs},
     )
-    settings = Settings(kafka={"sasl_password": SECRET, "sasl_mechanism": "PLAIN"})
+    kafka = {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN"}
+    settings = Settings(kafka={**kafka, "sasl_password": SECRET})
     try:
         verdicts = {v.name: v for v in preflight(settings, timeout_s=0.2)}
     finally:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from streams.cli.main import EXIT_CONFIG, main
 from streams.settings import CONFIG_FILE_ENV, Settings
 
 
@@ -28,7 +29,12 @@ def test_environment_beats_file_beats_defaults(
 
 def test_secrets_never_appear_in_reprs_or_dumps() -> None:
     settings = Settings.load(
-        kafka={"sasl_mechanism": "PLAIN", "sasl_username": "app", "sasl_password": "kafka-secret"},
+        kafka={
+            "security_protocol": "SASL_PLAINTEXT",
+            "sasl_mechanism": "PLAIN",
+            "sasl_username": "app",
+            "sasl_password": "kafka-secret",
+        },
         redis={"password": "redis-secret"},
         qdrant={"api_key": "qdrant-secret"},
     )
@@ -39,9 +45,34 @@ def test_secrets_never_appear_in_reprs_or_dumps() -> None:
 
 
 @pytest.mark.parametrize("section", ["redis", "qdrant"])
-def test_a_password_inside_a_url_is_refused(section: str) -> None:
-    with pytest.raises(ValidationError, match="own setting"):
+def test_a_password_inside_a_url_is_refused_without_echoing_it(section: str) -> None:
+    with pytest.raises(ValidationError, match="own setting") as refused:
         Settings.load(**{section: {"url": "redis://user:hunter2@127.0.0.1:6379/0"}})
+    assert "hunter2" not in str(refused.value)
+
+
+def test_a_refused_secret_is_not_echoed() -> None:
+    with pytest.raises(ValidationError, match="valid string") as refused:
+        Settings.load(kafka={"security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN",
+                             "sasl_password": 73519024})  # fmt: skip
+    assert "73519024" not in str(refused.value)
+
+
+def test_sasl_without_a_mechanism_or_credentials_without_sasl_are_refused() -> None:
+    with pytest.raises(ValidationError, match="needs sasl_mechanism"):
+        Settings.load(kafka={"security_protocol": "SASL_SSL", "sasl_username": "app"})
+    with pytest.raises(ValidationError, match="credentials are set but security_protocol"):
+        Settings.load(kafka={"sasl_username": "app", "sasl_password": "pw"})
+
+
+def test_the_cli_refuses_bad_settings_in_one_line_without_the_secret(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("SAGESTREAM_REDIS__URL", "redis://app:hunter2@127.0.0.1:1/0")
+    assert main(["check"]) == EXIT_CONFIG
+    (line,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert line.startswith("invalid settings: redis.url: Value error, put the password")
+    assert "hunter2" not in caplog.text
 
 
 def test_unknown_settings_are_refused() -> None:
