@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
 from streams.cli.common import say, settings_of
-from streams.runtimes.preflight import preflight
+from streams.runtimes.preflight import clients_quiet, preflight
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -24,9 +23,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_of(args)
-    for chatty in ("kafka", "qdrant_client", "httpx", "state.retry"):  # the verdicts say it
-        logging.getLogger(chatty).setLevel(logging.CRITICAL)
-    verdicts = preflight(settings, args.timeout)
+    with clients_quiet():
+        verdicts = preflight(settings, args.timeout)
     for verdict in verdicts:
         say(verdict.line())
     return 1 if any(v.failed for v in verdicts) else 0

@@ -12,10 +12,15 @@ from streams.cli.common import settings_of
 from streams.health import Health
 from streams.metrics import IngestMetrics
 from streams.runtimes.limits import RunLimits
+from streams.runtimes.preflight import clients_quiet, preflight
 from streams.runtimes.wiring import EXIT_FATAL
+from streams.settings import Settings
 from streams.wire.topics import ensure_topics
 
 log = logging.getLogger(__name__)
+EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: a dependency failed the start-up check
+CHECK_TIMEOUT_S = 5.0
+STARTUP_CHECKS = ("kafka", "redis", "qdrant", "registry")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -35,11 +40,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="stop when no record arrived for this long (burst mode)",
     )
     parser.add_argument("--stats", type=Path, help="write run statistics (JSON) here on exit")
+    parser.add_argument(
+        "--skip-checks",
+        action="store_true",
+        help="start without first asking Kafka, Redis, Qdrant and the registry (as `sagestream "
+        "check` does); a dependency that does not answer then shows as the worker connects",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_of(args)
+    if not args.skip_checks and not dependencies_answer(settings):
+        return EXIT_UNAVAILABLE
     ensure_topics(settings)
     limits = RunLimits(max_events=args.max_events, until_idle_s=args.until_idle)
     probe = settings.metrics
@@ -64,3 +77,14 @@ def run(args: argparse.Namespace) -> int:
     if args.stats:
         args.stats.write_text(json.dumps({"events": events, "seconds": seconds}))
     return code
+
+
+def dependencies_answer(settings: Settings) -> bool:
+    """Fail in seconds, naming the cause, rather than in a client's bootstrap retries (a wrong
+    port or password costs kafka-python about 40 s and says only "unable to bootstrap"). The
+    model is left to the updater, which refuses a broken one without stopping ingest."""
+    with clients_quiet():
+        failed = [v for v in preflight(settings, CHECK_TIMEOUT_S, STARTUP_CHECKS) if v.failed]
+    for verdict in failed:
+        log.error("start-up check failed: %s", verdict.line())
+    return not failed

@@ -9,11 +9,13 @@ from the settings never appear in it, even when a client library echoes them.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +28,7 @@ from streams.settings import Settings
 from streams.vectors.store import vector_store
 
 OK, FAILED, SKIPPED = "ok", "FAIL", "--"
+CLIENT_LOGGERS = ("kafka", "qdrant_client", "httpx", "state.retry")  # the verdicts say it all
 
 
 @dataclass(frozen=True)
@@ -153,10 +156,28 @@ CHECKS: dict[str, Callable[[Settings, float], str]] = {
 }
 
 
-def preflight(settings: Settings, timeout_s: float = 5.0) -> list[Verdict]:
-    """Run every check at once; each has `timeout_s` (loading a model may take longer)."""
+@contextmanager
+def clients_quiet() -> Iterator[None]:
+    """Silence the clients' own retry and connection lines while the checks run."""
+    loggers = [logging.getLogger(name) for name in CLIENT_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def preflight(
+    settings: Settings, timeout_s: float = 5.0, names: Sequence[str] | None = None
+) -> list[Verdict]:
+    """Run the checks (all, or `names`) at once; each has `timeout_s` (a model load, four
+    times that)."""
     started = time.monotonic()
-    runs = {name: _Run(name, check, settings, timeout_s) for name, check in CHECKS.items()}
+    chosen = {name: CHECKS[name] for name in (names or CHECKS)}
+    runs = {name: _Run(name, check, settings, timeout_s) for name, check in chosen.items()}
     verdicts = []
     for name, run in runs.items():
         slack = 4 * timeout_s if name == "model" else timeout_s + 1  # their own error first

@@ -18,12 +18,13 @@ import pytest
 import yaml
 
 from streams.cli.main import main
+from streams.cli.worker import EXIT_UNAVAILABLE
 from streams.devtools.generate import GeneratorConfig, generate_events
 from streams.devtools.produce import produce_engagements
 from streams.devtools.tiny_model import publish_tiny_model
 from streams.settings import Settings
 from streams.wire.topics import ensure_topics
-from tests.support.harness import REPO, start_worker
+from tests.support.harness import REPO, run_worker, start_worker
 
 pytestmark = pytest.mark.integration
 
@@ -56,6 +57,7 @@ def test_check_passes_when_every_dependency_answers_and_the_model_loads(
     version = promoted_registry(tmp_path / "models")
     settings = make_settings(models={"registry": str(tmp_path / "models")})
     ensure_topics(settings)
+    produce_engagements(settings, generate_events(STREAM))  # waits until the topic is visible
     code, lines = check(settings, monkeypatch, capsys)
     assert list(lines) == ["kafka", "redis", "qdrant", "registry", "model"]
     assert all(line.split()[1] == "ok" for line in lines.values()), lines
@@ -163,3 +165,24 @@ async def test_a_worker_turns_ready_then_unready_on_shutdown_and_compose_probes_
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.to_thread(proc.wait, 120)
     assert code == 0, log.read_text()[-3000:]
+
+
+@pytest.mark.parametrize("runtime", ["batch", "faust"])
+def test_a_worker_that_cannot_reach_its_dependencies_stops_at_once_naming_them(
+    runtime: str,
+    make_settings: Callable[..., Settings],
+    unused_tcp_port: int,
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(
+        kafka={"bootstrap_servers": f"127.0.0.1:{unused_tcp_port}"},
+        models={"registry": str(tmp_path / "mistyped")},
+    )
+    log = tmp_path / "worker.log"
+    # Before the start-up check, a closed broker port cost about 40 s of bootstrap retries.
+    code = run_worker(settings, "--runtime", runtime, timeout=60, log=log)
+    assert code == EXIT_UNAVAILABLE
+    failures = [line for line in log.read_text().splitlines() if "start-up check failed" in line]
+    assert len(failures) == 2, log.read_text()[-3000:]
+    assert f"127.0.0.1:{unused_tcp_port}: connection refused" in failures[0]
+    assert "mistyped is not a directory" in failures[1]
