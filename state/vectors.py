@@ -39,6 +39,7 @@ into an embedded store are serialised by a lock, because local mode is not threa
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 import re
@@ -80,6 +81,9 @@ STATE_VERSION = "state_version"
 _VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _PREFIX = re.compile(r"[A-Za-z0-9_-]{0,64}")
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+_TRANSIENT_ERRNO = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
+_TRANSIENT_SQLITE = ("disk is full", "disk I/O error", "database is locked")
+_STORE_ERRORS = (ApiException, OSError, ValueError, RuntimeError, sqlite3.OperationalError)
 
 
 @dataclass(frozen=True)
@@ -251,15 +255,20 @@ def _purge(client: QdrantClient, prefix: str) -> int:
 
 
 def _retryable(err: BaseException) -> bool:
-    return isinstance(err, (ApiException, OSError, ValueError, RuntimeError)) and is_transient(err)
+    return isinstance(err, _STORE_ERRORS) and is_transient(err)
 
 
 def is_transient(err: BaseException) -> bool:
-    """Errors worth retrying: the store could not be reached, timed out or is overloaded."""
+    """Errors worth retrying: the store could not be reached, timed out, is overloaded, or is
+    out of disk (an operator frees it; consumption pauses meanwhile instead of stopping)."""
     if isinstance(err, ResponseHandlingException | ConnectionError | TimeoutError):
         return True
     if isinstance(err, UnexpectedResponse):
         return err.status_code is None or err.status_code in _TRANSIENT_STATUS
+    if isinstance(err, OSError):
+        return err.errno in _TRANSIENT_ERRNO
+    if isinstance(err, sqlite3.OperationalError):  # embedded mode keeps its points in SQLite
+        return any(sign in str(err) for sign in _TRANSIENT_SQLITE)
     return False
 
 
@@ -350,7 +359,7 @@ class VectorStore:
                 f"Qdrant unreachable for {gave_up.seconds:.1f}s during {what} "
                 f"({gave_up.attempts} attempts): {gave_up.__cause__}"
             ) from gave_up.__cause__
-        except (ApiException, OSError, ValueError, RuntimeError) as err:
+        except _STORE_ERRORS as err:
             raise StateError(f"Qdrant refused {what}: {err}") from err
         self._failing_since = None
         return result

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import sqlite3
 import uuid
 
 import httpx
@@ -156,6 +158,16 @@ def test_transient_errors_are_told_from_refusals() -> None:
         assert not is_transient(_response(status))
     assert not is_transient(ValueError("Collection users_v1 not found"))
     assert issubclass(VectorStoreUnavailable, StateUnavailableError)  # callers pause on both
+
+
+def test_a_full_disk_is_waited_out_not_a_crash() -> None:
+    """Embedded mode writes SQLite and files; a server answers 500. A full disk clears when an
+    operator frees space, so the worker pauses on it; a corrupt database does not clear."""
+    assert is_transient(sqlite3.OperationalError("database or disk is full"))
+    assert is_transient(OSError(errno.ENOSPC, "No space left on device"))
+    assert is_transient(OSError(errno.EDQUOT, "Disk quota exceeded"))
+    assert not is_transient(sqlite3.OperationalError("no such table: points"))
+    assert not is_transient(OSError(errno.EACCES, "Permission denied"))
 
 
 def test_server_versions_parse() -> None:
