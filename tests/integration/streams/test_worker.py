@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import signal
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+from kafka import KafkaProducer
 
 from state import RedisState
 from streams.devtools.generate import GeneratorConfig, generate_events
@@ -130,5 +132,46 @@ async def test_kill_9_mid_stream_ends_in_the_uninterrupted_state(
         "%s runtime: %d events, %d kill -9, %d mismatches", runtime, cfg.events, kills, len(diff)
     )
     assert diff == []
+    ends = await asyncio.to_thread(end_offsets, settings, settings.topics.engagements)
+    assert await asyncio.to_thread(committed_offsets, settings) == ends
+
+
+@pytest.mark.parametrize("runtime", ["faust", "batch"])
+async def test_a_record_as_big_as_the_broker_allows_is_dead_lettered_not_a_poison_pill(
+    runtime: str,
+    make_settings: Callable[..., Settings],
+    redis_client: aioredis.Redis,
+    tmp_path: Path,
+) -> None:
+    """A default broker takes a record of about 1 MB; its dead-letter copy with headers would
+    be over the producer's limit. It goes as a truncated copy with its size and digest, and
+    every valid event around it, on every partition, is applied."""
+    settings = make_settings()
+    ensure_topics(settings)
+    events = list(generate_events(GeneratorConfig(users=60, items=120, events=600, seed=13)))
+    produce_engagements(settings, events[:300])
+    big = b'{"v":1,"padding":"' + b"x" * (1_048_500 - 20) + b'"}'
+    producer = KafkaProducer(**settings.kafka.client_kwargs(), max_request_size=2 * 1024 * 1024)
+    try:
+        producer.send(settings.topics.engagements, key=b"u-big", value=big).get(timeout=30)
+    finally:
+        producer.close()
+    produce_engagements(settings, events[300:])
+
+    code = await asyncio.to_thread(
+        run_worker, settings, "--runtime", runtime, "--until-idle", "4", log=tmp_path / "w.log"
+    )
+    assert code == 0, (tmp_path / "w.log").read_text()[-3000:]
+    records = await asyncio.to_thread(read_topic, settings, settings.topics.engagements)
+    state = await state_of(settings, redis_client)
+    assert await mismatches(state, Oracle.from_records(settings, records)) == []
+    (letter,) = await asyncio.to_thread(
+        read_topic, settings, settings.topics.dlq(settings.topics.engagements)
+    )
+    headers = {k: v.decode() for k, v in letter.headers}
+    assert headers["error.reason"] == "too_large"
+    assert headers["original.size"] == str(len(big))
+    assert headers["original.sha256"] == hashlib.sha256(big).hexdigest()
+    assert big.startswith(letter.value) and len(letter.value) == int(headers["copy.truncated_to"])
     ends = await asyncio.to_thread(end_offsets, settings, settings.topics.engagements)
     assert await asyncio.to_thread(committed_offsets, settings) == ends
