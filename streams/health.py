@@ -5,8 +5,8 @@ second; a loop blocked or wedged stops beating and `/healthz` turns 503 after `s
 worker that never finishes starting (a group it may not join, a broker that never answers) is not
 live either once `startup_s` has passed, so an orchestrator restarts it rather than wait forever.
 
-Readiness adds: the worker has joined, connected Redis and the dead-letter producer and loaded
-its model (wiring done), and it is not shutting down. A worker paused by backpressure stays
+Readiness adds: the worker has connected its consumer, Redis and the dead-letter producer and
+loaded its model (wiring done), and it is not shutting down. A worker paused by backpressure stays
 ready: pausing is it doing its job, and restarting it would only lose its place; the body says
 why it is paused, and the `consumption_paused` alert watches for how long.
 """

@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 from streams.cli.common import settings_of
+from streams.exceptions import ConfigError
 from streams.health import Health
 from streams.metrics import IngestMetrics
 from streams.runtimes.limits import RunLimits
@@ -63,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
         metrics.serve_from(settings.metrics)
         try:
             stats = asyncio.run(BatchRuntime(settings, metrics, limits, args.seams).run())
+        except ConfigError:  # the operator's to fix, said in one line by the entry point
+            raise
         except Exception:  # nothing was committed past the failed batch; say so and stop
             log.critical("batch failed; stopped without committing it", exc_info=True)
             return EXIT_FATAL

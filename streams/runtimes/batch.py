@@ -17,8 +17,9 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import CommitFailedError
+from aiokafka.errors import CommitFailedError, InconsistentGroupProtocolError
 
+from streams.exceptions import ConfigError
 from streams.metrics import IngestMetrics
 from streams.runtimes.limits import RunLimits
 from streams.runtimes.wiring import TICK_EVERY_S, Worker, wire_worker
@@ -88,8 +89,15 @@ class BatchRuntime:
             loop.add_signal_handler(sig, self.stop)
         async with AsyncExitStack() as resources:
             kafka = consumer(self.settings, self.settings.topics.engagements)
-            await kafka.start()
             resources.push_async_callback(kafka.stop)
+            try:
+                await kafka.start()
+            except InconsistentGroupProtocolError as exc:
+                raise ConfigError(
+                    f"consumer group {self.settings.kafka.group_id!r} has workers of the Faust "
+                    "runtime, which assigns partitions another way: every worker of a group runs "
+                    "the same --runtime (stop those, or choose another SAGESTREAM_KAFKA__GROUP_ID)"
+                ) from exc
 
             async def commit(offsets: dict[tuple[str, int], int]) -> None:
                 await self._commit(kafka, offsets)

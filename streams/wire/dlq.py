@@ -18,7 +18,6 @@ from aiokafka import AIOKafkaProducer
 from streams.wire.events import Rejection
 from streams.wire.records import SourceRecord
 
-
 MAX_COPY_BYTES = 256 * 1024  # well under every default request and message limit
 MAX_DETAIL_BYTES = 1024
 

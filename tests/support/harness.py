@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -166,3 +169,25 @@ def _same_weights(got: list[tuple[str, float]], expected: list[tuple[str, float]
         return False
     want = dict(expected)
     return all(i in want and abs(w - want[i]) <= 1e-9 * max(1.0, abs(w)) for i, w in got)
+
+
+def probe(url: str) -> tuple[int, dict[str, object]]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as page:
+            return page.status, json.loads(page.read())
+    except urllib.error.HTTPError as refused:
+        return refused.code, json.loads(refused.read())
+    except OSError:
+        return 0, {}  # not listening yet
+
+
+def until_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> dict[str, object]:
+    """Poll as a readiness probe does; the bound is generous, only a hung start reaches it."""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        code, body = probe(url)
+        if code == 200:
+            return body
+        time.sleep(0.5)
+    raise AssertionError(f"not ready within 180s: {log.read_text()[-3000:]}")

@@ -4,13 +4,10 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,7 +21,7 @@ from streams.devtools.produce import produce_engagements
 from streams.devtools.tiny_model import publish_tiny_model
 from streams.settings import Settings
 from streams.wire.topics import ensure_topics
-from tests.support.harness import REPO, run_worker, start_worker
+from tests.support.harness import REPO, probe, run_worker, start_worker, until_ready
 
 pytestmark = pytest.mark.integration
 
@@ -108,28 +105,6 @@ def test_check_refuses_a_model_whose_files_were_damaged(
     assert code == 1
     assert lines["registry"].split()[1] == "ok"
     assert lines["model"].split()[1] == "FAIL" and version in lines["model"]
-
-
-def probe(url: str) -> tuple[int, dict[str, object]]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as page:
-            return page.status, json.loads(page.read())
-    except urllib.error.HTTPError as refused:
-        return refused.code, json.loads(refused.read())
-    except OSError:
-        return 0, {}  # not listening yet
-
-
-def until_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> dict[str, object]:
-    """Poll as a readiness probe does; the bound is generous, only a hung start reaches it."""
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()[-3000:]
-        code, body = probe(url)
-        if code == 200:
-            return body
-        time.sleep(0.5)
-    raise AssertionError(f"not ready within 180s: {log.read_text()[-3000:]}")
 
 
 @pytest.mark.parametrize("runtime", ["batch", "faust"])

@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 from encoders.registry import ModelRegistry
 from state import RedisState
 from state.vectors import canonical_version
+from streams.cli.main import EXIT_CONFIG
 from streams.devtools.generate import GeneratorConfig, generate_catalog, generate_events
 from streams.devtools.produce import produce_catalog, produce_engagements
 from streams.settings import Settings
@@ -36,6 +37,7 @@ from tests.support.harness import (
     committed_offsets,
     end_offsets,
     read_topic,
+    run_worker,
     start_worker,
 )
 from tests.support.models import two_versions
@@ -243,3 +245,46 @@ async def test_a_switch_with_every_worker_writing_ends_exact_and_readers_never_s
         second,
         behind,
     )
+
+
+async def test_a_batch_worker_refuses_a_group_run_by_faust_workers_in_one_line(
+    make_settings: Callable[..., Settings],
+    redis_client: aioredis.Redis,
+    tmp_path: Path,
+) -> None:
+    """The two runtimes assign partitions differently, so the broker refuses a mixed group;
+    the batch worker says so and which setting to change, instead of a traceback (exit 70)."""
+    settings = make_settings()
+    ensure_topics(settings)
+    events = list(generate_events(GeneratorConfig(users=40, items=80, events=200, seed=17)))
+    produce_engagements(settings, events)
+    faust_log = tmp_path / "faust.log"
+    faust = start_worker(settings, "--runtime", "faust", log=faust_log)
+    try:
+        state = RedisState(redis_client, settings.state, prefix=settings.redis.key_prefix)
+        await until_consumed(state, settings, len(events), faust, faust_log)  # it holds the group
+        log = tmp_path / "batch.log"
+        code = await asyncio.to_thread(
+            run_worker, settings, "--runtime", "batch", timeout=120, log=log
+        )
+    finally:
+        faust.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(faust.wait, 120)
+    assert code == EXIT_CONFIG, log.read_text()[-3000:]
+    assert "has workers of the Faust runtime" in log.read_text()
+    assert "Traceback" not in log.read_text()
+
+
+async def until_consumed(
+    state: RedisState, settings: Settings, count: int, proc: subprocess.Popen[bytes], log: Path
+) -> None:
+    """Until the partitions' watermarks account for `count` records (bounded: a hang fails)."""
+    deadline = time.monotonic() + 180
+    topic = settings.topics.engagements
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        marks = [await state.watermark(topic, p) for p in range(settings.topics.partitions)]
+        if sum(m + 1 for m in marks if m is not None) >= count:
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"not consumed within 180s: {log.read_text()[-3000:]}")
