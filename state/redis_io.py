@@ -16,6 +16,24 @@ def text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+# Refusals that clear without a code change: memory freed or maxmemory raised (OOM), a disk
+# that takes writes again (MISCONF), a failover finishing (READONLY, MASTERDOWN, CLUSTERDOWN,
+# TRYAGAIN), a script finishing (BUSY). Redis refuses a writing script before it runs, so
+# retrying one of these never applies half a batch. (LOADING is a ConnectionError already.)
+CLEARING_ERRORS: tuple[type[redis_errors.RedisError], ...] = (
+    redis_errors.OutOfMemoryError,
+    redis_errors.ReadOnlyError,
+    redis_errors.MasterDownError,
+    redis_errors.ClusterDownError,
+    redis_errors.TryAgainError,
+)
+CLEARING_CODES = ("MISCONF", "BUSY")  # no class of their own: the code leads the message
+
+
+def clears_by_itself(exc: redis_errors.RedisError) -> bool:
+    return isinstance(exc, CLEARING_ERRORS) or str(exc).startswith(CLEARING_CODES)
+
+
 @contextmanager
 def redis_errors_as_state(what: str) -> Iterator[None]:
     """Map redis-py errors onto the package's errors: transient ones say "retry"."""
@@ -24,6 +42,8 @@ def redis_errors_as_state(what: str) -> Iterator[None]:
     except (redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
         raise StateUnavailableError(f"{what}: redis unavailable: {exc}") from exc
     except redis_errors.RedisError as exc:
+        if clears_by_itself(exc):
+            raise StateUnavailableError(f"{what}: redis refuses for now: {exc}") from exc
         raise StateError(f"{what}: {exc}") from exc
 
 

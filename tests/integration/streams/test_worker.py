@@ -13,10 +13,14 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 from kafka import KafkaProducer
+from prometheus_client import CollectorRegistry
 
 from state import RedisState
 from streams.devtools.generate import GeneratorConfig, generate_events
 from streams.devtools.produce import produce_engagements
+from streams.metrics import IngestMetrics
+from streams.runtimes.batch import BatchRuntime
+from streams.runtimes.limits import RunLimits
 from streams.settings import Settings
 from streams.wire.topics import ensure_topics
 from tests.support.harness import (
@@ -175,3 +179,35 @@ async def test_a_record_as_big_as_the_broker_allows_is_dead_lettered_not_a_poiso
     assert big.startswith(letter.value) and len(letter.value) == int(headers["copy.truncated_to"])
     ends = await asyncio.to_thread(end_offsets, settings, settings.topics.engagements)
     assert await asyncio.to_thread(committed_offsets, settings) == ends
+
+
+async def test_redis_out_of_memory_is_waited_out_and_nothing_is_lost(
+    make_settings: Callable[..., Settings],
+    redis_client: aioredis.Redis,
+) -> None:
+    """Redis refusing writes (maxmemory reached, noeviction) clears when an operator frees
+    memory; the worker retries meanwhile instead of exiting 70, and ends exact."""
+    settings = make_settings(retry={"initial_s": 0.05, "max_s": 0.2})
+    ensure_topics(settings)
+    events = list(generate_events(GeneratorConfig(users=50, items=100, events=500, seed=19)))
+    produce_engagements(settings, events)
+    saved = await redis_client.config_get("maxmemory")
+    metrics = IngestMetrics(CollectorRegistry())
+    await redis_client.config_set("maxmemory", "1")
+    try:
+        run = asyncio.create_task(
+            BatchRuntime(settings, metrics, RunLimits(max_events=len(events))).run()
+        )
+        deadline = time.monotonic() + 120
+        while not metrics.registry.get_sample_value(
+            "sagestream_transient_retries_total", {"step": "state_apply"}
+        ):
+            assert not run.done() and time.monotonic() < deadline, "no refused apply seen"
+            await asyncio.sleep(0.05)
+    finally:
+        await redis_client.config_set("maxmemory", saved["maxmemory"])
+    stats = await asyncio.wait_for(run, 120)
+    assert stats.events == len(events)
+    records = await asyncio.to_thread(read_topic, settings, settings.topics.engagements)
+    state = await state_of(settings, redis_client)
+    assert await mismatches(state, Oracle.from_records(settings, records)) == []
