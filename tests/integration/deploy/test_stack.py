@@ -20,18 +20,34 @@ from tests.support.services import TEST_STACK, qdrant_binary
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[3]
+
+
+def free_ports(count: int) -> tuple[int, ...]:
+    """Ports nothing listens on now, chosen by the kernel: no fixed number can collide with
+    another stack, a demo or a parallel run on the same host."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return tuple(sock.getsockname()[1] for sock in sockets)
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 # Ports of its own, so the session's shared test stack and a running demo are untouched.
+PORTS = free_ports(5)
+KAFKA, CONTROLLER, REDIS, QDRANT, QDRANT_GRPC = PORTS
 OWN = StackConfig(
     home=TEST_STACK.home,
-    kafka_port=39092,
-    controller_port=39093,
-    redis_port=36379,
-    qdrant_port=36333,
-    qdrant_grpc_port=36334,
+    kafka_port=KAFKA,
+    controller_port=CONTROLLER,
+    redis_port=REDIS,
+    qdrant_port=QDRANT,
+    qdrant_grpc_port=QDRANT_GRPC,
     qdrant_binary=qdrant_binary(),
     qdrant_api_key="stack-test-key",
 )
-PORTS = (39092, 39093, 36379, 36333, 36334)
 
 
 def stack(*args: str, cfg: StackConfig = OWN) -> subprocess.CompletedProcess[str]:
@@ -74,14 +90,14 @@ def test_up_twice_gives_one_stack_and_down_leaves_nothing() -> None:
         assert status.returncode == 0
         assert "kafka 4.1.1 (KRaft)" in status.stdout
         assert "redis 7." in status.stdout
-        assert "127.0.0.1:39092" in status.stdout
-        assert "qdrant 1.19.0" in status.stdout and "http://127.0.0.1:36333" in status.stdout
-        with urllib.request.urlopen("http://127.0.0.1:36333/readyz", timeout=5) as ready:
+        assert f"127.0.0.1:{KAFKA}" in status.stdout
+        assert "qdrant 1.19.0" in status.stdout and f"http://127.0.0.1:{QDRANT}" in status.stdout
+        with urllib.request.urlopen(f"http://127.0.0.1:{QDRANT}/readyz", timeout=5) as ready:
             assert ready.status == 200  # health needs no key
         with pytest.raises(urllib.error.HTTPError, match="401"):
-            urllib.request.urlopen("http://127.0.0.1:36333/collections", timeout=5)
+            urllib.request.urlopen(f"http://127.0.0.1:{QDRANT}/collections", timeout=5)
         keyed = urllib.request.Request(
-            "http://127.0.0.1:36333/collections", headers={"api-key": "stack-test-key"}
+            f"http://127.0.0.1:{QDRANT}/collections", headers={"api-key": "stack-test-key"}
         )
         with urllib.request.urlopen(keyed, timeout=5) as listed:
             assert listed.status == 200
@@ -94,6 +110,8 @@ def test_up_twice_gives_one_stack_and_down_leaves_nothing() -> None:
     assert stack("status").returncode == 3  # not running: probes get a failing exit code
     for pid in pids(first.stdout):
         assert not Path(f"/proc/{pid}").exists()
+    assert stack("purge").returncode == 0  # its ports are new each run: leave no data behind
+    assert not OWN.run_dir.exists()
 
 
 def test_without_a_qdrant_binary_the_stack_says_what_embedded_mode_loses() -> None:
