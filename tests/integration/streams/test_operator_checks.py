@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -142,22 +143,53 @@ async def test_a_worker_turns_ready_then_unready_on_shutdown_and_compose_probes_
     assert code == 0, log.read_text()[-3000:]
 
 
+@pytest.fixture
+def guarded_redis(unused_tcp_port_factory: Callable[[], int], tmp_path: Path) -> Iterator[str]:
+    """A Redis of this test's own that wants a password (the shared test Redis wants none, and
+    redis-py quietly drops a password such a server does not ask for)."""
+    port = unused_tcp_port_factory()
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--requirepass", "the-redis-secret", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not listening(port):
+            assert server.poll() is None and time.monotonic() < deadline, "redis did not start"
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
 @pytest.mark.parametrize("runtime", ["batch", "faust"])
 def test_a_worker_that_cannot_reach_its_dependencies_stops_at_once_naming_them(
     runtime: str,
     make_settings: Callable[..., Settings],
+    guarded_redis: str,
     unused_tcp_port: int,
     tmp_path: Path,
 ) -> None:
     settings = make_settings(
         kafka={"bootstrap_servers": f"127.0.0.1:{unused_tcp_port}"},
+        redis={"url": guarded_redis, "password": "not-the-redis-secret"},
         models={"registry": str(tmp_path / "mistyped")},
     )
     log = tmp_path / "worker.log"
-    # Before the start-up check, a closed broker port cost about 40 s of bootstrap retries.
+    # Before the start-up check, a closed broker port cost about 40 s of bootstrap retries, and
+    # a wrong Redis password crashed the Faust runtime 15 times before it exited 0.
     code = run_worker(settings, "--runtime", runtime, timeout=60, log=log)
     assert code == EXIT_UNAVAILABLE
     failures = [line for line in log.read_text().splitlines() if "start-up check failed" in line]
-    assert len(failures) == 2, log.read_text()[-3000:]
+    assert len(failures) == 3, log.read_text()[-3000:]
     assert f"127.0.0.1:{unused_tcp_port}: connection refused" in failures[0]
-    assert "mistyped is not a directory" in failures[1]
+    assert "AuthenticationError" in failures[1]
+    assert "mistyped is not a directory" in failures[2]
+    assert "not-the-redis-secret" not in log.read_text()
