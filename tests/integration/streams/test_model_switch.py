@@ -205,15 +205,7 @@ async def test_a_poisoned_promotion_is_refused_and_the_old_model_keeps_serving(
     store: VectorStore,
     tmp_path: Path,
 ) -> None:
-    root, first, _ = models
-    copy = ModelRegistry(tmp_path / "registry")
-    good = clone(ModelRegistry(root), first, copy)
-    copy.promote(good)
-    poisoned = clone(ModelRegistry(root), first, copy)
-    copy.promote(poisoned)
-    onnx = next(copy.path(poisoned).glob("*.onnx"))
-    onnx.write_bytes(onnx.read_bytes()[: onnx.stat().st_size // 2])  # truncated after promotion
-
+    copy, good, poisoned = with_poisoned_promotion(models, tmp_path / "registry")
     settings = make_settings(models={"registry": str(tmp_path / "registry")})
     world = World(redis_client, settings, copy.load(good), store)
     store.prepare(good, world.bundle.dim)
@@ -248,17 +240,10 @@ async def test_a_restart_under_a_poisoned_promotion_keeps_ingesting_and_counts_i
     """RELIABILITY: no crash loop. A worker restarted while a broken version is promoted
     serves what the aliases serve (and refuses the promotion, counted); with nothing else to
     serve it ingests without vectors. Either way it runs to the end of the stream."""
-    root, first, _ = models
-    copy = ModelRegistry(tmp_path / "registry")
-    good = clone(ModelRegistry(root), first, copy)
-    copy.promote(good)
+    copy, good, poisoned = with_poisoned_promotion(models, tmp_path / "registry")
     if serving == "previous":
         store.prepare(good, copy.load(good).dim)
         store.flip(good)
-    poisoned = clone(ModelRegistry(root), first, copy)
-    copy.promote(poisoned)
-    onnx = next(copy.path(poisoned).glob("*.onnx"))
-    onnx.write_bytes(onnx.read_bytes()[: onnx.stat().st_size // 2])
 
     settings = make_settings(models={"registry": str(tmp_path / "registry")})
     ensure_topics(settings)
@@ -285,6 +270,22 @@ async def test_a_restart_under_a_poisoned_promotion_keeps_ingesting_and_counts_i
 
 def switches(metrics: IngestMetrics) -> float:
     return metrics.registry.get_sample_value("sagestream_model_switches_total") or 0.0
+
+
+def with_poisoned_promotion(
+    models: tuple[Path, str, str], root: Path
+) -> tuple[ModelRegistry, str, str]:
+    """A registry at `root` where a good version was promoted, then a copy of it promoted and
+    truncated afterwards (a half-synced volume). Returns it, the good and the poisoned name."""
+    source, first = ModelRegistry(models[0]), models[1]
+    registry = ModelRegistry(root)
+    good = clone(source, first, registry)
+    registry.promote(good)
+    poisoned = clone(source, first, registry)
+    registry.promote(poisoned)
+    onnx = next(registry.path(poisoned).glob("*.onnx"))
+    onnx.write_bytes(onnx.read_bytes()[: onnx.stat().st_size // 2])
+    return registry, good, poisoned
 
 
 def clone(source: ModelRegistry, version: str, into: ModelRegistry) -> str:

