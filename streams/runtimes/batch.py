@@ -60,6 +60,13 @@ def consumer(settings: Settings, topic: str) -> AIOKafkaConsumer:
     )
 
 
+def owned_highwater(kafka: AIOKafkaConsumer, topic: str, partition: int) -> int | None:
+    """The log end of a partition this worker still owns; None for one revoked while its batch
+    was in flight (aiokafka asserts on those; the new owner reports that lag)."""
+    tp = TopicPartition(topic, partition)
+    return kafka.highwater(tp) if tp in kafka.assignment() else None
+
+
 class BatchRuntime:
     def __init__(
         self,
@@ -154,9 +161,7 @@ class BatchRuntime:
                 self.stats.first_batch_at = self.stats.first_batch_at or time.monotonic()
                 outcome = await worker.checkpoint.process(records)
                 self._count(len(records))
-                worker.record_lag(
-                    outcome.next_offsets, lambda t, p: kafka.highwater(TopicPartition(t, p))
-                )
+                worker.record_lag(outcome.next_offsets, lambda t, p: owned_highwater(kafka, t, p))
                 idle_since = time.monotonic()
             if time.monotonic() - ticked_at > TICK_EVERY_S:
                 await worker.tick()

@@ -154,7 +154,12 @@ class FaustRuntime:
             await self._finish("processed %d events", self.processed)
 
     def _highwater(self, topic: str, partition: int) -> int | None:
-        return cast(int | None, self.app.consumer.highwater(TP(topic, partition)))
+        """None for a partition revoked while its batch was in flight (its new owner reports
+        that lag); asking the client about it would fail."""
+        tp = TP(topic, partition)
+        if tp not in self.app.consumer.assignment():
+            return None
+        return cast(int | None, self.app.consumer.highwater(tp))
 
     async def _tick(self) -> None:
         if self._worker is not None:
