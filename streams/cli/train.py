@@ -85,8 +85,8 @@ def model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ema-decay",
         type=float,
-        default=0.0,
-        help="validate and serve a moving average of the weights (e.g. 0.995; 0: off)",
+        default=TrainConfig().ema_decay,
+        help="validate and serve a moving average of the weights (default %(default)s; 0: off)",
     )
     for flag in ("neighbours", "content", "ids", "logq", "random-negatives"):
         parser.add_argument(f"--no-{flag}", action="store_true", help=f"ablation: no {flag}")

@@ -84,6 +84,24 @@ def test_batches_are_as_wide_as_their_longest_window(planted: TrainingData) -> N
     assert max(widths) <= model_config().seq_len and min(widths) < max(widths)
 
 
+def test_shifted_windows_keep_the_latest_and_cut_the_rest_anew(planted: TrainingData) -> None:
+    maker = BatchMaker(planted, model_config(), 4, 86400.0, seed=0, shifted_windows=True)
+    m = model_config().seq_len
+    first, second = maker.epoch_windows(), maker.epoch_windows()
+    assert first != second  # a new cut every epoch
+    for windows in (first, second):
+        ends: dict[int, list[int]] = {}
+        starts: dict[int, list[int]] = {}
+        for u, start, end in windows:
+            assert 0 <= start < end - 1 and end - start <= m + 1
+            ends.setdefault(u, []).append(end)
+            starts.setdefault(u, []).append(start)
+        # every prefix keeps its most recent window, and its windows reach back to its start
+        assert {u: max(e) for u, e in ends.items()} == dict(enumerate(maker.lengths))
+        assert all(min(s) == 0 for s in starts.values())
+    assert sum(len(b.inputs) for b in maker.epoch(16, windows=first)) == len(first)
+
+
 def test_fit_serves_the_best_epoch_and_stops_on_patience(
     planted: TrainingData, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -101,6 +119,22 @@ def test_fit_serves_the_best_epoch_and_stops_on_patience(
     assert result.best_epoch == 2
     for key, value in result.model.state_dict().items():
         torch.testing.assert_close(value, seen[1][key], rtol=0, atol=0)
+
+
+def test_the_moving_average_is_of_the_steps_taken_not_the_initial_weights(
+    planted: TrainingData,
+) -> None:
+    """Debiased: after one step the average is that step's weights, whatever the decay, so a
+    short run serves a trained model rather than one stuck near its initialisation."""
+    trainer = Trainer(planted, model_config(), train_config(ema_decay=0.999))
+    initial = [p.detach().clone() for p in trainer.params]
+    trainer.step(next(trainer.batches.epoch(trainer.cfg.batch_size)))
+    stepped = [p.detach().clone() for p in trainer.params]
+    raw = trainer._swap_in_average()
+    assert raw is not None
+    for param, after in zip(trainer.params, stepped, strict=True):
+        torch.testing.assert_close(param.detach(), after)
+    assert any(not torch.equal(a, b) for a, b in zip(stepped, initial, strict=True))
 
 
 def test_sampled_softmax_path_learns_too(planted: TrainingData) -> None:
