@@ -7,6 +7,9 @@ Every float expression is written in the same order as in the Lua script so both
 last bits (only libm's exp/pow can differ, by an ulp).
 
 Rules, per event, in order (the Lua script documents the same list):
+0. an event whose `event_id` is among its user's last `dedup_window` applied ids is a duplicate
+   and changes nothing at all; otherwise its id joins that window (events without an id, such
+   as the offline trainer's plain `Event`s, are never duplicates).
 1. append (item, action, ts) to the user's sequence, keep the last `seq_len`; bump the user
    version; keep the user's newest ts (`ts_max`).
 2. item degree +1 and item version +1.
@@ -45,8 +48,9 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from state.config import CONTEXT_ACTION, REBASE_EXPONENT, StateConfig
@@ -75,6 +79,8 @@ class EventLike(Protocol):
     def weight(self) -> float | None: ...
     @property
     def context_id(self) -> str | None: ...
+    @property
+    def event_id(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,7 @@ class Event:
     ts: float
     weight: float | None = None
     context_id: str | None = None
+    event_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -102,6 +109,7 @@ class SeqEntry:
 class _UserState:
     version: int = 0
     ts_max: float | None = None
+    recent_ids: deque[str] = field(default_factory=deque)  # the dedup window, oldest first
 
 
 @dataclass
@@ -182,6 +190,7 @@ class CoEngagementGraph:
         self._pending_trim: set[str] = set()
         self._block: int | None = None
         self._next_offset = 0
+        self.duplicates = 0  # events skipped by rule 0
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -210,6 +219,9 @@ class CoEngagementGraph:
     def _apply_event(self, event: EventLike, touched: set[str]) -> None:
         if event.action not in self._cfg.action_weights:
             raise InvalidBatchError(f"unknown action {event.action!r}")
+        if self._duplicate(event):
+            self.duplicates += 1
+            return
         prev, too_old = self._user_step(event)
         item = self._items.setdefault(event.item_id, _ItemState())
         item.degree += 1
@@ -227,6 +239,19 @@ class CoEngagementGraph:
             self._pair(event, entry.item_id, entry.action, ev_weight, touched)
         if event.context_id is not None and event.action == CONTEXT_ACTION:
             self._context_step(event, event.context_id, ev_weight, seen, touched)
+
+    def _duplicate(self, event: EventLike) -> bool:
+        """Rule 0: is the event's id in its user's window? If not, the id joins it."""
+        window = self._cfg.dedup_window
+        if event.event_id is None or window == 0:
+            return False
+        recent = self._users.setdefault(event.user_id, _UserState()).recent_ids
+        if event.event_id in recent:
+            return True
+        recent.append(event.event_id)
+        if len(recent) > window:
+            recent.popleft()
+        return False
 
     def _user_step(self, event: EventLike) -> tuple[list[SeqEntry], bool]:
         seq = self._seqs.setdefault(event.user_id, [])

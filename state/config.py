@@ -56,12 +56,20 @@ class StateConfig:
     action_weights: Mapping[str, float] = field(default_factory=_default_action_weights, hash=False)
     slice_size: int = 500
     trim_every: int = 500
+    # The last `dedup_window` event ids of each user are kept; an event whose id is among them is
+    # a duplicate (a producer's retry, a re-sent export) and changes nothing. 0 turns it off.
+    # Bounded per user, so the memory it costs follows the users, not the stream's length.
+    dedup_window: int = 64
 
     def __post_init__(self) -> None:
         for name in ("seq_len", "k_max", "max_pairs", "context_len", "slice_size", "trim_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise StateError(f"StateConfig.{name} must be an int >= 1, got {value!r}")
+        if not isinstance(self.dedup_window, int) or self.dedup_window < 0:
+            raise StateError(
+                f"StateConfig.dedup_window must be an int >= 0, got {self.dedup_window!r}"
+            )
         for name in ("half_life_s", "pair_horizon_s", "max_event_age_s", "hub_alpha"):
             value = float(getattr(self, name))
             if not math.isfinite(value) or value < 0 or (name == "half_life_s" and value == 0):

@@ -10,6 +10,7 @@ Key schema (``P`` is the deployment prefix, default ``ss``; ``T`` is a shard tag
                                       in this shard, for hub damping), t0 (forward-decay origin)
     P:{T}:nb:<item>           zset    this shard's decayed co-engagement weights of <item>
     P:{T}:ctx:<context>       list    the context's last `context_len` saves, "item|ts"
+    P:{T}:eid:<user>          list    the user's last `dedup_window` event ids (duplicates skip)
     P:{T}:dirty:users|items   zset    entities waiting for re-encoding, score = first dirty ts
     P:{T}:redirty:users|items hash    entities dirtied again since the last `dirty()` read
     P:{T}:trimblock           string  offset block (offset // trim_every) of the last trim
@@ -44,6 +45,7 @@ USER = "u"
 ITEM = "i"
 NEIGHBOURS = "nb"
 CONTEXT = "ctx"
+EVENT_IDS = "eid"
 DIRTY = "dirty"
 REDIRTY = "redirty"
 SHARDS = "shards"
@@ -113,6 +115,9 @@ class ShardKeys:
     def context(self, context_id: str) -> str:
         return f"{self.base}{CONTEXT}{SEP}{context_id}"
 
+    def event_ids(self, user_id: str) -> str:
+        return f"{self.base}{EVENT_IDS}{SEP}{user_id}"
+
     def dirty(self, kind: DirtyKind) -> str:
         return f"{self.base}{DIRTY}{SEP}{kind}"
 
@@ -132,6 +137,7 @@ def lua_layout() -> str:
             "item": ITEM,
             "nb": NEIGHBOURS,
             "ctx": CONTEXT,
+            "eid": EVENT_IDS,
             "dirty_users": f"{DIRTY}{SEP}users",
             "dirty_items": f"{DIRTY}{SEP}items",
             "redirty_users": f"{REDIRTY}{SEP}users",

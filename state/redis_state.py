@@ -26,7 +26,8 @@ from state.redis_io import load_lua, redis_errors_as_state, text
 
 @dataclass(frozen=True)
 class ApplyResult:
-    """What one `apply` did: events applied, events skipped as replays, the partition's watermark.
+    """What one `apply` did: events applied, events skipped as replays, the partition's watermark,
+    and events skipped as duplicates of a recent event id (coengagement rule 0).
 
     `watermark` is -1 when the partition has never had an event applied.
     """
@@ -34,6 +35,7 @@ class ApplyResult:
     applied: int
     skipped: int
     watermark: int
+    duplicates: int = 0
 
 
 def queue_shard_list(pipe: Pipeline, shard: ShardKeys, item_id: str, k_max: int) -> None:
@@ -66,7 +68,7 @@ class RedisState:
 
     @staticmethod
     def _static_apply_args(config: StateConfig) -> list[str]:
-        """ARGV[1..13] of the apply script; floats as repr so Lua reads the exact same doubles."""
+        """ARGV[1..14] of the apply script; floats as repr so Lua reads the exact same doubles."""
         numbers: list[float] = [
             config.seq_len,
             config.k_max,
@@ -78,6 +80,7 @@ class RedisState:
             config.context_len,
             REBASE_EXPONENT,
             config.trim_every,
+            config.dedup_window,
         ]
         weights = json.dumps(dict(config.action_weights))
         return [keys.lua_layout(), *(repr(n) for n in numbers), weights, CONTEXT_ACTION]
@@ -100,15 +103,16 @@ class RedisState:
             current = await self.watermark(topic, partition)
             return ApplyResult(0, 0, -1 if current is None else current)
         await self._register_shard(shard)
-        applied = skipped = 0
+        applied = skipped = duplicates = 0
         watermark = -1
         size = self._cfg.slice_size
         for start in range(0, len(batch), size):
             result = await self._apply_slice(shard, batch[start : start + size])
             applied += result.applied
             skipped += result.skipped
+            duplicates += result.duplicates
             watermark = result.watermark
-        return ApplyResult(applied, skipped, watermark)
+        return ApplyResult(applied, skipped, watermark, duplicates)
 
     async def _register_shard(self, shard: ShardKeys) -> None:
         """Make the shard visible to readers before its first write (idempotent SADD)."""
@@ -122,7 +126,7 @@ class RedisState:
         self, shard: ShardKeys, events: Sequence[tuple[int, EventLike]]
     ) -> ApplyResult:
         rows = [
-            [off, ev.user_id, ev.item_id, ev.action, ev.ts, ev.weight, ev.context_id]
+            [off, ev.user_id, ev.item_id, ev.action, ev.ts, ev.weight, ev.context_id, ev.event_id]
             for off, ev in events
         ]
         try:
@@ -141,8 +145,8 @@ class RedisState:
                 )
             except redis_errors.ResponseError as exc:
                 raise InvalidBatchError(f"apply refused on shard {shard.tag}: {exc}") from exc
-        applied, skipped, watermark = reply
-        return ApplyResult(int(applied), int(skipped), int(text(watermark)))
+        applied, skipped, watermark, duplicates = reply
+        return ApplyResult(int(applied), int(skipped), int(text(watermark)), int(duplicates))
 
     # -- reads: one shard ---------------------------------------------------------------------
 

@@ -43,6 +43,12 @@ class IngestMetrics:
             namespace=ns,
             registry=r,
         )
+        self.duplicates = Counter(
+            "events_duplicate",
+            "Events skipped: their event id is among the user's recent ones",
+            namespace=ns,
+            registry=r,
+        )
         self.invalid = Counter(
             "events_invalid", "Records rejected, by reason", ["reason"], namespace=ns, registry=r
         )

@@ -7,12 +7,15 @@
 -- KEYS[1]  the shard's watermark key "<prefix>:{<topic>.<partition>}:<wm>". Every other key is
 --          built from it and carries the same hash tag, hence the same cluster slot.
 -- ARGV[1]  key layout JSON (state/keys.py: lua_layout)
--- ARGV[2..11] seq_len, k_max, lambda, pair_horizon_s, max_pairs, max_event_age_s, hub_alpha,
---          context_len, rebase_exponent (ln of the rebase factor limit), trim_every
--- ARGV[12] action weights JSON {action: weight}
--- ARGV[13] context action name
--- ARGV[14] batch JSON [[offset, user, item, action, ts, weight|null, context|null], ...]
--- Returns {applied, skipped, watermark as a decimal string}.
+-- ARGV[2..12] seq_len, k_max, lambda, pair_horizon_s, max_pairs, max_event_age_s, hub_alpha,
+--          context_len, rebase_exponent (ln of the rebase factor limit), trim_every,
+--          dedup_window (event ids remembered per user; 0: off)
+-- ARGV[13] action weights JSON {action: weight}
+-- ARGV[14] context action name
+-- ARGV[15] batch JSON [[offset, user, item, action, ts, weight|null, context|null,
+--          event_id|null], ...]
+-- Returns {applied, skipped, watermark as a decimal string, duplicates}: a duplicate (rule 0 of
+-- the reference) moves the watermark but is not counted as applied.
 --
 -- The rules and their arithmetic order mirror state/coengagement.py (the reference); change both.
 
@@ -21,7 +24,8 @@ local C = {
   seq_len = tonumber(ARGV[2]), k_max = tonumber(ARGV[3]), lam = tonumber(ARGV[4]),
   horizon = tonumber(ARGV[5]), max_pairs = tonumber(ARGV[6]), max_age = tonumber(ARGV[7]),
   alpha = tonumber(ARGV[8]), ctx_len = tonumber(ARGV[9]), rebase_exp = tonumber(ARGV[10]),
-  trim_every = tonumber(ARGV[11]), aw = cjson.decode(ARGV[12]), ctx_action = ARGV[13],
+  trim_every = tonumber(ARGV[11]), dedup = tonumber(ARGV[12]), aw = cjson.decode(ARGV[13]),
+  ctx_action = ARGV[14],
 }
 local wm_key = KEYS[1]
 if string.sub(wm_key, -#L.wm) ~= L.wm then
@@ -64,6 +68,7 @@ local function check_event(e, prev_off)
   if not finite(e[5]) then return 'bad ts' end
   if e[6] ~= cjson.null and (not finite(e[6]) or e[6] < 0) then return 'bad weight' end
   if e[7] ~= cjson.null and not valid_id(e[7]) then return 'bad context id' end
+  if e[8] ~= nil and e[8] ~= cjson.null and not valid_id(e[8]) then return 'bad event id' end
   return nil
 end
 
@@ -172,10 +177,28 @@ local function user_state(id)
     for i = 1, #raw do seq[i] = {split_entry(raw[i])} end
     local h = redis.call('HMGET', key(L.user, id), L.f_version, L.f_ts_max)
     u = {seq = seq, new = {}, v = tonumber(h[1]) or 0, dv = 0, ts_max = tonumber(h[2]),
-      ts_set = false}
+      ts_set = false, ids = nil}
     users[id] = u
   end
   return u
+end
+
+-- Rule 0: the user's window of recent event ids, loaded on the first event that carries one.
+local function duplicate(u, uid, eid)
+  if eid == nil or C.dedup == 0 then return false end
+  local w = u.ids
+  if w == nil then
+    w = {list = redis.call('LRANGE', key(L.eid, uid), -C.dedup, -1), set = {}, new = {}, head = 1}
+    for i = 1, #w.list do w.set[w.list[i]] = true end
+    u.ids = w
+  end
+  if w.set[eid] then return true end
+  w.list[#w.list + 1], w.set[eid], w.new[#w.new + 1] = eid, true, eid
+  if #w.list - w.head + 1 > C.dedup then
+    w.set[w.list[w.head]] = nil
+    w.head = w.head + 1
+  end
+  return false
 end
 
 local function seq_push(u, ev)
@@ -188,6 +211,7 @@ end
 local function flush_users()
   for id, u in pairs(users) do
     flush_appends(key(L.seq, id), u.new, C.seq_len)
+    if u.ids ~= nil then flush_appends(key(L.eid, id), u.ids.new, C.dedup) end
     if u.ts_set then
       redis.call('HSET', key(L.user, id), L.f_version, fmt_int(u.v + u.dv), L.f_ts_max,
         fmt(u.ts_max))
@@ -355,6 +379,7 @@ end
 
 local function apply_event(ev, touched)
   local u = user_state(ev.user)
+  if duplicate(u, ev.user, ev.eid) then return false end
   u.dv = u.dv + 1
   local too_old = u.ts_max ~= nil and ev.ts < u.ts_max - C.max_age
   if u.ts_max == nil or ev.ts > u.ts_max then u.ts_max, u.ts_set = ev.ts, true end
@@ -364,6 +389,7 @@ local function apply_event(ev, touched)
   mark('items', ev.item, ev.ts)
   if not too_old then pair_event(ev, u.seq, touched) end
   seq_push(u, ev)
+  return true
 end
 
 -- main -----------------------------------------------------------------------------------
@@ -398,12 +424,12 @@ local function flush_all(touched)
   remember_pending(touched)
 end
 
-local batch, why = check_batch(ARGV[14])
+local batch, why = check_batch(ARGV[15])
 if batch == nil then return redis.error_reply('sagestream: invalid batch: ' .. why) end
 
 local raw_wm = redis.call('GET', wm_key)
 local wm = raw_wm and tonumber(raw_wm) or -1
-local applied, skipped, last = 0, 0, nil
+local applied, skipped, duplicates, last = 0, 0, 0, nil
 local touched = {}
 local block = tonumber(redis.call('GET', block_key))
 for idx = 1, #batch do
@@ -419,12 +445,16 @@ for idx = 1, #batch do
       touched = {}
       block = b
     end
-    local weight, ctx = e[6], e[7]
+    local weight, ctx, eid = e[6], e[7], e[8]
     if weight == cjson.null then weight = nil end
     if ctx == cjson.null then ctx = nil end
-    apply_event({user = e[2], item = e[3], action = e[4], ts = e[5], weight = weight, ctx = ctx},
-      touched)
-    applied = applied + 1
+    if eid == cjson.null then eid = nil end
+    if apply_event({user = e[2], item = e[3], action = e[4], ts = e[5], weight = weight,
+        ctx = ctx, eid = eid}, touched) then
+      applied = applied + 1
+    else
+      duplicates = duplicates + 1
+    end
     last = e[1]
   end
 end
@@ -434,4 +464,4 @@ if last ~= nil then
   wm = last
   redis.call('SET', wm_key, string.format('%.0f', last))
 end
-return {applied, skipped, string.format('%.0f', wm)}
+return {applied, skipped, string.format('%.0f', wm), duplicates}

@@ -52,6 +52,7 @@ class BatchOutcome:
     next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     applied: int = 0
     replayed: int = 0
+    duplicates: int = 0
     dead_lettered: int = 0
 
 
@@ -125,10 +126,12 @@ class IngestCore:
             result = await self._apply(topic, partition, batch)
             outcome.applied += result.applied
             outcome.replayed += result.skipped
+            outcome.duplicates += result.duplicates
         self._seams.at("after_state_write")
         self._metrics.apply_seconds.observe(time.perf_counter() - started)
         self._metrics.applied.inc(outcome.applied)
         self._metrics.replayed.inc(outcome.replayed)
+        self._metrics.duplicates.inc(outcome.duplicates)
         for record in records:
             tp = (record.topic, record.partition)
             outcome.next_offsets[tp] = max(outcome.next_offsets.get(tp, 0), record.offset + 1)

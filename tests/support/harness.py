@@ -126,7 +126,7 @@ class Oracle:
                 oracle.events[record.partition].append((record.offset, decoded))
         for partition, events in oracle.events.items():
             graph = CoEngagementGraph(settings.state)
-            graph.add_many(event for _, event in events)
+            graph.add_many((event for _, event in events), (offset for offset, _ in events))
             oracle.shards[partition] = graph
         return oracle
 
@@ -136,6 +136,10 @@ class Oracle:
 
     def items(self) -> set[str]:
         return {e.item_id for events in self.events.values() for _, e in events}
+
+    def duplicates(self) -> int:
+        """Valid events that repeated a recent event id of their user (applied as no-ops)."""
+        return sum(graph.duplicates for graph in self.shards.values())
 
 
 async def mismatches(state: RedisState, oracle: Oracle) -> list[str]:

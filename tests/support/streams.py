@@ -11,13 +11,18 @@ from streams.wire.topics import ensure_topics
 SMALL = GeneratorConfig(users=150, items=300, communities=4, events=3000, seed=11)
 
 
+DUPLICATES = 3
+
+
 def produce_mixed(settings: Settings, cfg: GeneratorConfig, bad: int) -> list[tuple[bytes, str]]:
     """Valid generated events with malformed payloads, one mis-keyed and one keyless event in
-    between."""
+    between, and `DUPLICATES` valid events sent twice (a producer's retry: same key, same bytes),
+    which the state applies once."""
     ensure_topics(settings)
     events = list(generate_events(cfg))
     half = len(events) // 2
     produce_engagements(settings, events[:half])
+    produce_engagements(settings, events[half - DUPLICATES : half])
     malformed = malformed_payloads(seed=3, n=bad)
     produce_raw(
         settings, [(b"u-bad", payload) for payload, _ in malformed], settings.topics.engagements

@@ -19,12 +19,22 @@ TOPIC = "eng"
 PARTITIONS = 3
 
 
+def draw_event_id(draw: st.DrawFn, fresh: str, earlier: list[Ev]) -> str | None:
+    kind = draw(st.sampled_from(["fresh", "fresh", "absent", "repeat"]))
+    if kind == "repeat" and earlier:
+        return earlier[draw(st.integers(0, len(earlier) - 1))].event_id
+    return None if kind == "absent" else fresh
+
+
 @st.composite
 def streams(draw: st.DrawFn) -> list[Ev]:
-    """Events with jitter, late arrivals and long gaps: decay, horizon, age and rebase all act."""
+    """Events with jitter, late arrivals and long gaps: decay, horizon, age and rebase all act;
+    event ids are fresh, absent, or repeat an earlier one (a duplicate, inside or past a window)."""
     gaps = [20_000.0, 90_000.0, -30_000.0]
-    events, ts = [], 1_000_000.0
-    for _ in range(draw(st.integers(5, 120))):
+    events: list[Ev] = []
+    ts = 1_000_000.0
+    for n in range(draw(st.integers(5, 120))):
+        event_id = draw_event_id(draw, f"e{n}", events)
         if draw(st.integers(0, 9)) == 0:
             ts += draw(st.sampled_from(gaps))
         else:
@@ -37,6 +47,7 @@ def streams(draw: st.DrawFn) -> list[Ev]:
                 ts,
                 draw(st.one_of(st.none(), st.floats(0.0, 4.0))),
                 draw(st.sampled_from([None, "b1", "c:9"])),
+                event_id,
             )
         )
     return events
@@ -54,6 +65,7 @@ configs = st.builds(
     context_len=st.integers(1, 4),
     slice_size=st.integers(1, 9),
     trim_every=st.integers(1, 9),
+    dedup_window=st.integers(0, 4),
 )
 
 
@@ -81,11 +93,13 @@ async def test_lua_equals_reference(
     for ev in events:
         mine = per_partition[partition_of(ev.user_id)]
         mine.append((len(mine), ev))
+    duplicates = 0
     for p, batch in per_partition.items():
         for start in range(0, len(batch), batch_size):
             chunk = batch[start : start + batch_size]
-            await state.apply(TOPIC, p, chunk)
+            duplicates += (await state.apply(TOPIC, p, chunk)).duplicates
             refs[p].add_many([ev for _, ev in chunk], [off for off, _ in chunk])
+    assert duplicates == sum(ref.duplicates for ref in refs.values())
     await assert_same_state(state, refs, events)
 
 

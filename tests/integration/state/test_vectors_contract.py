@@ -23,6 +23,7 @@ from qdrant_client import QdrantClient
 from qdrant_client.http.exceptions import ResponseHandlingException
 
 from state import StateUnavailableError, VectorRecord, VectorStore, VectorStoreConfig
+from state import retry as retry_module
 from state.exceptions import InvalidBatchError, StateError, VectorStoreUnavailable
 from state.vectors import EntityKind
 
@@ -303,6 +304,20 @@ def test_points_and_aliases_survive_reopening(vector_config: VectorStoreConfig) 
         assert len(second.get("items", ["i0", "i1", "i9"])) == 2
 
 
+class FakeClock:
+    """Stands in for the `time` module of state.retry: `sleep` moves `monotonic` on."""
+
+    def __init__(self) -> None:
+        self.now, self.slept = 1000.0, list[float]()
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
 def _closed_loopback_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -311,8 +326,12 @@ def _closed_loopback_port() -> int:
 
 
 def test_unreachable_store_retries_then_raises_unavailable(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The retry loop's clock is a fake one that only sleeping moves, so the number of attempts
+    before giving up follows from the backoff alone, however slow a refused connect is here."""
+    clock = FakeClock()
+    monkeypatch.setattr(retry_module, "time", clock)
     config = VectorStoreConfig(
         url=f"http://127.0.0.1:{_closed_loopback_port()}",
         timeout_s=1.0,
@@ -321,19 +340,17 @@ def test_unreachable_store_retries_then_raises_unavailable(
         unavailable_after_s=0.5,
     )
     record = VectorRecord("users", "u1", np.ones(DIM, dtype=np.float32), 1, 0.0)
-    started = time.monotonic()
     with (
         VectorStore(config) as store,
-        caplog.at_level(logging.WARNING, logger="state.vectors"),
+        caplog.at_level(logging.WARNING, logger="state.retry"),
         pytest.raises(VectorStoreUnavailable, match="unreachable"),
     ):
         store.upsert("v1", [record])
-    elapsed = time.monotonic() - started
+    waits = [w for w in clock.slept if w > 0]
     retries = sum("retry" in r.getMessage() for r in caplog.records)
-    log.info(
-        "unreachable store: %d retries in %.2fs, then VectorStoreUnavailable", retries, elapsed
-    )
-    assert retries >= 3 and 0.5 <= elapsed < 5.0
+    # 0.01, 0.02, 0.04 (+ jitter), then 0.05 a time until 0.5 s have passed
+    assert retries == len(waits) >= 10 and sum(waits) == pytest.approx(0.5)
+    assert max(waits) <= 0.05 * 1.5
 
 
 def test_transient_failures_are_retried_until_the_write_lands(

@@ -158,6 +158,31 @@ def test_sequence_is_bounded_and_ordered() -> None:
     assert g.sequence("u") == [SeqEntry(f"i{n}", "view", float(n)) for n in (2, 3, 4)]
 
 
+def test_a_duplicate_event_id_changes_nothing_within_the_window() -> None:
+    g = CoEngagementGraph(StateConfig(dedup_window=2))
+    g.add_many(
+        [
+            Ev("u", "a", "click", 1.0, event_id="e1"),
+            Ev("u", "b", "click", 2.0, event_id="e1"),  # a retry of e1: skipped
+            Ev("w", "c", "click", 3.0, event_id="e1"),  # another user's e1 is not a duplicate
+            Ev("u", "c", "click", 4.0, event_id="e2"),
+            Ev("u", "d", "click", 5.0, event_id="e3"),  # e1 leaves u's window of 2
+            Ev("u", "e", "click", 6.0, event_id="e1"),  # so this e1 is applied
+            Ev("u", "f", "click", 7.0),  # no id: never a duplicate
+            Ev("u", "f", "click", 7.0),
+        ]
+    )
+    assert [e.item_id for e in g.sequence("u")] == ["a", "c", "d", "e", "f", "f"]
+    assert (g.user_version("u"), g.item_version("b"), g.duplicates) == (6, 0, 1)
+    assert "b" not in dict(g.neighbours("a", 10))
+
+
+def test_a_window_of_zero_keeps_every_event() -> None:
+    g = CoEngagementGraph(StateConfig(dedup_window=0))
+    g.add_many([Ev("u", "a", "click", 1.0, event_id="e1")] * 3)
+    assert (g.user_version("u"), g.duplicates) == (3, 0)
+
+
 def test_unknown_action_is_refused() -> None:
     with pytest.raises(InvalidBatchError):
         graph().add(Ev("u", "a", "like", 0.0))
