@@ -8,8 +8,12 @@ in logs and reprs, and URLs that carry a password are refused so one cannot leak
 
 from __future__ import annotations
 
+import atexit
+import hashlib
 import json
 import os
+import shutil
+import tempfile
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -259,16 +263,58 @@ class Settings(BaseSettings):
         return cls(**values)
 
     def to_env(self) -> dict[str, str]:
-        """These settings as environment variables (JSON per section), for child processes."""
+        """These settings as environment variables (JSON per section), for child processes.
+
+        Secrets are not among them: an environment is shown by ``ps e``, kept in crash reports
+        and copied into every grandchild. They go to a file only this user can read, named by
+        `SAGESTREAM_CONFIG_FILE` (the environment's sections are merged over it), removed when
+        this process exits.
+        """
         env: dict[str, str] = {}
+        secrets: dict[str, dict[str, str]] = {}
         for section in type(self).model_fields:
             value = getattr(self, section)
-            if hasattr(value, "__dict__"):
-                fields = {k: _plain(v) for k, v in vars(value).items() if not k.startswith("_")}
-                env[f"SAGESTREAM_{section.upper()}"] = json.dumps(fields)
-            else:
+            if not hasattr(value, "__dict__"):
                 env[f"SAGESTREAM_{section.upper()}"] = str(value)
+                continue
+            fields = {}
+            for name, field in vars(value).items():
+                if isinstance(field, SecretStr):
+                    secrets.setdefault(section, {})[name] = field.get_secret_value()
+                elif not name.startswith("_"):
+                    fields[name] = _plain(field)
+            env[f"SAGESTREAM_{section.upper()}"] = json.dumps(fields)
+        if secrets:
+            env[CONFIG_FILE_ENV] = str(_private_file(_toml(secrets)))
         return env
+
+
+def _toml(sections: Mapping[str, Mapping[str, str]]) -> str:
+    # a JSON string without ASCII escapes is a TOML basic string (control characters as \uXXXX)
+    return "".join(
+        f"[{section}]\n"
+        + "".join(f"{k} = {json.dumps(v, ensure_ascii=False)}\n" for k, v in kv.items())
+        for section, kv in sections.items()
+    )
+
+
+_private_dir: Path | None = None
+
+
+def _private_file(text: str) -> Path:
+    """A file of `text` in this process's own 0700 directory, deleted at exit."""
+    global _private_dir
+    if _private_dir is None:
+        _private_dir = Path(tempfile.mkdtemp(prefix="sagestream-"))  # 0700
+        atexit.register(shutil.rmtree, _private_dir, True)
+    path = _private_dir / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.toml"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # the same secrets, written before
+        return path
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    return path
 
 
 def _plain(value: Any) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 import pytest
@@ -86,6 +87,34 @@ def test_child_process_environment_round_trips(monkeypatch: pytest.MonkeyPatch) 
         redis={"password": "pw", "key_prefix": "p1"},
         state={"k_max": 7, "action_weights": {"view": 0.5, "save": 2.0}},
     )
-    for name, value in settings.to_env().items():
+    env = settings.to_env()
+    for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert Settings.load() == settings
+
+
+def test_secrets_reach_a_child_by_a_private_file_not_its_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    secrets = {"redis": "r\"e'd\\is\u00e9\U0001f600\n", "kafka": "k@fka pw", "qdrant": "qk"}
+    settings = Settings.load(
+        kafka={
+            "security_protocol": "SASL_PLAINTEXT",
+            "sasl_mechanism": "PLAIN",
+            "sasl_username": "u",
+            "sasl_password": secrets["kafka"],
+        },
+        redis={"password": secrets["redis"]},
+        qdrant={"url": "http://127.0.0.1:6333", "api_key": secrets["qdrant"]},
+    )
+    env = settings.to_env()
+    for value in env.values():
+        assert not any(secret in value for secret in secrets.values())
+    private = Path(env[CONFIG_FILE_ENV])
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    assert stat.S_IMODE(private.parent.stat().st_mode) == 0o700
+    monkeypatch.delenv(CONFIG_FILE_ENV, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert Settings.load() == settings
+    assert settings.to_env() == env  # the same file again, not one per call
