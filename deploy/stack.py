@@ -25,6 +25,8 @@ from pathlib import Path
 from string import Template
 from typing import Literal
 
+from deploy import secure
+
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
@@ -53,6 +55,10 @@ class StackConfig:
     qdrant_grpc_port: int = 16334
     qdrant_api_key: str | None = field(default=None, repr=False)
     start_timeout_s: float = 90.0
+    # Kafka SASL_SSL with ACLs, Redis TLS with ACL users, both with an `admin` user of this
+    # password (deploy/secure.py); Qdrant's key is `qdrant_api_key`
+    secure: bool = False
+    admin_password: str | None = field(default=None, repr=False)
 
     def qdrant_server(self) -> str | None:
         """The Qdrant server binary this stack runs, or None when there is none."""
@@ -80,7 +86,11 @@ class StackConfig:
 
     @property
     def redis_url(self) -> str:
-        return f"redis://127.0.0.1:{self.redis_port}/0"
+        return f"{'rediss' if self.secure else 'redis'}://127.0.0.1:{self.redis_port}/0"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.run_dir / "tls"
 
 
 @dataclass(frozen=True)
@@ -232,6 +242,13 @@ def _start_kafka(cfg: StackConfig) -> int:
         controller_port=cfg.controller_port,
         log_dir=data,
     )
+    format_args: list[str] = []
+    if cfg.secure:
+        secure.override_properties(
+            props, secure.kafka_properties(cfg, secure.ensure_tls(cfg.tls_dir))
+        )
+        props.chmod(0o600)
+        format_args = secure.kafka_format_args(cfg)
     java = [
         "java",
         f"-Xmx{cfg.kafka_heap}",
@@ -252,6 +269,7 @@ def _start_kafka(cfg: StackConfig) -> int:
             cluster_id,
             "--config",
             str(props),
+            *format_args,
         ]
         done = subprocess.run(fmt, capture_output=True, text=True, check=False)
         if done.returncode != 0:
@@ -271,6 +289,9 @@ def _start_redis(cfg: StackConfig) -> int:
         pid_file=cfg.run_dir / "redis.server.pid",
         appendfsync=cfg.appendfsync,
     )
+    if cfg.secure:
+        conf.write_text(conf.read_text() + secure.redis_conf(cfg, secure.ensure_tls(cfg.tls_dir)))
+        conf.chmod(0o600)
     return _spawn(cfg, "redis", [binary, str(conf)])
 
 
@@ -303,8 +324,13 @@ def _kafka_ready(cfg: StackConfig) -> bool:
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
+    access = (
+        secure.kafka_admin_kwargs(cfg)
+        if cfg.secure
+        else {"bootstrap_servers": cfg.bootstrap_servers}
+    )
     try:
-        admin = KafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers, request_timeout_ms=3000)
+        admin = KafkaAdminClient(**access, request_timeout_ms=3000)
     except KafkaError:
         return False
     try:
@@ -318,8 +344,9 @@ def _kafka_ready(cfg: StackConfig) -> bool:
 def _redis_ready(cfg: StackConfig) -> bool:
     import redis
 
+    access = secure.redis_admin_kwargs(cfg) if cfg.secure else {"port": cfg.redis_port}
     try:
-        return bool(redis.Redis(port=cfg.redis_port, socket_timeout=1).ping())
+        return bool(redis.Redis(**access, socket_timeout=1).ping())
     except redis.RedisError:
         return False
 

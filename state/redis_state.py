@@ -7,6 +7,7 @@ atomic, idempotent through the watermark, and valid on Redis Cluster. Reads that
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Sequence
@@ -136,6 +137,15 @@ class RedisState:
             raise InvalidBatchError(f"cannot encode batch: {exc}") from exc
         return await self._run_apply(shard, payload)
 
+    async def check_access(self) -> None:
+        """Raise `StateError` naming NOPERM unless this client may run the apply script on this
+        prefix's keys. The probe is an empty batch on a shard no topic has: Redis checks the
+        command and the declared key before the script runs, and the script then refuses the
+        batch before it touches a key, so nothing is written."""
+        probe = ShardKeys(self._prefix, keys.shard_tag("sagestream-access-check", 0))
+        with contextlib.suppress(InvalidBatchError):
+            await self._run_apply(probe, "[]")
+
     async def _run_apply(self, shard: ShardKeys, payload: str) -> ApplyResult:
         """One apply script call with an already-encoded batch (tests feed malformed ones)."""
         with redis_errors_as_state("apply"):
@@ -143,6 +153,10 @@ class RedisState:
                 reply = await self._apply_script(
                     keys=[shard.watermark()], args=[*self._apply_args, payload]
                 )
+            except redis_errors.NoPermissionError as exc:
+                raise StateError(
+                    f"the Redis user may not run the apply script on {shard.tag}: {exc}"
+                ) from exc
             except redis_errors.ResponseError as exc:
                 raise InvalidBatchError(f"apply refused on shard {shard.tag}: {exc}") from exc
         applied, skipped, watermark, duplicates = reply

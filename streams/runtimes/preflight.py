@@ -19,10 +19,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from kafka import KafkaConsumer
+from kafka import KafkaAdminClient, KafkaConsumer
+from kafka.errors import CoordinatorNotAvailableError, GroupAuthorizationFailedError, KafkaError
 from pydantic import BaseModel, SecretStr
 
 from encoders.registry import ModelRegistry
+from state import RedisState
 from streams.runtimes.wiring import redis_client
 from streams.settings import Settings
 from streams.vectors.store import vector_store
@@ -71,20 +73,50 @@ def reachable(servers: str, timeout_s: float) -> None:
 def check_kafka(settings: Settings, timeout_s: float) -> str:
     """Bootstrap, then the topics a worker reads (it creates them itself when absent)."""
     reachable(settings.kafka.bootstrap_servers, timeout_s)
-    consumer = KafkaConsumer(
-        **settings.kafka.client_kwargs(),
-        group_id=None,
-        bootstrap_timeout_ms=int(timeout_s * 1000),
-    )
+    try:
+        consumer = KafkaConsumer(
+            **settings.kafka.client_kwargs(),
+            group_id=None,
+            bootstrap_timeout_ms=int(timeout_s * 1000),
+        )
+    except KafkaError as exc:
+        cause = _kafka_errors.cause()
+        if cause is None:
+            raise
+        raise ConnectionError(f"{settings.kafka.security_protocol}: {cause}") from exc
     try:
         topics = consumer.topics()
         found = []
         for topic in (settings.topics.engagements, settings.topics.items):
             parts = consumer.partitions_for_topic(topic) if topic in topics else None
             found.append(f"{topic} x{len(parts)}" if parts else f"{topic} absent")
-        return f"{settings.kafka.bootstrap_servers}: {', '.join(found)}"
     finally:
         consumer.close()
+    groups = check_groups(settings, timeout_s)
+    return f"{settings.kafka.bootstrap_servers}: {', '.join(found)}; {groups}"
+
+
+def check_groups(settings: Settings, timeout_s: float) -> str:
+    """May this user join the worker's consumer groups? Denied, a worker would wait in the join
+    forever (Faust) or fail only after its first poll: asked here, it is one line at start."""
+    group = settings.kafka.group_id
+    admin = KafkaAdminClient(
+        **settings.kafka.client_kwargs(), request_timeout_ms=int(timeout_s * 1000)
+    )
+    try:
+        for name in (group, f"{group}.catalog"):
+            try:
+                admin.list_group_offsets([name])
+            except GroupAuthorizationFailedError as exc:
+                raise PermissionError(
+                    f"consumer group {name}: not authorised (the user needs READ on the groups "
+                    f"{group} and {group}.catalog)"
+                ) from exc
+            except CoordinatorNotAvailableError:
+                return f"groups {group}(.catalog): coordinator starting"
+    finally:
+        admin.close()
+    return f"groups {group}(.catalog) allowed"
 
 
 def check_redis(settings: Settings, _timeout_s: float) -> str:
@@ -92,11 +124,13 @@ def check_redis(settings: Settings, _timeout_s: float) -> str:
         client = redis_client(settings.redis)
         try:
             await client.ping()
+            # may this user run the state scripts on the prefix's keys? (a NOPERM names it)
+            await RedisState(client, settings.state, settings.redis.key_prefix).check_access()
             try:
                 info = await client.info("server")
             except Exception:  # an ACL user may PING without INFO: the worker needs neither
-                return "PING answered"
-            return f"redis {info.get('redis_version', '?')}"
+                return "PING answered, scripts allowed"
+            return f"redis {info.get('redis_version', '?')}, scripts allowed"
         finally:
             await client.aclose()
 
@@ -156,18 +190,61 @@ CHECKS: dict[str, Callable[[Settings, float], str]] = {
 }
 
 
+# error names in kafka-python's lines that say why a bootstrap failed, most telling first
+CAUSES = (
+    "AuthenticationFailed",
+    "AuthorizationFailed",
+    "CERTIFICATE_VERIFY_FAILED",
+    "SSLError",
+    "UnsupportedSaslMechanism",
+    "IllegalSaslState",
+)
+
+
+class _ClientErrors(logging.Handler):
+    """Keeps kafka-python's connection errors while the checks run: the exception it raises
+    says only "unable to bootstrap"; the cause (a refused password, an untrusted certificate)
+    is in a log line."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+    def cause(self) -> str | None:
+        """The most telling error seen, without the connection's own description."""
+        for marker in CAUSES:
+            for line in self.lines:
+                if marker in line:
+                    return line.rpartition("Connection lost: ")[2] or line
+        return None
+
+
+_kafka_errors = _ClientErrors()
+
+
 @contextmanager
 def clients_quiet() -> Iterator[None]:
-    """Silence the clients' own retry and connection lines while the checks run."""
+    """Silence the clients' own retry and connection lines while the checks run (kafka-python's
+    errors are kept for the verdict, see `_ClientErrors`)."""
     loggers = [logging.getLogger(name) for name in CLIENT_LOGGERS]
-    levels = [logger.level for logger in loggers]
+    saved = [(logger.level, logger.propagate) for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.CRITICAL)
+    kafka = logging.getLogger("kafka")
+    kafka.setLevel(logging.ERROR)
+    kafka.propagate = False
+    kafka.addHandler(_kafka_errors)
     try:
         yield
     finally:
-        for logger, level in zip(loggers, levels, strict=True):
+        kafka.removeHandler(_kafka_errors)
+        _kafka_errors.lines.clear()
+        for logger, (level, propagate) in zip(loggers, saved, strict=True):
             logger.setLevel(level)
+            logger.propagate = propagate
 
 
 def preflight(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
@@ -38,6 +39,19 @@ def qdrant_binary() -> Path:
         f"no Qdrant server binary at {[str(c) for c in candidates]}: set "
         "SAGESTREAM_TEST_QDRANT_BINARY or SAGESTREAM_TEST_QDRANT_URL"
     )
+
+
+def free_ports(count: int) -> tuple[int, ...]:
+    """Ports nothing listens on now, chosen by the kernel: no fixed number can collide with
+    another stack, a demo or a parallel run on the same host."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return tuple(sock.getsockname()[1] for sock in sockets)
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 TEST_STACK = StackConfig(

@@ -16,23 +16,10 @@ from pathlib import Path
 import pytest
 
 from deploy.stack import StackConfig
-from tests.support.services import TEST_STACK, qdrant_binary
+from tests.support.services import TEST_STACK, free_ports, qdrant_binary
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[3]
-
-
-def free_ports(count: int) -> tuple[int, ...]:
-    """Ports nothing listens on now, chosen by the kernel: no fixed number can collide with
-    another stack, a demo or a parallel run on the same host."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return tuple(sock.getsockname()[1] for sock in sockets)
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 # Ports of its own, so the session's shared test stack and a running demo are untouched.
