@@ -9,6 +9,7 @@ in logs and reprs, and URLs that carry a password are refused so one cannot leak
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import hashlib
 import json
 import os
@@ -278,15 +279,25 @@ class Settings(BaseSettings):
                 env[f"SAGESTREAM_{section.upper()}"] = str(value)
                 continue
             fields = {}
+            hidden = _hidden_fields(value)
             for name, field in vars(value).items():
                 if isinstance(field, SecretStr):
                     secrets.setdefault(section, {})[name] = field.get_secret_value()
+                elif name in hidden and field is not None:
+                    secrets.setdefault(section, {})[name] = str(field)
                 elif not name.startswith("_"):
                     fields[name] = _plain(field)
             env[f"SAGESTREAM_{section.upper()}"] = json.dumps(fields)
         if secrets:
             env[CONFIG_FILE_ENV] = str(_private_file(_toml(secrets)))
         return env
+
+
+def _hidden_fields(section: object) -> set[str]:
+    """A dataclass section's fields kept out of its repr (the stack's passwords): secrets too."""
+    if not dataclasses.is_dataclass(section):
+        return set()
+    return {f.name for f in dataclasses.fields(section) if not f.repr}
 
 
 def _toml(sections: Mapping[str, Mapping[str, str]]) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from streams.cli.common import CommandSettings
 from streams.cli.main import EXIT_CONFIG, main
 from streams.settings import CONFIG_FILE_ENV, Settings
 
@@ -118,3 +119,13 @@ def test_secrets_reach_a_child_by_a_private_file_not_its_environment(
         monkeypatch.setenv(name, value)
     assert Settings.load() == settings
     assert settings.to_env() == env  # the same file again, not one per call
+
+
+def test_a_commands_stack_passwords_travel_as_secrets_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = CommandSettings.load(stack={"qdrant_api_key": "stack-key", "admin_password": "adm"})
+    env = settings.to_env()
+    assert not any("stack-key" in value or '"adm"' in value for value in env.values())
+    monkeypatch.delenv(CONFIG_FILE_ENV, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert CommandSettings.load() == settings
