@@ -47,12 +47,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="start without first asking Kafka, Redis, Qdrant and the registry (as `sagestream "
         "check` does); a dependency that does not answer then shows as the worker connects",
     )
+    parser.add_argument(
+        "--check-timeout",
+        type=float,
+        default=CHECK_TIMEOUT_S,
+        metavar="SECONDS",
+        help=f"per dependency in the start-up check ({CHECK_TIMEOUT_S:g})",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_of(args)
-    if not args.skip_checks and not dependencies_answer(settings):
+    if not args.skip_checks and not dependencies_answer(settings, args.check_timeout):
         return EXIT_UNAVAILABLE
     ensure_topics(settings)
     limits = RunLimits(max_events=args.max_events, until_idle_s=args.until_idle)
@@ -82,12 +89,12 @@ def run(args: argparse.Namespace) -> int:
     return code
 
 
-def dependencies_answer(settings: Settings) -> bool:
+def dependencies_answer(settings: Settings, timeout_s: float = CHECK_TIMEOUT_S) -> bool:
     """Fail in seconds, naming the cause, rather than in a client's bootstrap retries (a wrong
     port or password costs kafka-python about 40 s and says only "unable to bootstrap"). The
     model is left to the updater, which refuses a broken one without stopping ingest."""
     with clients_quiet():
-        failed = [v for v in preflight(settings, CHECK_TIMEOUT_S, STARTUP_CHECKS) if v.failed]
+        failed = [v for v in preflight(settings, timeout_s, STARTUP_CHECKS) if v.failed]
     for verdict in failed:
         log.error("start-up check failed: %s", verdict.line())
     return not failed

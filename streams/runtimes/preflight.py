@@ -20,7 +20,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer
-from kafka.errors import CoordinatorNotAvailableError, GroupAuthorizationFailedError, KafkaError
+from kafka.errors import (
+    CoordinatorNotAvailableError,
+    GroupAuthorizationFailedError,
+    KafkaError,
+    TopicAuthorizationFailedError,
+)
 from pydantic import BaseModel, SecretStr
 
 from encoders.registry import ModelRegistry
@@ -80,10 +85,10 @@ def check_kafka(settings: Settings, timeout_s: float) -> str:
             bootstrap_timeout_ms=int(timeout_s * 1000),
         )
     except KafkaError as exc:
-        cause = _kafka_errors.cause()
+        cause = _kafka_cause(settings)
         if cause is None:
             raise
-        raise ConnectionError(f"{settings.kafka.security_protocol}: {cause}") from exc
+        raise ConnectionError(cause) from exc
     try:
         topics = consumer.topics()
         found = []
@@ -97,13 +102,21 @@ def check_kafka(settings: Settings, timeout_s: float) -> str:
 
 
 def check_groups(settings: Settings, timeout_s: float) -> str:
-    """May this user join the worker's consumer groups? Denied, a worker would wait in the join
-    forever (Faust) or fail only after its first poll: asked here, it is one line at start."""
+    """May this user read the worker's topics and join its consumer groups? Denied, a worker
+    would wait in the join forever (Faust) or fail only after its first poll: asked here, it is
+    one line at start."""
     group = settings.kafka.group_id
     admin = KafkaAdminClient(
         **settings.kafka.client_kwargs(), request_timeout_ms=int(timeout_s * 1000)
     )
     try:
+        for topic in (settings.topics.engagements, settings.topics.items):
+            (found,) = admin.describe_topics([topic])
+            if found.get("error_code") == TopicAuthorizationFailedError.errno:
+                raise PermissionError(
+                    f"topic {topic}: not authorised (the user needs READ on it, WRITE on its "
+                    "dead-letter topic, and CREATE on both where they do not exist yet)"
+                )
         for name in (group, f"{group}.catalog"):
             try:
                 admin.list_group_offsets([name])
@@ -258,9 +271,24 @@ def preflight(
     verdicts = []
     for name, run in runs.items():
         slack = 4 * timeout_s if name == "model" else timeout_s + 1  # their own error first
-        run.thread.join(max(0.0, started + slack - time.monotonic()))
+        early = _early_causes.get(name)
+        while run.thread.is_alive() and time.monotonic() < started + slack:
+            run.thread.join(0.05)
+            if early is not None and (cause := early(settings)) is not None:
+                run.fail_early(cause)  # the client would retry to its deadline: no need
+                break
         verdicts.append(run.verdict(slack, _secrets(settings)))
     return verdicts
+
+
+def _kafka_cause(settings: Settings) -> str | None:
+    cause = _kafka_errors.cause()
+    return None if cause is None else f"{settings.kafka.security_protocol}: {cause}"
+
+
+# a cause a check's client logs before it gives up (kafka-python retries a refused password
+# until its bootstrap deadline)
+_early_causes: dict[str, Callable[[Settings], str | None]] = {"kafka": _kafka_cause}
 
 
 class _Run:
@@ -286,6 +314,9 @@ class _Run:
 
         self.thread = threading.Thread(target=run, name=f"check-{name}", daemon=True)
         self.thread.start()
+
+    def fail_early(self, cause: str) -> None:
+        self._outcome = (FAILED, cause, time.monotonic() - self._started)
 
     def verdict(self, limit_s: float, secrets: list[str]) -> Verdict:
         if self._outcome is None:
