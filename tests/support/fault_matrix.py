@@ -66,7 +66,8 @@ from tests.support.vectors_world import World, vector_mismatches
 log = logging.getLogger("fault_matrix")
 
 WARM_UP = 50
-IDLE_S = 15  # longer than a broker restart, so a worker does not stop as idle during one
+IDLE_S = 30  # longer than a broker restart (up to ~20 s on a loaded 2-core machine): a
+# worker in burst mode counts an outage as idle time (see the README)
 STREAM = GeneratorConfig(users=80, items=160, communities=4, events=3000, seed=43)
 COLUMNS = ["fault", "sent", "applied", "dup", "dead (sent)", "lost", "doubled", "state"]
 COLUMNS += ["vectors (differ)", "offsets", "recover s", "exit"]
@@ -88,8 +89,9 @@ class Row:
     notes: list[str] = field(default_factory=list)
 
     def start(self) -> None:
+        name = "".join(ch if ch.isalnum() else "-" for ch in self.name)
         self.worker = start_worker(
-            self.settings, *self.args, log=self.folder / f"{self.name}-{self.restarts}.log"
+            self.settings, *self.args, log=self.folder / f"{name}-{self.restarts}.log"
         )
 
     def restart(self, sig: signal.Signals) -> None:
@@ -293,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=300.0, help="events a second")
     parser.add_argument("--only", nargs="*", choices=list(FAULTS), help="rows to run")
     parser.add_argument("--out", type=Path, help="also write the table here")
+    parser.add_argument("--logs", type=Path, help="keep the workers' logs here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("kafka", "aiokafka", "httpx", "state.retry"):
@@ -309,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     rows = []
     with tempfile.TemporaryDirectory(prefix="fault-matrix-") as tmp:
-        folder = Path(tmp)
+        folder = args.logs or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
         registry, version = publish_tiny_model(folder / "registry", STREAM)
         registry.promote(version)
         up(stack)
