@@ -21,6 +21,7 @@ from streams.ingest.core import IngestCore, is_transient
 from streams.metrics import IngestMetrics
 from streams.runtimes.backpressure import Backpressure
 from streams.runtimes.checkpoint import Checkpoint, Commit
+from streams.runtimes.client_logs import quiet_client_repeats
 from streams.seams import NO_SEAMS, Seams
 from streams.settings import RedisSettings, Settings
 from streams.vectors.updater import Updater, start_updater
@@ -114,6 +115,7 @@ async def wire_worker(
 ) -> Worker:
     """Connect Redis and the dead-letter producer, start the updater and the catalog consumer;
     everything closes when `resources` closes."""
+    quiet_client_repeats()
     client = redis_client(settings.redis)
     resources.push_async_callback(client.aclose)
     await client.ping()
