@@ -4,7 +4,8 @@
 #   bash deploy/dev.sh test    lint, types, and every test on the real Kafka, Redis and Qdrant
 #   bash deploy/dev.sh setup   only set up
 # It installs what it needs: Java and Maven (for the Kafka broker), redis-server, promtool (the
-# alert rule tests, from Debian's prometheus package), a virtual environment with sagestream
+# alert rule tests, from Debian's prometheus package), openssl (the secure stack's test CA), a
+# virtual environment with sagestream
 # and its pinned dependencies (torch once per environment).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,7 @@ need_apt() {
   command -v mvn >/dev/null || missing+=(maven)
   command -v redis-server >/dev/null || missing+=(redis-server)
   command -v promtool >/dev/null || missing+=(prometheus)  # promtool: the alert rule tests
+  command -v openssl >/dev/null || missing+=(openssl)  # the secure stack's throwaway CA
   if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]}"
     if [ "$(id -u)" != 0 ]; then echo "run as root or install: ${missing[*]}" >&2; exit 1; fi
