@@ -5,8 +5,7 @@
 #   bash deploy/dev.sh setup   only set up
 # It installs what it needs: Java and Maven (for the Kafka broker), redis-server, promtool (the
 # alert rule tests, from Debian's prometheus package), openssl (the secure stack's test CA), a
-# virtual environment with sagestream
-# and its pinned dependencies (torch once per environment).
+# virtual environment with sagestream and its pinned dependencies (torch once per environment).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
