@@ -42,6 +42,10 @@ class ModelConfig:
     dropout: float = 0.2
     id_buckets: int = 0  # the featuriser's id-token range (0: no id token)
     id_dropout: float = 0.1  # training only: share of items encoded without their id
+    # False: the item encoder ignores its neighbour inputs (the `--no-neighbours` ablation). It
+    # is part of the network, so the exported item graph ignores them too and the served
+    # vectors are the ones that were evaluated.
+    use_neighbours: bool = True
 
     def __post_init__(self) -> None:
         assert self.d_model % self.n_heads == 0, "d_model must be divisible by n_heads"
@@ -187,6 +191,7 @@ class ItemEncoder(nn.Module):
         )
         self.ln_f = nn.LayerNorm(d)
         self.head = nn.Linear(d, cfg.out_dim)
+        self.use_neighbours = cfg.use_neighbours
 
     def forward(
         self, content: Tensor, neighbour_content: Tensor, neighbour_weights: Tensor, degree: Tensor
@@ -195,6 +200,8 @@ class ItemEncoder(nn.Module):
         assert content.shape == (b, d), f"content {tuple(content.shape)} vs {(b, d)}"
         assert neighbour_weights.shape == (b, k), f"weights {tuple(neighbour_weights.shape)}"
         assert degree.shape == (b,), f"degree {tuple(degree.shape)} != ({b},)"
+        if not self.use_neighbours:  # traced as a constant: the exported graph ignores them too
+            neighbour_weights = torch.zeros_like(neighbour_weights)
         present = neighbour_weights > 0  # [B, K]
         shown = present.to(content.dtype)
         w = torch.clamp(neighbour_weights, min=0.0)

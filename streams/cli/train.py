@@ -148,6 +148,7 @@ def _configs(args: argparse.Namespace, feat: FeaturizerConfig) -> tuple[ModelCon
         out_dim=args.dim,
         neighbours=args.neighbours,
         seq_len=args.seq_len,
+        use_neighbours=not args.no_neighbours,
     )
     train_cfg = TrainConfig(
         epochs=args.epochs,

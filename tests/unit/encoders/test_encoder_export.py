@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 
@@ -41,3 +43,24 @@ def test_onnx_evaluation_matches_torch_metrics(published: TrainOutcome, planted:
         for key, value in published.metrics[section].items():
             assert again[section][key] == pytest.approx(value, abs=1e-3)
     assert np.isfinite(again["baselines"]["popularity"]["full"]["ndcg@10"])
+
+
+def test_a_model_trained_without_neighbours_is_served_without_them(
+    trained: TrainResult, tmp_path: Path
+) -> None:
+    """The ablation switch is part of the network: the exported item graph ignores neighbour
+    inputs just as training did, so the served vectors are the evaluated ones."""
+    cfg = replace(trained.model.config, use_neighbours=False)
+    model = type(trained.model)(cfg)
+    model.load_state_dict(trained.model.state_dict())
+    model.eval()
+    export_model(model, FEATURIZER, tmp_path)
+    inputs = golden_inputs(cfg, FEATURIZER.max_tokens)[contract.ITEM_FILE]
+    session = ort.InferenceSession(str(tmp_path / contract.ITEM_FILE))
+    names = [i.name for i in session.get_inputs()]
+    with_weights = {n: inputs[n] for n in names}
+    without = dict(with_weights, neighbour_weights=np.zeros_like(inputs["neighbour_weights"]))
+    assert (inputs["neighbour_weights"] > 0).any()
+    (a,) = session.run(None, with_weights)
+    (b,) = session.run(None, without)
+    np.testing.assert_array_equal(a, b)
