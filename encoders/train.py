@@ -62,7 +62,9 @@ class TrainConfig:
 
     epochs: int = 20
     batch_size: int = 32  # user windows per step
-    lr: float = 3e-3
+    # ML-100K full NDCG@10 per seed 0/1/2: 0.1177/0.1070/0.1114 at 3e-3, 0.1135/0.1146/0.1103 at
+    # 1e-3 (medians 0.1114 and 0.1135; the seeds agree better at 1e-3)
+    lr: float = 1e-3
     seed: int = 0
     threads: int = 2
     random_negatives: int = 1024
