@@ -217,22 +217,54 @@ CAUSES = (
 class _ClientErrors(logging.Handler):
     """Keeps kafka-python's connection errors while the checks run: the exception it raises
     says only "unable to bootstrap"; the cause (a refused password, an untrusted certificate)
-    is in a log line."""
+    is in a log line.
+
+    A refused SASL password does not always leave that line: the broker answers the last
+    authentication request with the error and closes the connection, and the client often
+    reads the close first ("socket disconnected"). So the connection's request lines are
+    followed too: a connection lost while an authentication request awaits its answer is a
+    refusal of the credentials.
+    """
+
+    CONNECTION = "kafka.net.connection"  # its DEBUG lines name each request and response
 
     def __init__(self) -> None:
-        super().__init__(logging.ERROR)
+        super().__init__(logging.DEBUG)
         self.lines: list[str] = []
+        self.authenticating = False
+        self.dropped_while_authenticating = 0
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
+        message = record.getMessage()
+        if record.levelno >= logging.ERROR:
+            self.lines.append(message)
+        if record.name != self.CONNECTION:
+            return
+        if "SaslAuthenticateRequest" in message:
+            self.authenticating = True
+        elif "SaslAuthenticateResponse" in message:
+            self.authenticating = False
+        elif "Connection lost" in message and self.authenticating:
+            self.authenticating = False
+            self.dropped_while_authenticating += 1
 
     def cause(self) -> str | None:
         """The most telling error seen, without the connection's own description."""
         for marker in CAUSES:
             for line in self.lines:
-                if marker in line:
-                    return line.rpartition("Connection lost: ")[2] or line
+                if marker in line:  # from the error on: "[Error 58] SaslAuthentication..."
+                    return line[line.find("[Error") :] if "[Error" in line else line
+        if self.dropped_while_authenticating:
+            return (
+                "Authentication failed: the broker closed the connection on the SASL "
+                "credentials (a wrong user name or password, or no credentials for the "
+                "mechanism)"
+            )
         return None
+
+    def reset(self) -> None:
+        self.lines.clear()
+        self.authenticating, self.dropped_while_authenticating = False, 0
 
 
 _kafka_errors = _ClientErrors()
@@ -250,11 +282,15 @@ def clients_quiet() -> Iterator[None]:
     kafka.setLevel(logging.ERROR)
     kafka.propagate = False
     kafka.addHandler(_kafka_errors)
+    connection = logging.getLogger(_ClientErrors.CONNECTION)
+    connection_level = connection.level
+    connection.setLevel(logging.DEBUG)  # to the collector only: "kafka" propagates no further
     try:
         yield
     finally:
         kafka.removeHandler(_kafka_errors)
-        _kafka_errors.lines.clear()
+        connection.setLevel(connection_level)
+        _kafka_errors.reset()
         for logger, (level, propagate) in zip(loggers, saved, strict=True):
             logger.setLevel(level)
             logger.propagate = propagate

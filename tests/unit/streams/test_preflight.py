@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from pathlib import Path
@@ -66,3 +67,25 @@ def test_an_unknown_host_and_a_closed_port_are_named(unused_tcp_port: int) -> No
     closed = f"127.0.0.1:{unused_tcp_port}"
     with pytest.raises(ConnectionError, match=re.escape(f"{closed}: connection refused")):
         pf.reachable(closed, 1)
+
+
+def test_a_connection_dropped_on_the_sasl_credentials_reads_as_a_refused_password() -> None:
+    """The broker closes the connection right after refusing a password, and kafka-python often
+    reads the close before the error: the request sequence still says what happened."""
+
+    def record(level: int, message: str) -> logging.LogRecord:
+        return logging.LogRecord(pf._ClientErrors.CONNECTION, level, __file__, 1, message, (), None)
+
+    seen = pf._ClientErrors()
+    for level, message in [
+        (logging.DEBUG, "<conn> Request 3: SaslAuthenticateRequest(version=2, auth_bytes=...)"),
+        (logging.DEBUG, "<conn>: Response 3 (3 ms): SaslAuthenticateResponse(error_code=0)"),
+        (logging.DEBUG, "<conn> Request 4: SaslAuthenticateRequest(version=2, auth_bytes=...)"),
+        (logging.ERROR, "<conn>: Connection lost: KafkaConnectionError: socket disconnected"),
+    ]:
+        seen.handle(record(level, message))
+    cause = seen.cause()
+    assert cause is not None and cause.startswith("Authentication failed")
+    seen.reset()
+    seen.handle(record(logging.ERROR, "<conn>: Connection lost: socket disconnected"))
+    assert seen.cause() is None  # a drop outside authentication says nothing about credentials
