@@ -60,7 +60,7 @@ from tests.support.harness import (
     read_topic,
     start_worker,
 )
-from tests.support.services import TEST_STACK, free_ports, qdrant_binary
+from tests.support.services import own_stack
 from tests.support.vectors_world import World, vector_mismatches
 
 log = logging.getLogger("fault_matrix")
@@ -300,16 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("kafka", "aiokafka", "httpx", "state.retry"):
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
-    kafka, controller, redis_port, qdrant, grpc = free_ports(5)
-    stack = replace(
-        TEST_STACK,
-        kafka_port=kafka,
-        controller_port=controller,
-        redis_port=redis_port,
-        qdrant_port=qdrant,
-        qdrant_grpc_port=grpc,
-        qdrant_binary=qdrant_binary(),
-    )
+    stack = own_stack(appendfsync="always")  # the crash rows kill Redis
     rows = []
     with tempfile.TemporaryDirectory(prefix="fault-matrix-") as tmp:
         folder = args.logs or Path(tmp)

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from deploy.stack import StackConfig, down, up
 
@@ -62,6 +63,21 @@ TEST_STACK = StackConfig(
     qdrant_grpc_port=26334,
     appendfsync="always",
 )
+
+
+def own_stack(**overrides: Any) -> StackConfig:
+    """A stack of its own beside the session's, on ports the kernel picks (the test stack and a
+    running demo stay untouched), with the jar cache and the Qdrant binary the tests use."""
+    kafka, controller, redis, qdrant, grpc = free_ports(5)
+    return replace(
+        StackConfig(home=TEST_STACK.home, qdrant_binary=qdrant_binary()),
+        kafka_port=kafka,
+        controller_port=controller,
+        redis_port=redis,
+        qdrant_port=qdrant,
+        qdrant_grpc_port=grpc,
+        **overrides,
+    )
 
 
 @dataclass(frozen=True)

@@ -16,25 +16,15 @@ from pathlib import Path
 import pytest
 
 from deploy.stack import StackConfig
-from tests.support.services import TEST_STACK, free_ports, qdrant_binary
+from tests.support.services import own_stack
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[3]
 
 
-# Ports of its own, so the session's shared test stack and a running demo are untouched.
-PORTS = free_ports(5)
-KAFKA, CONTROLLER, REDIS, QDRANT, QDRANT_GRPC = PORTS
-OWN = StackConfig(
-    home=TEST_STACK.home,
-    kafka_port=KAFKA,
-    controller_port=CONTROLLER,
-    redis_port=REDIS,
-    qdrant_port=QDRANT,
-    qdrant_grpc_port=QDRANT_GRPC,
-    qdrant_binary=qdrant_binary(),
-    qdrant_api_key="stack-test-key",
-)
+OWN = own_stack(qdrant_api_key="stack-test-key")
+KAFKA, QDRANT = OWN.kafka_port, OWN.qdrant_port
+PORTS = (KAFKA, OWN.controller_port, OWN.redis_port, QDRANT, OWN.qdrant_grpc_port)
 
 
 def stack(*args: str, cfg: StackConfig = OWN) -> subprocess.CompletedProcess[str]:

@@ -43,7 +43,7 @@ from streams.settings import Settings
 from streams.wire.topics import ensure_topics
 from tests.support.harness import Oracle, committed_offsets, end_offsets, mismatches, read_topic
 from tests.support.harness import run_worker as run
-from tests.support.services import TEST_STACK, free_ports, qdrant_binary
+from tests.support.services import own_stack
 
 pytestmark = pytest.mark.integration
 log = logging.getLogger(__name__)
@@ -53,15 +53,7 @@ STREAM = GeneratorConfig(users=60, items=120, communities=3, events=1500, seed=2
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[StackConfig]:
-    kafka, controller, redis_port, qdrant, grpc = free_ports(5)
-    cfg = StackConfig(
-        home=TEST_STACK.home,
-        kafka_port=kafka,
-        controller_port=controller,
-        redis_port=redis_port,
-        qdrant_port=qdrant,
-        qdrant_grpc_port=grpc,
-        qdrant_binary=qdrant_binary(),
+    cfg = own_stack(
         qdrant_api_key=secrets.token_urlsafe(16),
         secure=True,
         admin_password=secrets.token_urlsafe(16),
