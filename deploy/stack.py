@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 Component = Literal["kafka", "redis", "qdrant"]
 FsyncPolicy = Literal["always", "everysec", "no"]
+Topology = Literal["single", "cluster"]
 
 
 class StackError(RuntimeError):
@@ -59,6 +60,13 @@ class StackConfig:
     # password (deploy/secure.py); Qdrant's key is `qdrant_api_key`
     secure: bool = False
     admin_password: str | None = field(default=None, repr=False)
+    # single: one node of each. cluster (deploy/cluster.py): three Kafka brokers, a Redis Cluster
+    # of `redis_masters` masters with `redis_replicas` replicas each, three Qdrant peers; node i
+    # listens on the single node's port + 10*i (Redis: + i)
+    topology: Topology = "single"
+    redis_masters: int = 3
+    redis_replicas: int = 1
+    redis_node_timeout_ms: int = 3000  # a master silent this long is failed over
 
     def qdrant_server(self) -> str | None:
         """The Qdrant server binary this stack runs, or None when there is none."""
@@ -70,7 +78,31 @@ class StackConfig:
 
     @property
     def qdrant_url(self) -> str:
-        return f"http://127.0.0.1:{self.qdrant_port}"
+        """The server's URL; a cluster's peers' URLs, comma-separated (clients fail over)."""
+        return ",".join(f"http://127.0.0.1:{port}" for port, _, _ in self.qdrant_peers)
+
+    @property
+    def qdrant_peers(self) -> list[tuple[int, int, int]]:
+        """(http, grpc, p2p) ports per Qdrant process."""
+        if self.topology == "single":
+            return [(self.qdrant_port, self.qdrant_grpc_port, 0)]
+        return [
+            (self.qdrant_port + s, self.qdrant_grpc_port + s, self.qdrant_port + s + 5)
+            for s in (0, 10, 20)
+        ]
+
+    @property
+    def kafka_nodes(self) -> list[tuple[int, int]]:
+        """(client, controller) ports per Kafka process."""
+        if self.topology == "single":
+            return [(self.kafka_port, self.controller_port)]
+        return [(self.kafka_port + s, self.controller_port + s) for s in (0, 10, 20)]
+
+    @property
+    def redis_ports(self) -> list[int]:
+        if self.topology == "single":
+            return [self.redis_port]
+        return [self.redis_port + i for i in range(self.redis_masters * (1 + self.redis_replicas))]
 
     @property
     def run_dir(self) -> Path:
@@ -82,11 +114,33 @@ class StackConfig:
 
     @property
     def bootstrap_servers(self) -> str:
-        return f"127.0.0.1:{self.kafka_port}"
+        return ",".join(f"127.0.0.1:{port}" for port, _ in self.kafka_nodes)
 
     @property
     def redis_url(self) -> str:
         return f"{'rediss' if self.secure else 'redis'}://127.0.0.1:{self.redis_port}/0"
+
+    @property
+    def redis_cluster_nodes(self) -> list[str]:
+        """The cluster topology's Redis nodes as host:port (empty for a single Redis)."""
+        return [] if self.topology == "single" else [f"127.0.0.1:{p}" for p in self.redis_ports]
+
+    def client_settings(self) -> dict[str, dict[str, object]]:
+        """The settings sections that point the product's clients at this stack."""
+        redis: dict[str, object] = {"url": self.redis_url}
+        qdrant: dict[str, object] = {"url": self.qdrant_url}
+        topics: dict[str, object] = {}
+        if self.topology == "cluster":
+            redis["cluster_nodes"] = self.redis_cluster_nodes
+            redis["wait_replicas"] = min(1, self.redis_replicas)
+            qdrant |= {"shard_number": 3, "replication_factor": 2, "write_consistency_factor": 1}
+            topics = {"replication_factor": 3}
+        return {
+            "kafka": {"bootstrap_servers": self.bootstrap_servers},
+            "redis": redis,
+            "qdrant": qdrant,
+            "topics": topics,
+        }
 
     @property
     def tls_dir(self) -> Path:
@@ -95,7 +149,7 @@ class StackConfig:
 
 @dataclass(frozen=True)
 class ComponentStatus:
-    name: Component
+    name: str
     running: bool
     pid: int | None
     address: str
@@ -103,7 +157,7 @@ class ComponentStatus:
 
     def line(self) -> str:
         state = f"running (pid {self.pid})" if self.running else "stopped"
-        return f"{self.name:<6} {state:<22} {self.address:<22} {self.version}"
+        return f"{self.name:<8} {state:<22} {self.address:<22} {self.version}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,11 +220,11 @@ def ensure_redis_server() -> str:
 # processes
 
 
-def _pid_file(cfg: StackConfig, name: Component) -> Path:
+def _pid_file(cfg: StackConfig, name: str) -> Path:
     return cfg.run_dir / f"{name}.pid"
 
 
-def _read_pid(cfg: StackConfig, name: Component) -> int | None:
+def _read_pid(cfg: StackConfig, name: str) -> int | None:
     try:
         pid = int(_pid_file(cfg, name).read_text().strip())
     except (FileNotFoundError, ValueError):
@@ -198,9 +252,7 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _spawn(
-    cfg: StackConfig, name: Component, cmd: list[str], env: dict[str, str] | None = None
-) -> int:
+def _spawn(cfg: StackConfig, name: str, cmd: list[str], env: dict[str, str] | None = None) -> int:
     """Start a daemon in its own session, output to <run dir>/<name>.log; return its pid.
 
     posix_spawn rather than Popen: the daemon outlives this process, and a Popen object that
@@ -392,6 +444,10 @@ def _port(cfg: StackConfig, name: Component) -> int:
 
 def up(cfg: StackConfig) -> list[ComponentStatus]:
     """Start whatever is not running and wait until all answer. Safe to call twice."""
+    if cfg.topology == "cluster":
+        from deploy import cluster
+
+        return cluster.up(cfg)
     starters = {"kafka": _start_kafka, "redis": _start_redis, "qdrant": _start_qdrant}
     for name in _components(cfg):
         pid = _read_pid(cfg, name)
@@ -405,8 +461,9 @@ def up(cfg: StackConfig) -> list[ComponentStatus]:
     return status(cfg)
 
 
-def stop(cfg: StackConfig, name: Component, sig: signal.Signals = signal.SIGTERM) -> None:
-    """Stop one component; SIGKILL models a crash (the reliability tests use it)."""
+def stop(cfg: StackConfig, name: str, sig: signal.Signals = signal.SIGTERM) -> None:
+    """Stop one component (a node of the cluster topology: `kafka-2`, `redis-4`, `qdrant-1`);
+    SIGKILL models a crash (the reliability tests use it)."""
     pid = _read_pid(cfg, name)
     if pid is None:
         return
@@ -428,6 +485,11 @@ def _reap(pid: int) -> None:
 
 def down(cfg: StackConfig) -> None:
     """Stop Kafka first (it may still be writing), then Qdrant and Redis. Data stays."""
+    if cfg.topology == "cluster":
+        from deploy import cluster
+
+        cluster.down(cfg)
+        return
     for name in ("kafka", "qdrant", "redis"):
         stop(cfg, name)
 
@@ -458,6 +520,10 @@ def _qdrant_version(binary: str) -> str:
 
 
 def status(cfg: StackConfig) -> list[ComponentStatus]:
+    if cfg.topology == "cluster":
+        from deploy import cluster
+
+        return cluster.status(cfg)
     kafka_pid, redis_pid = _read_pid(cfg, "kafka"), _read_pid(cfg, "redis")
     qdrant_pid = _read_pid(cfg, "qdrant")
     installed = (cfg.kafka_libs / ".complete").exists()

@@ -33,7 +33,7 @@ import redis.asyncio as aioredis
 from state import keys
 from state.config import ID_PATTERN
 from state.exceptions import InvalidBatchError
-from state.redis_io import load_lua, redis_errors_as_state, text
+from state.redis_io import load_lua, redis_errors_as_state, text, wait_for_replicas
 
 
 class ContentItem(Protocol):
@@ -105,8 +105,17 @@ def _record(item_id: str, raw: Mapping[bytes | str, bytes | str]) -> CatalogReco
 class CatalogStore:
     """Item content and "content arrived" marks, shared by every worker."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str = "ss") -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        prefix: str = "ss",
+        *,
+        wait_replicas: int = 0,
+        wait_timeout_s: float = 2.0,
+    ) -> None:
+        """`wait_replicas`: replicas that must hold a put before it returns (Redis WAIT)."""
         self._client = client
+        self._wait = (wait_replicas, wait_timeout_s)
         self._prefix = keys.check_prefix(prefix)
         self._dirty = keys.catalog_dirty_key(self._prefix)
         self._redirty = keys.catalog_redirty_key(self._prefix)
@@ -137,6 +146,8 @@ class CatalogStore:
                     pipe.hincrby(key, keys.FIELD_CONTENT_VERSION, 1)
                 pipe.zadd(self._dirty, {i: ts for i, (ts, _) in stamped.items()})
                 await pipe.execute()
+        written = [self._dirty, *(keys.ItemKeys(self._prefix, i).catalog() for i in rows)]
+        await wait_for_replicas(self._client, written, *self._wait)
         return len(rows)
 
     async def get(self, item_ids: Iterable[str]) -> dict[str, CatalogRecord]:

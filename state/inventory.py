@@ -10,12 +10,13 @@ new state also leaves a dirty mark that the live (dual-writing) passes encode.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 
 from state import keys
 from state.keys import ShardKeys
-from state.redis_io import redis_errors_as_state, text
+from state.redis_io import is_cluster, redis_errors_as_state, text
 
 Shard = tuple[str, int]
 
@@ -37,18 +38,22 @@ SCAN_COUNT = 1000  # keys SCAN visits per call: the pattern matches a few of the
 
 
 async def _scan(client: aioredis.Redis, match: str, page: int) -> AsyncIterator[list[str]]:
-    """Key names matching `match`, `page` at a time (the last page may be shorter)."""
-    cursor: int = 0
+    """Key names matching `match`, `page` at a time (the last page may be shorter); on a
+    cluster, every master's keys in turn (a SCAN cursor belongs to one node)."""
     names: list[str] = []
-    while True:
-        with redis_errors_as_state("scan"):
-            cursor, found = await client.scan(cursor, match=match, count=SCAN_COUNT)
-        names.extend(text(k) for k in found)
-        while len(names) >= page:
-            yield names[:page]
-            names = names[page:]
-        if cursor == 0:
-            break
+    targets: list[Any] = cast(Any, client).get_primaries() if is_cluster(client) else [None]
+    for node in targets:
+        cursor: int = 0
+        where = {} if node is None else {"target_nodes": node}
+        while True:
+            with redis_errors_as_state("scan"):
+                cursor, found = await client.scan(cursor, match=match, count=SCAN_COUNT, **where)
+            names.extend(text(k) for k in found)
+            while len(names) >= page:
+                yield names[:page]
+                names = names[page:]
+            if cursor == 0:
+                break
     if names:
         yield names
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from importlib import resources
+from typing import Any, cast
 
+import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
 from state.exceptions import StateError, StateUnavailableError
@@ -49,3 +51,48 @@ def redis_errors_as_state(what: str) -> Iterator[None]:
 
 def load_lua(name: str) -> str:
     return resources.files("state").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+
+
+def is_cluster(client: object) -> bool:
+    from redis.asyncio.cluster import RedisCluster
+
+    return isinstance(client, RedisCluster)
+
+
+async def wait_for_replicas(
+    client: aioredis.Redis, written: Iterable[str], replicas: int, timeout_s: float
+) -> None:
+    """Return once `replicas` replicas hold every write made so far on the masters of the keys
+    `written` (Redis WAIT, one per master); raise `StateUnavailableError` when fewer do in time.
+
+    Replication is asynchronous: a master that crashes right after answering may be replaced by
+    a replica that never saw the write. A caller that commits Kafka offsets only after this
+    returns loses nothing to a failover; the retry re-applies what the new master lacks (the
+    watermark skips the rest).
+    """
+    if replicas <= 0:
+        return
+    timeout_ms = max(1, int(timeout_s * 1000))
+    with redis_errors_as_state("wait for replicas"):
+        if is_cluster(client):
+            cluster = cast(Any, client)
+            nodes = {
+                cluster.get_node_from_key(key).name: cluster.get_node_from_key(key)
+                for key in written
+            }
+            for node in nodes.values():
+                acked = await cluster.execute_command(
+                    "WAIT", replicas, timeout_ms, target_nodes=node
+                )
+                _enough(int(acked), replicas, node.name)
+        else:
+            acked = await cast(Any, client).execute_command("WAIT", replicas, timeout_ms)
+            _enough(int(acked), replicas, "redis")
+
+
+def _enough(acked: int, wanted: int, where: str) -> None:
+    if acked < wanted:
+        raise StateUnavailableError(
+            f"{where}: the write is on {acked} of the {wanted} replicas asked for; retrying "
+            "(a failover or a replica resyncing)"
+        )

@@ -22,7 +22,13 @@ from state.coengagement import EventLike, SeqEntry, ShardList, merge_relative
 from state.config import CONTEXT_ACTION, REBASE_EXPONENT, StateConfig
 from state.exceptions import InvalidBatchError, StateError
 from state.keys import DirtyKind, ShardKeys
-from state.redis_io import load_lua, redis_errors_as_state, text
+from state.redis_io import (
+    clears_by_itself,
+    load_lua,
+    redis_errors_as_state,
+    text,
+    wait_for_replicas,
+)
 
 
 @dataclass(frozen=True)
@@ -56,8 +62,19 @@ def reply_list(
 class RedisState:
     """Async access to the state of the engagements stream, sharded by Kafka partition."""
 
-    def __init__(self, client: aioredis.Redis, config: StateConfig, prefix: str = "ss") -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        config: StateConfig,
+        prefix: str = "ss",
+        *,
+        wait_replicas: int = 0,
+        wait_timeout_s: float = 2.0,
+    ) -> None:
+        """`wait_replicas`: replicas that must hold an applied batch before `apply` returns
+        (see `redis_io.wait_for_replicas`); 0 returns once the master has it."""
         self._client = client
+        self._wait = (wait_replicas, wait_timeout_s)
         self._cfg = config
         self._prefix = keys.check_prefix(prefix)
         self._lam = config.decay_lambda
@@ -113,6 +130,7 @@ class RedisState:
             skipped += result.skipped
             duplicates += result.duplicates
             watermark = result.watermark
+        await wait_for_replicas(self._client, [shard.watermark()], *self._wait)
         return ApplyResult(applied, skipped, watermark, duplicates)
 
     async def _register_shard(self, shard: ShardKeys) -> None:
@@ -158,6 +176,8 @@ class RedisState:
                     f"the Redis user may not run the apply script on {shard.tag}: {exc}"
                 ) from exc
             except redis_errors.ResponseError as exc:
+                if clears_by_itself(exc):  # OOM, READONLY, CLUSTERDOWN...: not the batch's fault
+                    raise
                 raise InvalidBatchError(f"apply refused on shard {shard.tag}: {exc}") from exc
         applied, skipped, watermark, duplicates = reply
         return ApplyResult(int(applied), int(skipped), int(text(watermark)), int(duplicates))

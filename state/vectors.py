@@ -100,7 +100,10 @@ class VectorRecord:
 @dataclass(frozen=True)
 class VectorStoreConfig:
     """Where Qdrant is and how hard to try: ``url`` for a server, else ``path`` for embedded mode,
-    else an in-memory embedded store (tests). Timeouts are whole seconds for the client."""
+    else an in-memory embedded store (tests). Timeouts are whole seconds for the client.
+
+    A cluster's peers are comma-separated in ``url``: calls go to one peer, and a failed call
+    moves the store to the next one before its retry (any peer serves any collection)."""
 
     url: str | None = None
     path: str | None = None
@@ -119,6 +122,14 @@ class VectorStoreConfig:
     on_disk: bool = False  # vectors memory-mapped from disk instead of held in RAM
     search_ef: int | None = None  # query-time beam of `search`; None: the server's default
     payload_index: bool = True  # index state_version, which every guarded write filters on
+    # Server only, for new collections; None: the server's defaults (one shard, one copy).
+    shard_number: int | None = None
+    replication_factor: int | None = None  # copies of each shard, on different peers
+    write_consistency_factor: int | None = None  # copies that acknowledge a write
+
+    @property
+    def peers(self) -> list[str]:
+        return [u.strip() for u in self.url.split(",")] if self.url else []
 
     def __post_init__(self) -> None:
         if self.url is not None and self.path is not None:
@@ -300,6 +311,7 @@ class VectorStore:
         self._client: QdrantClient | None = None
         self._lock = threading.RLock()
         self._embedded = config.url is None
+        self._peer = 0  # index into config.peers of the peer calls go to
         self._failing_since: float | None = None
         self._backoff = Backoff(
             config.retry_initial_s, config.retry_max_s, config.unavailable_after_s
@@ -315,7 +327,7 @@ class VectorStore:
             cfg = self.config
             if cfg.url is not None:
                 client = QdrantClient(
-                    url=cfg.url,
+                    url=cfg.peers[self._peer],
                     api_key=cfg.api_key,
                     prefer_grpc=cfg.prefer_grpc,
                     grpc_port=cfg.grpc_port,
@@ -345,6 +357,7 @@ class VectorStore:
 
         def failing(_error: BaseException, _attempt: int, _wait: float) -> None:
             self._failing_since = self._failing_since or time.monotonic()
+            self._next_peer()
 
         try:
             result = retry_sync(
@@ -363,6 +376,18 @@ class VectorStore:
             raise StateError(f"Qdrant refused {what}: {err}") from err
         self._failing_since = None
         return result
+
+    def _next_peer(self) -> None:
+        """After a failed call to a cluster, the retry goes to the next peer."""
+        peers = self.config.peers
+        if len(peers) < 2:
+            return
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+            self._peer = (self._peer + 1) % len(peers)
+            log.info("Qdrant: moving to peer %s", peers[self._peer])
 
     @property
     def failing_since(self) -> float | None:
@@ -455,8 +480,16 @@ class VectorStore:
         hnsw = models.HnswConfigDiff(
             m=self.config.hnsw_m, ef_construct=self.config.hnsw_ef_construct
         )
+        cfg = self.config
         try:
-            client.create_collection(name, vectors_config=wanted, hnsw_config=hnsw)
+            client.create_collection(
+                name,
+                vectors_config=wanted,
+                hnsw_config=hnsw,
+                shard_number=cfg.shard_number,
+                replication_factor=cfg.replication_factor,
+                write_consistency_factor=cfg.write_consistency_factor,
+            )
         except UnexpectedResponse as err:
             if err.status_code == 409:  # Conflict: it exists now
                 return False

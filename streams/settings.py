@@ -124,6 +124,9 @@ class TopicSettings(_Section):
     items: str = "items"
     partitions: int = Field(default=4, ge=1)
     replication_factor: int = Field(default=1, ge=1)
+    # Copies that must hold a record before an acks=all write succeeds; None: the broker's
+    # default (min.insync.replicas). 2 of 3 survives one broker down without refusing writes.
+    min_insync_replicas: int | None = Field(default=None, ge=1)
     dlq_suffix: str = ".dlq"
 
     def dlq(self, topic: str) -> str:
@@ -132,18 +135,40 @@ class TopicSettings(_Section):
 
 class RedisSettings(_Section):
     url: str = "redis://127.0.0.1:16379/0"
+    # A Redis Cluster instead of `url`'s server: some of its nodes as host:port (the client
+    # learns the rest and follows failovers). Every script call stays in one slot.
+    cluster_nodes: tuple[str, ...] = ()
     username: str | None = None
     password: SecretStr | None = None
     tls: bool = False
     tls_ca_file: Path | None = None
     key_prefix: str = "ss"
+    # Replicas that must hold a write (Redis WAIT) before the worker commits the offsets it
+    # came from: with 1, a master's crash and failover lose no committed batch. 0 trusts the
+    # master's AOF alone (a single server, or a cluster that may lose its last second).
+    wait_replicas: int = Field(default=0, ge=0)
+    wait_timeout_s: float = Field(default=2.0, gt=0)
 
     _check_url = field_validator("url")(_refuse_password_in_url)
+
+    @field_validator("cluster_nodes")
+    @classmethod
+    def _host_ports(cls, nodes: tuple[str, ...]) -> tuple[str, ...]:
+        for node in nodes:
+            host, _, port = node.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"cluster node {node!r} is not host:port")
+        return nodes
 
 
 class QdrantSettings(_Section):
     """A server by `url` (what production runs), else embedded mode at `path` (one process
-    only: it locks the folder). The collection settings apply to collections created later."""
+    only: it locks the folder). The collection settings apply to collections created later.
+
+    A cluster's peers are comma-separated in `url`: the client talks to the first and moves to
+    the next when one stops answering. New collections get `shard_number` shards of
+    `replication_factor` copies; a write is acknowledged once `write_consistency_factor` copies
+    of its shard hold it (1 with 2 copies: one peer may be down)."""
 
     url: str | None = None
     path: Path = Path("var/qdrant")
@@ -156,8 +181,17 @@ class QdrantSettings(_Section):
     on_disk: bool = False
     search_ef: int | None = Field(default=None, ge=1)  # query beam of `sagestream query` reads
     upsert_batch: int = Field(default=256, ge=1)
+    shard_number: int | None = Field(default=None, ge=1)  # None: the server's default
+    replication_factor: int | None = Field(default=None, ge=1)
+    write_consistency_factor: int | None = Field(default=None, ge=1)
 
-    _check_url = field_validator("url")(_refuse_password_in_url)
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str | None) -> str | None:
+        if url is not None:
+            for peer in url.split(","):
+                _refuse_password_in_url(peer.strip())
+        return url
 
 
 class IngestSettings(_Section):

@@ -42,7 +42,10 @@ class CatalogConsumer:
         self._dead_letters = dead_letters
         self._metrics = metrics
         self._backoff = settings.retry.backoff()
-        self._store = CatalogStore(client, settings.redis.key_prefix)
+        r = settings.redis
+        self._store = CatalogStore(
+            client, r.key_prefix, wait_replicas=r.wait_replicas, wait_timeout_s=r.wait_timeout_s
+        )
         self._stop = asyncio.Event()
         self.stored = 0
 

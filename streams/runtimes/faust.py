@@ -97,6 +97,7 @@ class FaustRuntime:
             store="memory://",
             web_enabled=False,
             topic_disable_leader=True,
+            topic_replication_factor=s.topics.replication_factor,  # Faust's own topics too
             consumer_auto_offset_reset="earliest",
             stream_buffer_maxsize=max(4096, 2 * s.ingest.batch_max),
             broker_max_poll_records=s.ingest.batch_max,

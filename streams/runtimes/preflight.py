@@ -29,7 +29,7 @@ from kafka.errors import (
 from pydantic import BaseModel, SecretStr
 
 from encoders.registry import ModelRegistry
-from state import RedisState
+from state import RedisState, VectorStoreUnavailable
 from streams.runtimes.wiring import redis_client
 from streams.settings import Settings
 from streams.vectors.store import vector_store
@@ -147,26 +147,40 @@ def check_redis(settings: Settings, _timeout_s: float) -> str:
         finally:
             await client.aclose()
 
-    return f"{settings.redis.url}: {asyncio.run(ping())}"
+    r = settings.redis
+    where = f"cluster {','.join(r.cluster_nodes)}" if r.cluster_nodes else r.url
+    return f"{where}: {asyncio.run(ping())}"
 
 
 def check_qdrant(settings: Settings, timeout_s: float) -> str:
     if settings.qdrant.url is None:
         raise Skip(f"embedded at {settings.qdrant.path}: no server to ask (the worker locks it)")
-    once = settings.retry.model_copy(update={"store_unavailable_after_s": 0.001})  # ask once
-    store = vector_store(settings.model_copy(update={"retry": once}))
-    try:
-        with warnings.catch_warnings():  # said below, once, instead of a warning per client
-            warnings.filterwarnings("ignore", "Api key is used with an insecure connection")
-            serving = store.serving_version()
-    finally:
-        store.close()
+    serving = _ask_peers(settings)
     plain = settings.qdrant.api_key is not None and settings.qdrant.url.startswith("http://")
     return (
         f"{settings.qdrant.url}: "
         + (f"aliases serve {serving}" if serving else "answers; nothing served yet")
         + ("; its API key travels over plain HTTP" if plain else "")
     )
+
+
+def _ask_peers(settings: Settings) -> str | None:
+    """The serving version, asked of each peer of a cluster in turn until one answers."""
+    once = settings.retry.model_copy(update={"store_unavailable_after_s": 0.001})  # ask once
+    peers = str(settings.qdrant.url).split(",")
+    for n, peer in enumerate(peers, 1):
+        qdrant = settings.qdrant.model_copy(update={"url": peer.strip()})
+        store = vector_store(settings.model_copy(update={"retry": once, "qdrant": qdrant}))
+        try:
+            with warnings.catch_warnings():  # said below, once, instead of a warning per client
+                warnings.filterwarnings("ignore", "Api key is used with an insecure connection")
+                return store.serving_version()
+        except VectorStoreUnavailable:
+            if n == len(peers):
+                raise
+        finally:
+            store.close()
+    return None
 
 
 def check_registry(settings: Settings, _timeout_s: float) -> str:

@@ -9,10 +9,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
+from redis.asyncio.cluster import ClusterNode
 
 from state import RedisState
 from streams.health import start_heartbeat
@@ -35,22 +36,33 @@ Highwater = Callable[[str, int], int | None]
 
 
 def redis_client(settings: RedisSettings) -> aioredis.Redis:
-    """TLS is chosen by the URL scheme (rediss://); `tls = true` upgrades a redis:// URL."""
+    """TLS is chosen by the URL scheme (rediss://); `tls = true` upgrades a redis:// URL.
+
+    With `cluster_nodes`, redis-py's cluster client: it has the same commands, scripts and
+    (non-transactional) pipelines as the single-server client, so the stores take either."""
     url = settings.url
     extra: dict[str, Any] = {}
-    if settings.tls or url.startswith("rediss://"):
-        url = "rediss://" + url.removeprefix("redis://").removeprefix("rediss://")
-        if settings.tls_ca_file:
-            extra["ssl_ca_certs"] = str(settings.tls_ca_file)
-    return aioredis.Redis.from_url(
-        url,
-        username=settings.username,
-        password=settings.password.get_secret_value() if settings.password else None,
-        health_check_interval=30,
-        socket_timeout=10,
-        socket_connect_timeout=5,
+    tls = settings.tls or url.startswith("rediss://")
+    if tls and settings.tls_ca_file:
+        extra["ssl_ca_certs"] = str(settings.tls_ca_file)
+    common: dict[str, Any] = {
+        "username": settings.username,
+        "password": settings.password.get_secret_value() if settings.password else None,
+        "health_check_interval": 30,
+        "socket_timeout": 10,
+        "socket_connect_timeout": 5,
         **extra,
-    )
+    }
+    if settings.cluster_nodes:
+        nodes = [
+            ClusterNode(host, int(port))
+            for host, _, port in (node.rpartition(":") for node in settings.cluster_nodes)
+        ]
+        cluster = aioredis.RedisCluster(startup_nodes=nodes, ssl=tls, **common)
+        return cast(aioredis.Redis, cluster)
+    if tls:
+        url = "rediss://" + url.removeprefix("redis://").removeprefix("rediss://")
+    return aioredis.Redis.from_url(url, **common)
 
 
 def producer(settings: Settings) -> AIOKafkaProducer:
@@ -122,7 +134,14 @@ async def wire_worker(
     dlq_producer = producer(settings)
     await dlq_producer.start()
     resources.push_async_callback(dlq_producer.stop)
-    state = RedisState(client, settings.state, prefix=settings.redis.key_prefix)
+    r = settings.redis
+    state = RedisState(
+        client,
+        settings.state,
+        prefix=r.key_prefix,
+        wait_replicas=r.wait_replicas,
+        wait_timeout_s=r.wait_timeout_s,
+    )
     sink = KafkaDeadLetterSink(dlq_producer, settings.topics.dlq_suffix)
     core = IngestCore(state, sink, metrics, settings.retry.backoff(), seams)
     backpressure = Backpressure(settings.reencode.max_backlog, metrics)

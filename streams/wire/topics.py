@@ -23,8 +23,12 @@ def ensure_topics(settings: Settings) -> list[str]:
     admin = KafkaAdminClient(**settings.kafka.client_kwargs())
     try:
         existing = set(admin.list_topics())
+        t = settings.topics
+        configs = {}
+        if t.min_insync_replicas is not None:
+            configs["min.insync.replicas"] = str(t.min_insync_replicas)
         wanted = [
-            NewTopic(name, settings.topics.partitions, settings.topics.replication_factor)
+            NewTopic(name, t.partitions, t.replication_factor, topic_configs=configs)
             for name in topic_names(settings)
             if name not in existing
         ]

@@ -1,7 +1,11 @@
 """The fault matrix: every fault of the reliability issue under a steady stream, one table.
 
     .venv/bin/python -m tests.support.fault_matrix [--runtime batch|faust] [--events 3000]
-        [--rate 300] [--only ROW ...] [--out table.md]
+        [--rate 300] [--only ROW ...] [--out table.md] [--topology single|cluster]
+
+`--topology cluster` runs the same stream on the cluster topology (deploy/cluster.py: three
+Kafka brokers, a Redis Cluster of three masters with a replica each, three Qdrant peers) with
+its own rows: one node of each engine killed and brought back, and a model switch mid-stream.
 
 One native stack of its own (ports chosen by the kernel, so the test stack and a demo are
 untouched; `appendfsync always`), and per row its own topics, key prefix and collections. The
@@ -34,9 +38,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import redis
-import redis.asyncio as aioredis
 from kafka import KafkaProducer
+from redis.crc import key_slot
 
+from deploy import cluster
 from deploy.stack import StackConfig, purge, stop, up
 from encoders.registry import ModelRegistry
 from state import RedisState
@@ -48,6 +53,7 @@ from streams.devtools.generate import (
 )
 from streams.devtools.produce import produce_catalog, produce_engagements, produce_raw
 from streams.devtools.tiny_model import publish_tiny_model
+from streams.runtimes.wiring import redis_client
 from streams.settings import Settings
 from streams.vectors.store import vector_store
 from streams.wire.events import encode_engagement
@@ -83,6 +89,7 @@ class Row:
     args: list[str]
     folder: Path
     stream: GeneratorConfig
+    registry: ModelRegistry | None = None
     worker: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     dead_sent: int = 0
@@ -136,6 +143,85 @@ def _poison(row: Row) -> None:
     row.dead_sent = len(malformed) + 2
 
 
+def _wait(what: str, done: Callable[[], bool], limit_s: float = 120) -> float:
+    """Seconds until `done()` (polled); a fault that never settles fails the row loudly."""
+    since = time.monotonic()
+    while not done():
+        if time.monotonic() - since > limit_s:
+            raise RuntimeError(f"{what} did not happen within {limit_s:.0f}s")
+        time.sleep(0.2)
+    return time.monotonic() - since
+
+
+def _redis_master_kill(row: Row) -> None:
+    """kill -9 the master serving partition 0's keys; once its replica has taken over, start
+    the old master again (it rejoins as a replica of the new one)."""
+    key = f"{row.settings.redis.key_prefix}:{{{row.settings.topics.engagements}.0}}:wm"
+    wanted = key_slot(key.encode())
+    nodes = cluster.redis_cluster_nodes(row.stack)
+    master = next(n for n in nodes if n["role"] == "master" and _serves(n["slots"], wanted))
+    name = f"redis-{row.stack.redis_ports.index(int(master['address'].rsplit(':', 1)[1])) + 1}"
+    cluster.kill(row.stack, name)
+
+    def promoted() -> bool:
+        now = cluster.redis_cluster_nodes(row.stack)
+        return any(
+            n["role"] == "master" and n["id"] != master["id"] and _serves(n["slots"], wanted)
+            for n in now
+        )
+
+    took = _wait("the replica's promotion", promoted)
+    cluster.start_node(row.stack, name)
+    back = _wait("the old master's return as a replica", lambda: cluster.whole(row.stack))
+    row.notes.append(f"{name} killed; replica promoted after {took:.1f}s; back in {back:.1f}s")
+
+
+def _serves(slots: str, slot: int) -> bool:
+    for part in slots.split():
+        if part.startswith("["):  # a slot being migrated
+            continue
+        low, _, high = part.partition("-")
+        if int(low) <= slot <= int(high or low):
+            return True
+    return False
+
+
+def _kafka_broker_kill(row: Row) -> None:
+    """kill -9 the broker leading partition 0 of the stream; start it again 5 s later."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(**row.settings.kafka.client_kwargs())
+    try:
+        topic = admin.describe_topics([row.settings.topics.engagements])[0]
+    finally:
+        admin.close()
+    leader = next(p["leader"] for p in topic["partitions"] if p["partition"] == 0)
+    name = f"kafka-{leader}"
+    cluster.kill(row.stack, name)
+    time.sleep(5.0)
+    cluster.start_node(row.stack, name, wait=False)
+    back = _wait("the broker's return", lambda: cluster.whole(row.stack))
+    row.notes.append(f"{name} (leader of partition 0) killed for 5 s; whole {back:.1f}s later")
+
+
+def _qdrant_peer_kill(row: Row) -> None:
+    """kill -9 the peer the worker talks to (the first URL); start it again 5 s later."""
+    cluster.kill(row.stack, "qdrant-1")
+    time.sleep(5.0)
+    cluster.start_node(row.stack, "qdrant-1")
+    back = _wait("the peer's return", lambda: cluster.whole(row.stack))
+    row.notes.append(f"qdrant-1 killed for 5 s; whole {back:.1f}s later")
+
+
+def _switch(row: Row) -> None:
+    """Promote a second model mid-stream: the worker dual-writes, backfills and flips."""
+    assert row.registry is not None
+    promoted = row.registry.promoted()
+    other = next(v for v in row.registry.list() if v != promoted)
+    row.registry.promote(other)
+    row.notes.append(f"promoted {other} over {promoted}")
+
+
 FAULTS: dict[str, Callable[[Row], None]] = {
     "none": lambda row: None,
     "worker SIGKILL": lambda row: row.restart(signal.SIGKILL),
@@ -146,16 +232,29 @@ FAULTS: dict[str, Callable[[Row], None]] = {
     "Qdrant kill -9": _kill_and_restart("qdrant"),
     "poison records": _poison,
 }
+CLUSTER_FAULTS: dict[str, Callable[[Row], None]] = {
+    "none": lambda row: None,
+    "Redis master kill -9": _redis_master_kill,
+    "Kafka broker kill -9": _kafka_broker_kill,
+    "Qdrant peer kill -9": _qdrant_peer_kill,
+    "model switch": _switch,
+    "worker SIGKILL": lambda row: row.restart(signal.SIGKILL),
+}
+
+
+def faults(stack: StackConfig) -> dict[str, Callable[[Row], None]]:
+    return CLUSTER_FAULTS if stack.topology == "cluster" else FAULTS
 
 
 def row_settings(stack: StackConfig, name: str, registry: ModelRegistry) -> Settings:
     tag = "fm" + "".join(ch for ch in name.lower() if ch.isalnum())[:20]
+    clients = stack.client_settings()
     return Settings.load(
-        kafka={"bootstrap_servers": stack.bootstrap_servers, "group_id": f"g-{tag}"},
-        topics={"engagements": f"eng-{tag}", "items": f"items-{tag}"},
-        redis={"url": stack.redis_url, "key_prefix": tag},
-        qdrant={"url": stack.qdrant_url, "collection_prefix": f"{tag}_"},
-        models={"registry": str(registry.root)},
+        kafka={**clients["kafka"], "group_id": f"g-{tag}"},
+        topics={**clients["topics"], "engagements": f"eng-{tag}", "items": f"items-{tag}"},
+        redis={**clients["redis"], "key_prefix": tag},
+        qdrant={**clients["qdrant"], "collection_prefix": f"{tag}_"},
+        models={"registry": str(registry.root), "poll_s": 1.0},
         reencode={"item_min_change": 0.0, "window_s": 0.05},
         ingest={"batch_max": 250},
         metrics={"port": 0},
@@ -166,7 +265,7 @@ def applied_offsets(settings: Settings) -> dict[int, int]:
     """Per partition, the next offset Redis has not applied (-1 while Redis is away)."""
 
     async def read() -> dict[int, int]:
-        client = aioredis.Redis.from_url(settings.redis.url, socket_timeout=2)
+        client = redis_client(settings.redis)
         try:
             state = RedisState(client, settings.state, settings.redis.key_prefix)
             topic = settings.topics.engagements
@@ -212,7 +311,7 @@ def run_row(
     ensure_topics(settings)
     produce_catalog(settings, generate_catalog(stream))
     worker_args = ["--runtime", args.runtime, "--until-idle", str(IDLE_S)]
-    row = Row(name, settings, stack, worker_args, folder, stream)
+    row = Row(name, settings, stack, worker_args, folder, stream, registry)
     row.start()
     events = list(generate_events(stream))
     rate = args.rate
@@ -228,7 +327,7 @@ def run_row(
     time.sleep(len(events) / rate / 3)
     before = end_offsets(settings, settings.topics.engagements)
     since = time.monotonic()
-    FAULTS[name](row)
+    faults(stack)[name](row)
     recover_s = wait_recovered(row, last_valid_ends(settings, before), since, limit_s=180)
     producer.join()
     assert row.worker is not None
@@ -243,7 +342,7 @@ async def evaluate(row: Row) -> dict[str, str]:
     settings = row.settings
     topic = settings.topics.engagements
     oracle = Oracle.from_records(settings, read_topic(settings, topic))
-    client = aioredis.Redis.from_url(settings.redis.url)
+    client = redis_client(settings.redis)
     try:
         state = RedisState(client, settings.state, settings.redis.key_prefix)
         sent = applied = lost = doubled = 0
@@ -293,23 +392,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runtime", choices=["batch", "faust"], default="batch")
     parser.add_argument("--events", type=int, default=STREAM.events)
     parser.add_argument("--rate", type=float, default=300.0, help="events a second")
-    parser.add_argument("--only", nargs="*", choices=list(FAULTS), help="rows to run")
+    parser.add_argument("--only", nargs="*", choices=[*FAULTS, *CLUSTER_FAULTS], help="rows")
+    parser.add_argument("--topology", choices=["single", "cluster"], default="single")
     parser.add_argument("--out", type=Path, help="also write the table here")
     parser.add_argument("--logs", type=Path, help="keep the workers' logs here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("kafka", "aiokafka", "httpx", "state.retry"):
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
-    stack = own_stack(appendfsync="always")  # the crash rows kill Redis
+    stack = own_stack(appendfsync="always", topology=args.topology)  # the crash rows kill Redis
+    names = args.only or list(faults(stack))
+    unknown = [n for n in names if n not in faults(stack)]
+    if unknown:
+        parser.error(f"rows {unknown} are not rows of the {args.topology} topology")
     rows = []
     with tempfile.TemporaryDirectory(prefix="fault-matrix-") as tmp:
         folder = args.logs or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
         registry, version = publish_tiny_model(folder / "registry", STREAM)
+        if "model switch" in names:  # the version the row promotes mid-stream
+            publish_tiny_model(folder / "registry", STREAM, seed=4)
         registry.promote(version)
         up(stack)
         try:
-            for name in args.only or list(FAULTS):
+            for name in names:
+                registry.promote(version)
                 log.info("row: %s", name)
                 rows.append(run_row(name, stack, registry, args, folder))
                 sys.stdout.write(table(rows[-1:]).splitlines()[-1] + "\n")
