@@ -22,6 +22,7 @@ upserted, so a crash in between re-encodes rather than skipping an item whose ve
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,9 +34,10 @@ from state import keys
 from state.coengagement import SeqEntry, ShardList, merge_relative
 from state.config import StateConfig
 from state.keys import ItemKeys, ShardKeys
-from state.redis_io import load_lua, redis_errors_as_state, text
+from state.redis_io import is_cluster, load_lua, redis_errors_as_state, text
 
 READ_PAGE = 500  # items per read script call: bounds one call's time inside Redis
+CLUSTER_CONCURRENCY = 64  # script calls in flight at once where a pipeline cannot carry them
 
 
 @dataclass(frozen=True)
@@ -199,17 +201,28 @@ class EncodeInputs:
         if not bases:
             return 0
         fields = (keys.FIELD_VERSION, keys.FIELD_MODEL, keys.FIELD_BASIS)
+        calls: list[tuple[list[str], list[str | int]]] = [
+            (
+                [ItemKeys(self._prefix, item_id).basis()],
+                [basis.state_version, basis.model_version, basis.to_json(), *fields],
+            )
+            for item_id, basis in bases.items()
+        ]
         with redis_errors_as_state("put bases"):
-            async with self._client.pipeline(transaction=False) as pipe:
-                for item_id, basis in bases.items():
-                    args: list[str | int] = [
-                        basis.state_version,
-                        basis.model_version,
-                        basis.to_json(),
-                        *fields,
-                    ]
-                    await self._put_basis(
-                        keys=[ItemKeys(self._prefix, item_id).basis()], args=args, client=pipe
+            if is_cluster(self._client):
+                # a cluster pipeline cannot carry scripts: each item is its own slot anyway, so
+                # the calls go concurrently, a bounded number at a time
+                replies = []
+                for start in range(0, len(calls), CLUSTER_CONCURRENCY):
+                    replies += await asyncio.gather(
+                        *(
+                            self._put_basis(keys=k, args=a)
+                            for k, a in calls[start : start + CLUSTER_CONCURRENCY]
+                        )
                     )
-                replies = await pipe.execute()
+            else:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for k, a in calls:
+                        await self._put_basis(keys=k, args=a, client=pipe)
+                    replies = await pipe.execute()
         return sum(int(r) for r in replies)

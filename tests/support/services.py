@@ -67,8 +67,13 @@ TEST_STACK = StackConfig(
 
 def own_stack(**overrides: Any) -> StackConfig:
     """A stack of its own beside the session's, on ports the kernel picks (the test stack and a
-    running demo stay untouched), with the jar cache and the Qdrant binary the tests use."""
-    kafka, controller, redis, qdrant, grpc = free_ports(5)
+    running demo stay untouched), with the jar cache and the Qdrant binary the tests use.
+
+    Ports stay below 55,000: a Redis Cluster node also listens 10,000 above its own port."""
+    ports = free_ports(5)
+    while max(ports) > 55_000:
+        ports = free_ports(5)
+    kafka, controller, redis, qdrant, grpc = ports
     return replace(
         StackConfig(home=TEST_STACK.home, qdrant_binary=qdrant_binary()),
         kafka_port=kafka,
