@@ -195,7 +195,7 @@ def _kafka_broker_kill(row: Row) -> None:
         topic = admin.describe_topics([row.settings.topics.engagements])[0]
     finally:
         admin.close()
-    leader = next(p["leader"] for p in topic["partitions"] if p["partition"] == 0)
+    leader = next(p["leader_id"] for p in topic["partitions"] if p["partition_index"] == 0)
     name = f"kafka-{leader}"
     cluster.kill(row.stack, name)
     time.sleep(5.0)
