@@ -10,7 +10,7 @@ new state also leaves a dirty mark that the live (dual-writing) passes encode.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -38,24 +38,32 @@ SCAN_COUNT = 1000  # keys SCAN visits per call: the pattern matches a few of the
 
 
 async def _scan(client: aioredis.Redis, match: str, page: int) -> AsyncIterator[list[str]]:
-    """Key names matching `match`, `page` at a time (the last page may be shorter); on a
-    cluster, every master's keys in turn (a SCAN cursor belongs to one node)."""
+    """Key names matching `match`, `page` at a time (the last page may be shorter)."""
     names: list[str] = []
-    targets: list[Any] = cast(Any, client).get_primaries() if is_cluster(client) else [None]
-    for node in targets:
-        cursor: int = 0
-        where = {} if node is None else {"target_nodes": node}
-        while True:
-            with redis_errors_as_state("scan"):
-                cursor, found = await client.scan(cursor, match=match, count=SCAN_COUNT, **where)
-            names.extend(text(k) for k in found)
-            while len(names) >= page:
-                yield names[:page]
-                names = names[page:]
-            if cursor == 0:
-                break
+    async for found in _scan_replies(client, match):
+        names.extend(text(k) for k in found)
+        while len(names) >= page:
+            yield names[:page]
+            names = names[page:]
     if names:
         yield names
+
+
+async def _scan_replies(client: aioredis.Redis, match: str) -> AsyncIterator[list[Any]]:
+    """SCAN's replies; on a cluster, redis-py's scan_iter visits every master in turn (a
+    cursor belongs to one node)."""
+    if is_cluster(client):
+        with redis_errors_as_state("scan"):
+            async for key in client.scan_iter(match=match, count=SCAN_COUNT):
+                yield [key]
+        return
+    cursor: int = 0
+    while True:
+        with redis_errors_as_state("scan"):
+            cursor, found = await client.scan(cursor, match=match, count=SCAN_COUNT)
+        yield found
+        if cursor == 0:
+            return
 
 
 async def user_pages(

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import shutil
 import signal
 import subprocess
 import sys
@@ -54,6 +55,7 @@ from streams.devtools.generate import (
 from streams.devtools.produce import produce_catalog, produce_engagements, produce_raw
 from streams.devtools.tiny_model import publish_tiny_model
 from streams.runtimes.wiring import redis_client
+from state.vectors import canonical_version
 from streams.settings import Settings
 from streams.vectors.store import vector_store
 from streams.wire.events import encode_engagement
@@ -361,6 +363,9 @@ async def evaluate(row: Row) -> dict[str, str]:
             world.replayed({p: [e for _, e in evs] for p, evs in oracle.events.items()})
             world.content = {i.item_id: i for i in generate_catalog(row.stream)}
             checked, problems, _ = await vector_mismatches(world)
+            serving = store.serving_version()
+            if serving != canonical_version(served):  # readers must see the promoted model
+                problems.append(f"aliases serve {serving}, not the promoted {served}")
     finally:
         await client.aclose()
     letters = read_topic(settings, settings.topics.dlq(topic))
@@ -409,6 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fault-matrix-") as tmp:
         folder = args.logs or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(folder / "registry", ignore_errors=True)  # a kept --logs folder's last run
         registry, version = publish_tiny_model(folder / "registry", STREAM)
         if "model switch" in names:  # the version the row promotes mid-stream
             publish_tiny_model(folder / "registry", STREAM, seed=4)
