@@ -46,6 +46,7 @@ from deploy import cluster
 from deploy.stack import StackConfig, purge, stop, up
 from encoders.registry import ModelRegistry
 from state import RedisState
+from state.vectors import canonical_version
 from streams.devtools.generate import (
     GeneratorConfig,
     generate_catalog,
@@ -55,7 +56,6 @@ from streams.devtools.generate import (
 from streams.devtools.produce import produce_catalog, produce_engagements, produce_raw
 from streams.devtools.tiny_model import publish_tiny_model
 from streams.runtimes.wiring import redis_client
-from state.vectors import canonical_version
 from streams.settings import Settings
 from streams.vectors.store import vector_store
 from streams.wire.events import encode_engagement
@@ -114,7 +114,7 @@ class Row:
 
 def _kill_and_restart(component: str) -> Callable[[Row], None]:
     def inject(row: Row) -> None:
-        stop(row.stack, component, signal.SIGKILL)  # type: ignore[arg-type]
+        stop(row.stack, component, signal.SIGKILL)
         time.sleep(1.0)
         up(row.stack)
 
