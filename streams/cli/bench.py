@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy import stack
-from streams.cli.common import on_server, say, settings_of
+from streams.cli.common import add_topology, on_server, say, settings_of
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -53,6 +53,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="e2e: embedded Qdrant in memory (default) or on disk (one SQLite commit per point), "
         "or the Qdrant server (qdrant.url, else the stack's), a collection prefix per path",
     )
+    add_topology(parser)
     parser.set_defaults(func=run)
 
 

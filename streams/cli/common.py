@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
+from typing import Any
 
 from pydantic import SecretStr
 
@@ -37,7 +39,26 @@ def on_server(settings: CommandSettings) -> CommandSettings | None:
 
 
 def settings_of(args: argparse.Namespace) -> CommandSettings:
-    return CommandSettings.load(getattr(args, "config", None))
+    """The command's settings; `--topology cluster` points the clients at the cluster stack's
+    nodes (`StackConfig.client_settings`)."""
+    settings = CommandSettings.load(getattr(args, "config", None))
+    topology = getattr(args, "topology", None) or settings.stack.topology
+    if topology == "single":
+        return settings
+    cfg = replace(settings.stack, topology=topology)
+    updates: dict[str, Any] = {"stack": cfg}
+    for section, fields in cfg.client_settings().items():
+        updates[section] = getattr(settings, section).model_copy(update=fields)
+    return settings.model_copy(update=updates)
+
+
+def add_topology(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--topology",
+        choices=["single", "cluster"],
+        help="the local stack: one node of each service, or three Kafka brokers, a Redis "
+        "Cluster and three Qdrant peers (default: stack.topology, single)",
+    )
 
 
 def say(line: str) -> None:

@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from deploy import stack
-from streams.cli.common import CommandSettings, on_server, say, settings_of
+from streams.cli.common import CommandSettings, add_topology, on_server, say, settings_of
 from streams.cli.vectors import recommend, show
 from streams.devtools.generate import GeneratorConfig, generate_catalog, generate_events
 from streams.devtools.produce import produce_catalog, produce_engagements
@@ -47,6 +47,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--epochs", type=int, default=4, help="epochs of the first model")
     parser.add_argument("--workdir", type=Path, default=Path("var/demo"))
     parser.add_argument("--seed", type=int, default=7)
+    add_topology(parser)
     parser.set_defaults(func=run)
 
 

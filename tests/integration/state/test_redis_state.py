@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 
 from state import ApplyResult, CoEngagementGraph, RedisState, StateConfig, merge_neighbours
 from state.coengagement import Event as Ev
-from state.exceptions import InvalidBatchError
+from state.exceptions import InvalidBatchError, StateUnavailableError
 from state.keys import ShardKeys, shard_tag
 
 pytestmark = pytest.mark.integration
@@ -242,3 +242,20 @@ async def test_works_with_decoded_responses(redis_client: aioredis.Redis, key_pr
         assert (await state.dirty(TOPIC, 2, "users", 5))[0][0] == "u1"
     finally:
         await client.aclose()
+
+
+async def test_a_batch_no_replica_acknowledges_is_retried_not_trusted(
+    redis_client: aioredis.Redis, key_prefix: str
+) -> None:
+    """`wait_replicas`: apply returns only once that many replicas hold the batch (Redis WAIT).
+    The test's Redis has no replica, so the apply says "retry" (a transient error, never a
+    committed offset), and the retry is a replay the watermark skips."""
+    state = RedisState(
+        redis_client, StateConfig(), key_prefix, wait_replicas=1, wait_timeout_s=0.05
+    )
+    batch = session(5)
+    with pytest.raises(StateUnavailableError, match="0 of the 1 replicas"):
+        await state.apply(TOPIC, 0, batch)
+    plain = RedisState(redis_client, StateConfig(), key_prefix)
+    again = await plain.apply(TOPIC, 0, batch)
+    assert (again.applied, again.skipped, again.watermark) == (0, 5, 4)

@@ -404,3 +404,19 @@ def test_workers_preparing_one_version_at_once_all_succeed(
             assert info.config.hnsw_config.m == qdrant_config.hnsw_m
     finally:
         client.close()
+
+
+def test_a_cluster_url_list_moves_past_a_peer_that_does_not_answer(
+    qdrant_config: VectorStoreConfig,
+) -> None:
+    """`url` as a cluster's peers: the first is down, the store writes and reads through the
+    next one (the fixture's server) after one failed try."""
+    assert qdrant_config.url is not None
+    peers = f"http://127.0.0.1:{_closed_loopback_port()},{qdrant_config.url}"
+    config = replace(qdrant_config, url=peers, retry_initial_s=0.01)
+    record = VectorRecord("users", "u1", np.ones(DIM, dtype=np.float32), 1, 0.0)
+    with VectorStore(config) as store:
+        store.prepare("v1", DIM)
+        store.upsert("v1", [record])
+        assert set(store.get("users", ["u1"], version="v1")) == {"u1"}
+        assert store.failing_since is None

@@ -129,3 +129,42 @@ def test_a_commands_stack_passwords_travel_as_secrets_too(monkeypatch: pytest.Mo
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert CommandSettings.load() == settings
+
+
+def test_a_password_in_any_qdrant_peer_url_is_refused() -> None:
+    peers = "http://127.0.0.1:6333,http://u:hunter2@127.0.0.1:6343"
+    with pytest.raises(ValidationError, match="own setting") as refused:
+        Settings.load(qdrant={"url": peers})
+    assert "hunter2" not in str(refused.value)
+
+
+def test_redis_cluster_nodes_are_host_port_pairs() -> None:
+    ok = Settings.load(redis={"cluster_nodes": ["127.0.0.1:7000", "redis-0.redis:6379"]})
+    assert ok.redis.cluster_nodes == ("127.0.0.1:7000", "redis-0.redis:6379")
+    with pytest.raises(ValidationError, match="host:port"):
+        Settings.load(redis={"cluster_nodes": ["127.0.0.1"]})
+
+
+def test_the_cluster_topology_points_every_client_at_its_nodes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`--topology cluster` gives the commands three brokers, the Redis Cluster's nodes (with a
+    replica acknowledging each batch) and the three Qdrant peers, replicated collections."""
+    from argparse import Namespace
+
+    from streams.cli.common import settings_of
+
+    monkeypatch.delenv(CONFIG_FILE_ENV, raising=False)
+    settings = settings_of(Namespace(topology="cluster"))
+    stack = settings.stack
+    assert stack.topology == "cluster"
+    assert settings.kafka.bootstrap_servers == "127.0.0.1:19092,127.0.0.1:19102,127.0.0.1:19112"
+    assert settings.topics.replication_factor == 3
+    assert len(settings.redis.cluster_nodes) == 6 == len(set(stack.redis_ports))
+    assert settings.redis.wait_replicas == 1
+    assert settings.qdrant.url is not None and len(settings.qdrant.url.split(",")) == 3
+    assert (settings.qdrant.shard_number, settings.qdrant.replication_factor) == (3, 2)
+    ports = [p for k, c in stack.kafka_nodes for p in (k, c)] + stack.redis_ports
+    ports += [p for peer in stack.qdrant_peers for p in peer]
+    assert len(ports) == len(set(ports)), "two processes of the topology share a port"
+    assert settings_of(Namespace(topology=None)).stack.topology == "single"
