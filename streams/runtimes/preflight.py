@@ -21,9 +21,11 @@ from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer
 from kafka.errors import (
+    CoordinatorLoadInProgressError,
     CoordinatorNotAvailableError,
     GroupAuthorizationFailedError,
     KafkaError,
+    NotCoordinatorError,
     TopicAuthorizationFailedError,
 )
 from pydantic import BaseModel, SecretStr
@@ -125,7 +127,12 @@ def check_groups(settings: Settings, timeout_s: float) -> str:
                     f"consumer group {name}: not authorised (the user needs READ on the groups "
                     f"{group} and {group}.catalog)"
                 ) from exc
-            except CoordinatorNotAvailableError:
+            except (
+                CoordinatorNotAvailableError,
+                CoordinatorLoadInProgressError,
+                NotCoordinatorError,
+            ):  # the group's coordinator is (re)starting or moving, as after a broker's crash:
+                # the worker's own join waits for it; the access question is left to the join
                 return f"groups {group}(.catalog): coordinator starting"
     finally:
         admin.close()
