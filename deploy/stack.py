@@ -106,7 +106,8 @@ class StackConfig:
 
     @property
     def run_dir(self) -> Path:
-        return self.home / f"stack-{self.kafka_port}-{self.redis_port}"
+        cluster = "-cluster" if self.topology == "cluster" else ""
+        return self.home / f"stack-{self.kafka_port}-{self.redis_port}{cluster}"
 
     @property
     def kafka_libs(self) -> Path:
