@@ -136,12 +136,14 @@ class StackConfig:
             redis["wait_replicas"] = min(1, self.redis_replicas)
             qdrant |= {"shard_number": 3, "replication_factor": 2, "write_consistency_factor": 1}
             topics = {"replication_factor": 3}
-        return {
+        sections: dict[str, dict[str, object]] = {
             "kafka": {"bootstrap_servers": self.bootstrap_servers},
             "redis": redis,
-            "qdrant": qdrant,
             "topics": topics,
         }
+        if self.qdrant_server() is not None:  # else no vector server runs here
+            sections["qdrant"] = qdrant
+        return sections
 
     @property
     def tls_dir(self) -> Path:

@@ -255,7 +255,7 @@ def row_settings(stack: StackConfig, name: str, registry: ModelRegistry) -> Sett
         kafka={**clients["kafka"], "group_id": f"g-{tag}"},
         topics={**clients["topics"], "engagements": f"eng-{tag}", "items": f"items-{tag}"},
         redis={**clients["redis"], "key_prefix": tag},
-        qdrant={**clients["qdrant"], "collection_prefix": f"{tag}_"},
+        qdrant={**clients.get("qdrant", {}), "collection_prefix": f"{tag}_"},
         models={"registry": str(registry.root), "poll_s": 1.0},
         reencode={"item_min_change": 0.0, "window_s": 0.05},
         ingest={"batch_max": 250},
