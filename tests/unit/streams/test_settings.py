@@ -155,6 +155,7 @@ def test_the_cluster_topology_points_every_client_at_its_nodes(
     from streams.cli.common import settings_of
 
     monkeypatch.delenv(CONFIG_FILE_ENV, raising=False)
+    monkeypatch.setenv("SAGESTREAM_STACK__QDRANT_BINARY", "/opt/qdrant/qdrant")
     settings = settings_of(Namespace(topology="cluster"))
     stack = settings.stack
     assert stack.topology == "cluster"
@@ -168,3 +169,6 @@ def test_the_cluster_topology_points_every_client_at_its_nodes(
     ports += [p for peer in stack.qdrant_peers for p in peer]
     assert len(ports) == len(set(ports)), "two processes of the topology share a port"
     assert settings_of(Namespace(topology=None)).stack.topology == "single"
+    monkeypatch.delenv("SAGESTREAM_STACK__QDRANT_BINARY")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert settings_of(Namespace(topology="cluster")).qdrant.url is None  # no peer runs
