@@ -69,20 +69,35 @@ def own_stack(**overrides: Any) -> StackConfig:
     """A stack of its own beside the session's, on ports the kernel picks (the test stack and a
     running demo stay untouched), with the jar cache and the Qdrant binary the tests use.
 
-    Ports stay below 55,000: a Redis Cluster node also listens 10,000 above its own port."""
-    ports = free_ports(5)
-    while max(ports) > 55_000:
-        ports = free_ports(5)
-    kafka, controller, redis, qdrant, grpc = ports
-    return replace(
-        StackConfig(home=TEST_STACK.home, qdrant_binary=qdrant_binary()),
-        kafka_port=kafka,
-        controller_port=controller,
-        redis_port=redis,
-        qdrant_port=qdrant,
-        qdrant_grpc_port=grpc,
-        **overrides,
-    )
+    A cluster's nodes listen at fixed offsets from those ports, so the draw is repeated until
+    every port of every node is distinct and free (a Redis Cluster node's bus too, 10,000 above
+    its own port)."""
+    while True:
+        kafka, controller, redis, qdrant, grpc = free_ports(5)
+        cfg = replace(
+            StackConfig(home=TEST_STACK.home, qdrant_binary=qdrant_binary()),
+            kafka_port=kafka,
+            controller_port=controller,
+            redis_port=redis,
+            qdrant_port=qdrant,
+            qdrant_grpc_port=grpc,
+            **overrides,
+        )
+        ports = [p for pair in cfg.kafka_nodes for p in pair] + cfg.redis_ports
+        ports += [p for peer in cfg.qdrant_peers for p in peer if p]
+        if cfg.topology == "cluster":
+            ports += [p + 10_000 for p in cfg.redis_ports]  # the cluster bus
+        if len(set(ports)) == len(ports) and max(ports) < 65_536 and all(map(_free, ports)):
+            return cfg
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 @dataclass(frozen=True)
