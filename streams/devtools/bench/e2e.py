@@ -83,6 +83,7 @@ class E2EConfig:
     png: Path | None = None
     qdrant: str = "memory"  # embedded "memory" or "disk" (a path per run), or "server"
     load_fraction: float = 0.5  # offered load for freshness, as a share of sagestream's max
+    load_rate: float | None = None  # or this many events/s (topologies compared at one load)
     users: int = 5000
     items: int = 10000
     seed: int = 7
@@ -332,7 +333,8 @@ def run_e2e_bench(base: Settings, cfg: E2EConfig) -> dict[str, Any]:
         sage = _path_settings(base, topic, registry, cfg.qdrant, work)
         try:
             result, sage_eps = _throughput(cfg, naive, sage, work, version)
-            result["freshness"] = _freshness(cfg, sage, sage_eps * cfg.load_fraction, work)
+            rate = cfg.load_rate or sage_eps * cfg.load_fraction
+            result["freshness"] = _freshness(cfg, sage, rate, work)
         finally:
             for settings in (naive, sage):
                 asyncio.run(drop_prefix(settings))
@@ -414,7 +416,7 @@ def _freshness(cfg: E2EConfig, sage: Settings, rate: float, work: Path) -> dict[
     return {
         "method": "per entity and pass: upsert return minus its oldest dirtying event",
         "offered_eps": round(rate),
-        "load_fraction": cfg.load_fraction,
+        "load_fraction": None if cfg.load_rate else cfg.load_fraction,
         "achieved_eps": round(load["sent"] / load["seconds"]),
         "events": int(load["sent"]),
         "load_seconds": cfg.load_seconds,
