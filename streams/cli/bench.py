@@ -235,9 +235,9 @@ def report_e2e(result: dict[str, Any]) -> None:
 def _report_freshness(result: dict[str, Any]) -> None:
     fresh, p99 = result["freshness"], result["goals"]["freshness_p99_s"]
     say(
-        f"freshness at {fresh['offered_eps']:,} events/s offered "
-        + (f"({fresh['load_fraction']:g} of sagestream's max), " if fresh["load_fraction"] else "")
-        + f"{fresh['achieved_eps']:,} achieved, for {fresh['load_seconds']:g} s, "
+        f"freshness at {fresh['offered_eps']:,} events/s offered"
+        + (f" ({fresh['load_fraction']:g} of sagestream's max)" if fresh["load_fraction"] else "")
+        + f", {fresh['achieved_eps']:,} achieved, for {fresh['load_seconds']:g} s, "
         f"window {fresh['window_s']} s ({fresh['method']}):"
     )
     for kind, figures in fresh["kinds"].items():
