@@ -15,7 +15,6 @@ in `<run dir>/<name>` and its log in `<run dir>/<name>.log`; names are `kafka-1`
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import shutil
@@ -23,10 +22,8 @@ import signal
 import subprocess
 import time
 import urllib.request
-import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from deploy.stack import (
     HERE,
@@ -42,6 +39,8 @@ from deploy.stack import (
     _spawn,
     ensure_kafka_jars,
     ensure_redis_server,
+    kafka_java,
+    new_cluster_id,
     stop,
 )
 
@@ -94,23 +93,11 @@ def _start_redis(cfg: StackConfig, name: str) -> int:
     return _spawn(cfg, name, [binary, str(conf)])
 
 
-def _kafka_java(cfg: StackConfig, libs: Path) -> list[str]:
-    return [
-        "java",
-        f"-Xmx{cfg.kafka_heap}",
-        f"-Xms{cfg.kafka_heap}",
-        "-XX:+UseG1GC",
-        f"-Dlog4j2.configurationFile={HERE / 'kafka' / 'log4j2.properties'}",
-        "-cp",
-        f"{libs}/*",
-    ]
-
-
 def _cluster_id(cfg: StackConfig) -> str:
     """One id for the three brokers' log dirs, made once per stack."""
     path = cfg.run_dir / "kafka-cluster-id"
     if not path.exists():
-        path.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
+        path.write_text(new_cluster_id())
     return path.read_text().strip()
 
 
@@ -130,7 +117,7 @@ def _start_kafka(cfg: StackConfig, name: str) -> int:
         controller_port=controller,
         log_dir=data,
     )
-    java = _kafka_java(cfg, libs)
+    java = kafka_java(cfg, libs)
     if not (data / "meta.properties").exists():
         fmt = [*java, "kafka.tools.StorageTool", "format", "--cluster-id", _cluster_id(cfg)]
         done = subprocess.run(
@@ -370,6 +357,8 @@ def down(cfg: StackConfig) -> list[ComponentStatus]:
         # all nodes of an engine at once: stopped one by one, the last brokers of the KRaft
         # quorum wait for controllers that are already gone (30 s each before SIGKILL)
         nodes = [name for name in names if name.startswith(kind)]
+        if not nodes:  # no Qdrant binary: no peers
+            continue
         with ThreadPoolExecutor(len(nodes)) as pool:
             list(pool.map(lambda name: stop(cfg, name), nodes))
     return status(cfg)

@@ -286,6 +286,24 @@ def _render(template: Path, target: Path, **fields: object) -> Path:
     return target
 
 
+def kafka_java(cfg: StackConfig, libs: Path) -> list[str]:
+    """The JVM command line of a broker (and of its log dir's formatting)."""
+    return [
+        "java",
+        f"-Xmx{cfg.kafka_heap}",
+        f"-Xms{cfg.kafka_heap}",
+        "-XX:+UseG1GC",
+        f"-Dlog4j2.configurationFile={HERE / 'kafka' / 'log4j2.properties'}",
+        "-cp",
+        f"{libs}/*",
+    ]
+
+
+def new_cluster_id() -> str:
+    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
 def _start_kafka(cfg: StackConfig) -> int:
     libs = ensure_kafka_jars(cfg)
     data = cfg.run_dir / "kafka-data"
@@ -304,17 +322,9 @@ def _start_kafka(cfg: StackConfig) -> int:
         )
         props.chmod(0o600)
         format_args = secure.kafka_format_args(cfg)
-    java = [
-        "java",
-        f"-Xmx{cfg.kafka_heap}",
-        f"-Xms{cfg.kafka_heap}",
-        "-XX:+UseG1GC",
-        f"-Dlog4j2.configurationFile={HERE / 'kafka' / 'log4j2.properties'}",
-        "-cp",
-        f"{libs}/*",
-    ]
+    java = kafka_java(cfg, libs)
     if not (data / "meta.properties").exists():
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = new_cluster_id()
         fmt = [
             *java,
             "kafka.tools.StorageTool",
