@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import operator
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -148,11 +149,15 @@ def merge_relative(
     for top, peak, scale in _shard_scales(shards, lam):
         for member, score in top:  # score / peak <= 1 and scale <= 1: nothing overflows
             total[member] = total.get(member, 0.0) + score / peak * scale
-    best = heapq.nsmallest(max(k, 0), total.items(), key=lambda kv: (-kv[1], kv[0]))
+    # (-weight, member) pairs compare as the order wants (ties by member) without a key function
+    best = heapq.nsmallest(max(k, 0), [(-weight, member) for member, weight in total.items()])
     if not best:
         return []
-    top_weight = best[0][1]
-    return [(member, max(weight / top_weight, MIN_RELATIVE_WEIGHT)) for member, weight in best]
+    top_weight = -best[0][0]
+    return [(member, max(-weight / top_weight, MIN_RELATIVE_WEIGHT)) for weight, member in best]
+
+
+_score = operator.itemgetter(1)
 
 
 def _shard_scales(
@@ -161,7 +166,7 @@ def _shard_scales(
     """(scores, peak, scale) per non-empty shard: a score over its shard's peak times `scale`
     is its weight over the strongest shard's peak at any common reading time. Both factors
     are at most 1. A shard of zero scores keeps its members at weight 0 (scale 0)."""
-    lists = [(t0, top, max(score for _, score in top)) for t0, top in shards if top]
+    lists = [(t0, top, max(top, key=_score)[1]) for t0, top in shards if top]
     live = [(t0, peak) for t0, _, peak in lists if peak > 0.0]
     if not live:
         return []

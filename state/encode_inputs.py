@@ -6,10 +6,11 @@ merged by `state.coengagement.merge_relative`; versions summed over shards). The
 check they agree with `RedisState.item_neighbours`, `item_version` and `user_sequence`.
 
 Items are read with one script call per shard and page (`lua/read_items.lua`), so each shard's
-version, degree and list of an item are one snapshot. Shards are read one after the other: an
-apply that lands on a shard already read makes the item newer than the label read, bumps its
-version and re-dirties it, so it is encoded again with a higher version; the label never claims
-more than the inputs hold, so the store's guard never refuses a correct vector as "not newer".
+version, degree and list of an item are one snapshot. Shards are read concurrently, each on
+its own: an apply that lands on a shard after its read makes the item newer than the label
+read, bumps its version and re-dirties it, so it is encoded again with a higher version; the
+label never claims more than the inputs hold, so the store's guard never refuses a correct
+vector as "not newer".
 Users are read versions first, then sequences, in one ordered pipeline, for the same reason.
 
 The basis (`EncodeBasis`) is what an item's current vector was computed from: neighbour ids,
@@ -119,7 +120,8 @@ class EncodeInputs:
         shards = await self._shards()
         if not ids or not shards:
             return {i: ItemInputs(i, 0, 0, []) for i in ids}
-        per_shard = [await self._read_shard(shard, ids) for shard in shards]
+        # Concurrently: Redis runs one shard's script while this process parses another's reply.
+        per_shard = await asyncio.gather(*(self._read_shard(shard, ids) for shard in shards))
         return {
             item_id: self._merge(item_id, [replies[col] for replies in per_shard], k)
             for col, item_id in enumerate(ids)
@@ -143,12 +145,14 @@ class EncodeInputs:
         re-encoder's hottest."""
         version = degree = 0
         lists: list[ShardList[bytes]] = []
-        for raw_v, raw_deg, raw_t0, flat in replies:
-            version += _int(raw_v)
-            degree += _int(raw_deg)
+        for raw_v, raw_deg, raw_t0, flat in replies:  # int() and float() take bytes and str
+            if raw_v is not None:
+                version += int(raw_v)
+            if raw_deg is not None:
+                degree += int(raw_deg)
             if raw_t0 is not None and flat:
-                scores = [float(score) for score in flat[1::2]]
-                lists.append((float(text(raw_t0)), list(zip(flat[0::2], scores, strict=True))))
+                pairs = zip(flat[0::2], map(float, flat[1::2]), strict=True)
+                lists.append((float(raw_t0), list(pairs)))
         best = merge_relative(lists, self._cfg.decay_lambda, k)
         return ItemInputs(item_id, version, degree, [(text(m), w) for m, w in best])
 

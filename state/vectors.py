@@ -48,6 +48,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, TypeVar
@@ -110,6 +111,9 @@ class VectorStoreConfig:
     api_key: str | None = field(default=None, repr=False)
     prefix: str = ""
     batch_size: int = 256
+    # Server only: upsert requests of one call in flight at once. The client's encoding of one
+    # request overlaps the server's work on another; the embedded store takes one at a time.
+    write_concurrency: int = 4
     retry_initial_s: float = 0.2
     retry_max_s: float = 5.0
     unavailable_after_s: float = 30.0
@@ -142,7 +146,7 @@ class VectorStoreConfig:
             value = float(getattr(self, name))
             if not math.isfinite(value) or value <= 0:
                 raise StateError(f"VectorStoreConfig.{name} must be finite and > 0, got {value!r}")
-        for name in ("hnsw_m", "hnsw_ef_construct", "grpc_port"):
+        for name in ("hnsw_m", "hnsw_ef_construct", "grpc_port", "write_concurrency"):
             if int(getattr(self, name)) < 1:
                 raise StateError(f"VectorStoreConfig.{name} must be >= 1")
 
@@ -311,6 +315,7 @@ class VectorStore:
         self._client: QdrantClient | None = None
         self._lock = threading.RLock()
         self._embedded = config.url is None
+        self._writers: ThreadPoolExecutor | None = None  # concurrent upsert requests (server)
         self._peer = 0  # index into config.peers of the peer calls go to
         self._failing_since: float | None = None
         self._backoff = Backoff(
@@ -383,6 +388,10 @@ class VectorStore:
         if len(peers) < 2:
             return
         with self._lock:
+            writers, self._writers = self._writers, None
+        if writers is not None:  # outside the lock: a writer may be waiting for it
+            writers.shutdown(wait=True)
+        with self._lock:
             if self._client is not None:
                 self._client.close()
                 self._client = None
@@ -396,6 +405,10 @@ class VectorStore:
 
     def close(self) -> None:
         """Release the client (and an embedded store's lock on its path)."""
+        with self._lock:
+            writers, self._writers = self._writers, None
+        if writers is not None:  # outside the lock: a writer may be waiting for it
+            writers.shutdown(wait=True)
         with self._lock:
             if self._client is not None:
                 self._client.close()
@@ -586,11 +599,11 @@ class VectorStore:
         if insert_only and refresh:
             raise StateError("upsert: insert_only and refresh exclude each other")
         model_version = canonical_version(version)
-        for record in records:  # all of them first: nothing is written if one is invalid
-            check_record(record)
+        # all of them first, so nothing is written if one is invalid; each converted once
+        values = {id(record): check_record(record) for record in records}
         fresh = freshest(records)
         updated_at = time.time()
-        sent = 0
+        requests: list[tuple[str, list[models.PointStruct], models.Filter | None]] = []
         for kind in KINDS:
             mine = [r for r in fresh if r.kind == kind]
             name = self.collection(kind, version)
@@ -599,15 +612,37 @@ class VectorStore:
                 points = [
                     models.PointStruct(
                         id=point_id(kind, r.entity_id),
-                        vector=check_record(r),
+                        vector=values[id(r)],
                         payload=make_payload(r, model_version, updated_at),
                     )
                     for r in batch
                 ]
                 guard = None if insert_only else guard_filter(batch, refresh=refresh)
-                self._write(name, points, guard)
-                sent += len(batch)
-        return sent
+                requests.append((name, points, guard))
+        self._write_all(requests)
+        return len(fresh)
+
+    def _write_all(
+        self, requests: Sequence[tuple[str, list[models.PointStruct], models.Filter | None]]
+    ) -> None:
+        """Every request, several in flight on a server; each point is in one request only
+        (`freshest`), so their order does not matter. The first failure is raised once all
+        requests ended (what did land is guarded and idempotent, like any partial write)."""
+        if self._embedded or len(requests) < 2 or self.config.write_concurrency < 2:
+            for request in requests:
+                self._write(*request)
+            return
+        with self._lock:
+            if self._writers is None:
+                self._writers = ThreadPoolExecutor(
+                    self.config.write_concurrency, thread_name_prefix="qdrant-write"
+                )
+            writers = self._writers
+        futures = [writers.submit(self._write, *request) for request in requests]
+        for future in futures:
+            future.exception()  # wait for all before raising any
+        for future in futures:
+            future.result()
 
     def _write(
         self, name: str, points: list[models.PointStruct], guard: models.Filter | None

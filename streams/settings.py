@@ -181,6 +181,7 @@ class QdrantSettings(_Section):
     on_disk: bool = False
     search_ef: int | None = Field(default=None, ge=1)  # query beam of `sagestream query` reads
     upsert_batch: int = Field(default=256, ge=1)
+    write_concurrency: int = Field(default=4, ge=1)  # upsert requests in flight (server only)
     shard_number: int | None = Field(default=None, ge=1)  # None: the server's default
     replication_factor: int | None = Field(default=None, ge=1)
     write_consistency_factor: int | None = Field(default=None, ge=1)

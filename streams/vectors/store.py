@@ -25,6 +25,7 @@ def vector_store(settings: Settings, seams: Seams = NO_SEAMS) -> VectorStore:
         api_key=q.api_key.get_secret_value() if q.api_key else None,
         prefix=q.collection_prefix,
         batch_size=q.upsert_batch,
+        write_concurrency=q.write_concurrency,
         prefer_grpc=q.prefer_grpc,
         grpc_port=q.grpc_port,
         hnsw_m=q.hnsw_m,
