@@ -157,10 +157,12 @@ class EncodeInputs:
         return ItemInputs(item_id, version, degree, [(text(m), w) for m, w in best])
 
     async def users(
-        self, topic: str, partition: int, user_ids: Iterable[str]
+        self, topic: str, partition: int, user_ids: Iterable[str], *, tail: int | None = None
     ) -> dict[str, UserInputs]:
-        """Version, newest ts and sequence of users of one shard (version read first)."""
+        """Version, newest ts and sequence of users of one shard (version read first); with
+        `tail`, only the sequences' last `tail` actions (what an encoder window can read)."""
         ids = list(dict.fromkeys(user_ids))
+        start = 0 if tail is None else -max(1, tail)
         if not ids:
             return {}
         shard = ShardKeys(self._prefix, keys.shard_tag(topic, partition))
@@ -169,7 +171,7 @@ class EncodeInputs:
                 for user_id in ids:
                     pipe.hmget(shard.user(user_id), (keys.FIELD_VERSION, keys.FIELD_TS_MAX))
                 for user_id in ids:
-                    pipe.lrange(shard.sequence(user_id), 0, -1)
+                    pipe.lrange(shard.sequence(user_id), start, -1)
                 replies = await pipe.execute()
         out = {}
         for user_id, (raw_v, raw_ts), raw_seq in zip(

@@ -84,6 +84,10 @@ class RedisState:
         self._apply_args = self._static_apply_args(config)
         self._known_shards: set[str] = set()
 
+    @property
+    def config(self) -> StateConfig:
+        return self._cfg
+
     @staticmethod
     def _static_apply_args(config: StateConfig) -> list[str]:
         """ARGV[1..14] of the apply script; floats as repr so Lua reads the exact same doubles."""

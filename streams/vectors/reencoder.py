@@ -46,7 +46,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 import numpy as np
 import redis.asyncio as aioredis
 
-from encoders.data import FloatArray, encoder_window
+from encoders.data import ACTION_CODES, FloatArray, encoder_window
 from encoders.runtime import EncoderBundle
 from state import RedisState, StateConfig, VectorRecord, VectorStore
 from state.catalog import CatalogRecord, CatalogStore
@@ -204,8 +204,10 @@ class Reencoder:
         await self._prepare()
         arrived = {item_id for item_id, _ in marks.catalog}
         plans = await self._planner.dirty(self.bundle, marks.items(), arrived, stats, skip=primary)
+        tail = self._user_tail()
         users = {
-            shard: await self._inputs.users(*shard, ids) for shard, ids in marks.users().items()
+            shard: await self._inputs.users(*shard, ids, tail=tail)
+            for shard, ids in marks.users().items()
         }
         stored = await self._history_vectors(users, plans)
         vectors = await self._encode_items(plans, stats)
@@ -291,6 +293,13 @@ class Reencoder:
         return out
 
     # -- users -----------------------------------------------------------------------------------
+
+    def _user_tail(self) -> int | None:
+        """How much of a sequence to read: the encoder's window, when every action the state
+        stores is one the encoder reads (else the window's actions may reach further back)."""
+        if set(self._state.config.action_weights) <= set(ACTION_CODES):
+            return self.bundle.seq_len + 1
+        return None
 
     def _history(self, user: UserInputs) -> list[tuple[str, int, float]]:
         return encoder_window(user.sequence, self.bundle.seq_len)

@@ -21,6 +21,7 @@ from state import (
     ItemInputs,
     RedisState,
     SeqEntry,
+    StateConfig,
     StoredPoint,
     UserInputs,
     VectorRecord,
@@ -40,6 +41,8 @@ Log = list[tuple[object, ...]]
 
 class FakeRedisState:
     """`RedisState.dirty` / `clear_dirty` over an in-memory zset per (topic, partition, kind)."""
+
+    config = StateConfig()
 
     def __init__(self, log: Log) -> None:
         self.log = log
@@ -77,7 +80,7 @@ class FakeInputs:
         return {}
 
     async def users(
-        self, topic: str, partition: int, user_ids: Iterable[str]
+        self, topic: str, partition: int, user_ids: Iterable[str], *, tail: int | None = None
     ) -> dict[str, UserInputs]:
         sequence = [SeqEntry("i1", "click", 90.0), SeqEntry("i5", "view", 95.0)]
         return {u: UserInputs(u, 7, 95.0, sequence) for u in user_ids}
