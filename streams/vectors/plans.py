@@ -7,6 +7,7 @@ less than `item_min_change` (`rules.material_change`); a shadow or a backfill en
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -65,9 +66,12 @@ class ItemPlanner:
         ids = list(first_ts)
         if not ids:
             return {}
-        states = await self._inputs.items(ids, bundle.neighbours)
-        bases = await self._inputs.bases(ids)
-        contents = await self._catalog.get(ids)
+        # three independent reads at once: Redis answers one while this process parses another
+        states, bases, contents = await asyncio.gather(
+            self._inputs.items(ids, bundle.neighbours),
+            self._inputs.bases(ids),
+            self._catalog.get(ids),
+        )
         plans: dict[str, ItemPlan] = {}
         for item_id in ids:
             content = contents.get(item_id) or CatalogRecord.empty(item_id)

@@ -203,12 +203,10 @@ class Reencoder:
         """
         await self._prepare()
         arrived = {item_id for item_id, _ in marks.catalog}
-        plans = await self._planner.dirty(self.bundle, marks.items(), arrived, stats, skip=primary)
-        tail = self._user_tail()
-        users = {
-            shard: await self._inputs.users(*shard, ids, tail=tail)
-            for shard, ids in marks.users().items()
-        }
+        plans, users = await asyncio.gather(
+            self._planner.dirty(self.bundle, marks.items(), arrived, stats, skip=primary),
+            self._users(marks),
+        )
         stored = await self._history_vectors(users, plans)
         vectors = await self._encode_items(plans, stats)
         records = [plan.record(vectors[i]) for i, plan in plans.items()]
@@ -293,6 +291,15 @@ class Reencoder:
         return out
 
     # -- users -----------------------------------------------------------------------------------
+
+    async def _users(self, marks: Marks) -> dict[Shard, dict[str, UserInputs]]:
+        """The dirty users' inputs, every shard's read at once."""
+        tail = self._user_tail()
+        shards = marks.users()
+        read = await asyncio.gather(
+            *(self._inputs.users(*shard, ids, tail=tail) for shard, ids in shards.items())
+        )
+        return dict(zip(shards, read, strict=True))
 
     def _user_tail(self) -> int | None:
         """How much of a sequence to read: the encoder's window, when every action the state
