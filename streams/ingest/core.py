@@ -8,12 +8,13 @@ propagates and the runtime must stop without committing.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, RequestTimedOutError
 from redis.exceptions import BusyLoadingError
@@ -122,8 +123,15 @@ class IngestCore:
             outcome.dead_lettered = len(letters)
         self._seams.at("after_dead_letters")
         started = time.perf_counter()
-        for (topic, partition), batch in by_partition(valid).items():
-            result = await self._apply(topic, partition, batch)
+        # Partitions are independent shards: applied at once, Redis runs one partition's script
+        # while this process encodes the next one's (on a cluster, masters run them in parallel).
+        groups = by_partition(valid)
+        applies = (self._apply(t, p, b) for (t, p), b in groups.items())
+        results = await asyncio.gather(*applies, return_exceptions=True)
+        for result in results:  # all have ended: a failure leaves no apply running behind it
+            if isinstance(result, BaseException):
+                raise result
+        for result in cast(list[ApplyResult], results):
             outcome.applied += result.applied
             outcome.replayed += result.skipped
             outcome.duplicates += result.duplicates
