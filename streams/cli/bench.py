@@ -1,4 +1,4 @@
-"""`sagestream bench --stage ingest|encoders|e2e|train|qdrant`: figures beside their
+"""`sagestream bench --stage ingest|encoders|e2e|train|qdrant|goals`: figures beside their
 baselines, in one run."""
 
 from __future__ import annotations
@@ -16,29 +16,38 @@ from streams.cli.common import add_topology, on_server, say, settings_of
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("bench", help="measure throughput against same-run baselines")
     parser.add_argument(
-        "--stage", choices=["ingest", "encoders", "e2e", "train", "qdrant"], default="ingest"
+        "--stage",
+        choices=["ingest", "encoders", "e2e", "train", "qdrant", "goals"],
+        default="ingest",
     )
     parser.add_argument(
         "--model",
         type=Path,
         help="model version directory (encoders, e2e) or registry root (e2e; default: train one)",
     )
-    parser.add_argument("--events", type=int, help="ingest 200,000, e2e 20,000, train 300,000")
+    parser.add_argument(
+        "--events", type=int, help="ingest 200,000, e2e and goals 20,000, train 300,000"
+    )
     parser.add_argument("--threads", type=int, default=2, help="train: torch threads")
     parser.add_argument(
         "--repeats",
         type=int,
-        help="runs per path, medians quoted (ingest 3, encoders 20, train 2 epochs)",
+        help="runs per path, medians quoted (ingest 3, goals 3, encoders 20, train 2 epochs)",
     )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument(
         "--load-seconds", type=float, default=25.0, help="e2e: freshness load duration"
     )
     parser.add_argument(
-        "--naive-events", type=int, help="e2e: events the naive path handles (min(N, 2000))"
+        "--naive-events",
+        type=int,
+        help="e2e, goals: events the naive path handles (min(N, 2000))",
     )
     parser.add_argument(
-        "--png", type=Path, help="e2e: freshness histogram (default: beside --json)"
+        "--png",
+        type=Path,
+        help="e2e: freshness histogram; goals: freshness by offered load, and the RSS curve "
+        "beside it as NAME-rss.png (default: beside --json)",
     )
     parser.add_argument(
         "--load-fraction",
@@ -54,15 +63,51 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument(
         "--qdrant",
         choices=["memory", "disk", "server"],
-        default="memory",
-        help="e2e: embedded Qdrant in memory (default) or on disk (one SQLite commit per point), "
-        "or the Qdrant server (qdrant.url, else the stack's), a collection prefix per path",
+        help="e2e: embedded Qdrant in memory (the default) or on disk (one SQLite commit per "
+        "point), or the Qdrant server (qdrant.url, else the stack's; the default of goals), "
+        "a collection prefix per path",
     )
+    add_goals_arguments(parser)
     add_topology(parser)
     parser.set_defaults(func=run)
 
 
+def add_goals_arguments(parser: argparse.ArgumentParser) -> None:
+    from streams.devtools.bench.live import RATES
+
+    parser.add_argument(
+        "--rates",
+        type=lambda text: tuple(float(rate) for rate in text.split(",")),
+        default=RATES,
+        help="goals: offered rates to step through, increasing (default "
+        + ",".join(f"{rate:g}" for rate in RATES)
+        + ")",
+    )
+    parser.add_argument(
+        "--bisect", type=int, default=1, help="goals: halvings after the first failed step (1)"
+    )
+    parser.add_argument(
+        "--warmup-s", type=float, default=15.0, help="goals: warm-up of each step (15 s)"
+    )
+    parser.add_argument(
+        "--steady-s", type=float, default=60.0, help="goals: steady window of each step (60 s)"
+    )
+    parser.add_argument(
+        "--memory-events",
+        type=int,
+        default=1_000_000,
+        help="goals: events of the worker RSS run (1,000,000, the goal's; fewer for a quick run)",
+    )
+    parser.add_argument(
+        "--rss-every", type=int, help="goals: RSS sampled every this many events (N/100)"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.stage == "goals":
+        from streams.cli.bench_goals import run_goals
+
+        return run_goals(args)
     if args.stage == "encoders":
         return run_encoders(args)
     if args.stage == "e2e":
@@ -182,13 +227,13 @@ def run_e2e(args: argparse.Namespace) -> int:
         naive_events=args.naive_events,
         model=args.model,
         png=png,
-        qdrant=args.qdrant,
+        qdrant=args.qdrant or "memory",
         load_fraction=args.load_fraction,
         load_rate=args.load_rate,
     )
     settings = settings_of(args)
     stack.up(settings.stack)
-    if args.qdrant == "server":
+    if cfg.qdrant == "server":
         server = on_server(settings)
         if server is None:
             raise SystemExit(f"--qdrant server: {stack.NO_QDRANT}")
@@ -223,11 +268,10 @@ def report_e2e(result: dict[str, Any]) -> None:
             f"{vectors['naive']['items']:,} items"
         )
     say(f"  dirty marks left after sagestream's run: {result['marks_left']}")
-    speedup = goals["sagestream/naive"]
     for name, value in result["ratios"].items():
         goal = ""
-        if name == "sagestream/naive":
-            goal = f"   goal >= {speedup['goal_min']:g}: {_met(speedup['met'])}"
+        if name in goals:
+            goal = f"   goal >= {goals[name]['goal_min']:g}: {_met(goals[name]['met'])}"
         say(f"  ratio {name:<56} {value:>9}{goal}")
     _report_freshness(result)
 

@@ -1,0 +1,92 @@
+"""`sagestream bench --stage goals`: issue 11's figures, each with its goal, `met` or `not met`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from deploy import stack
+from streams.cli.common import on_server, say, settings_of
+
+
+def run_goals(args: argparse.Namespace) -> int:
+    from streams.devtools.bench.goals import GoalsConfig, run_goals_bench
+    from streams.devtools.bench.live import LiveConfig
+
+    if args.model is not None and not args.model.is_dir():
+        raise SystemExit(f"--model {args.model}: not a directory")
+    cfg = GoalsConfig(
+        events=args.events or 20_000,
+        memory_events=args.memory_events,
+        rss_every=args.rss_every,
+        repeats=args.repeats or 3,
+        live=LiveConfig(
+            rates=args.rates, bisect=args.bisect, warmup_s=args.warmup_s, steady_s=args.steady_s
+        ),
+        naive_events=args.naive_events,
+        model=args.model,
+        qdrant=args.qdrant or "server",
+        png=args.png or (args.json.with_suffix(".png") if args.json else None),
+    )
+    settings = settings_of(args)
+    stack.up(settings.stack)
+    if cfg.qdrant == "server":
+        server = on_server(settings)
+        if server is None:
+            raise SystemExit(f"--qdrant server: {stack.NO_QDRANT}")
+        settings = server
+    result = run_goals_bench(settings, cfg)
+    report_goals(result)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def report_goals(result: dict[str, Any]) -> None:
+    from streams.devtools.bench.verdicts import Goal, format_goals
+
+    say(
+        f"goals benchmark: {result['events']:,} events drained, {result['partitions']} "
+        f"partitions, model {result['model']['version']} ({result['model']['source']}), "
+        f"Qdrant {result['qdrant']}, {result['cpus']} CPUs"
+    )
+    _report_steps(result["live"])
+    memory = result["memory"]
+    rss, redis = memory["rss"], memory["redis"]
+    if rss["samples"]:
+        slope = rss["second_half_slope_bytes_per_100k_events"]
+        say(
+            f"worker RSS over {memory['events']:,} events ({memory['seconds']:g} s, "
+            f"{rss['samples']} samples): first {rss['first_bytes'] / 2**20:.0f} MiB, last "
+            f"{rss['last_bytes'] / 2**20:.0f}, max {rss['max_bytes'] / 2**20:.0f}; second half "
+            + ("slope not judged" if slope is None else f"{slope / 2**10:+,.0f} KiB/100k events")
+        )
+    say(
+        f"Redis ({redis['method']}): {redis['users']:,} users, {redis['items']:,} items; "
+        f"{redis['bytes']['shared']:,} bytes shared (contexts, marks, watermarks)"
+    )
+    for line in format_goals(Goal(**goal) for goal in result["goals"]):
+        say(line)
+    if result["png"]:
+        say(f"  freshness by offered load: {result['png']['freshness']}")
+        say(f"  worker RSS: {result['png']['rss']}")
+
+
+def _report_steps(live: dict[str, Any]) -> None:
+    say(
+        f"live steps ({live['warmup_s']:g} s warm-up, {live['steady_s']:g} s steady; "
+        f"{live['method']}):"
+    )
+    for step in live["steps"]:
+        kinds = "  ".join(
+            f"{kind} p50/p99 {f['p50_s']:.2f}/{f['p99_s']:.2f} s" if f["samples"] else f"{kind} -"
+            for kind, f in step["kinds"].items()
+        )
+        slope = step["backlog"]["slope_per_s"]
+        say(
+            f"  {step['offered_eps']:>7,.0f} offered ({step['achieved_eps']:>6,} in the window)  "
+            f"{kinds}  backlog slope "
+            + ("-" if slope is None else f"{slope:+,.0f}/s")
+            + f"  {'sustained' if step['passed'] else 'NOT: ' + '; '.join(step['reasons'])}"
+        )
