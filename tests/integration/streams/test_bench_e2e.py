@@ -68,3 +68,74 @@ def test_e2e_bench_reports_consistent_figures(
         assert 0 <= figures["p50_s"] <= figures["p90_s"] <= figures["p99_s"] <= figures["max_s"]
     assert {goal["met"] for goal in result["goals"].values()} <= {True, False}
     assert png.read_bytes().startswith(b"\x89PNG")
+
+
+GOALS = """
+import json, sys
+from pathlib import Path
+from streams.cli.bench_goals import report_goals
+from streams.devtools.bench.goals import GoalsConfig, run_goals_bench
+from streams.devtools.bench.live import LiveConfig
+from streams.settings import Settings
+png, out = Path(sys.argv[1]), Path(sys.argv[2])
+live = LiveConfig(rates=(100, 200), bisect=1, warmup_s=2, steady_s=4, users=120, items=300)
+cfg = GoalsConfig(
+    events=600, memory_events=1200, rss_every=100, repeats=2, live=live, naive_events=100, png=png
+)
+result = run_goals_bench(Settings.load(), cfg)
+report_goals(result)
+out.write_text(json.dumps(result))
+"""
+
+
+def test_goals_bench_reports_every_figure_with_a_verdict(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    png, out = tmp_path / "goals.png", tmp_path / "goals.json"
+    env = dict(os.environ, **make_settings().to_env())
+    done = subprocess.run(
+        [sys.executable, "-c", GOALS, str(png), str(out)],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+
+    # The stepped search: in order until the first failure, then one halving; the figure is
+    # the highest step that passed, and a pass has both kinds' samples and a judged backlog.
+    steps = result["live"]["steps"]
+    offered = [step["offered_eps"] for step in steps]
+    assert offered[:1] == [100] and 1 <= len(steps) <= 3
+    passed = [step["offered_eps"] for step in steps if step["passed"]]
+    assert result["live"]["sustained_eps"] == (max(passed) if passed else None)
+    for step in steps:
+        assert step["passed"] == (not step["reasons"])
+        assert step["achieved_eps"] > 0 and step["backlog"]["samples"] >= 3
+        if step["passed"]:
+            assert all(step["kinds"][kind]["samples"] > 0 for kind in ("users", "items"))
+
+    ingest, drained = result["ingest"], result["drained"]
+    assert len(ingest["runs"]) == len(ingest["ceiling_runs"]) == 2
+    assert ingest["share"] > 0 and drained["share"] > 0
+    assert math.isclose(drained["speedup"], drained["eps"] / drained["naive_eps"], rel_tol=0.02)
+
+    memory = result["memory"]
+    assert memory["events"] >= 1200 and memory["rss"]["samples"] == len(memory["rss_samples"])
+    assert memory["rss"]["max_bytes"] >= memory["rss"]["first_bytes"] > 0
+    redis = memory["redis"]
+    assert 0 < redis["users"] <= 120 and 0 < redis["items"] <= 300
+    assert redis["bytes_per_user"] > 0 and redis["bytes_per_item"] > 0
+
+    figures = {goal["figure"]: goal["status"] for goal in result["goals"]}
+    assert len(figures) == 9
+    assert set(figures.values()) <= {"met", "not met", "not measured", "reported"}
+    assert figures["worker RSS"] == "not measured"  # 1,200 events, not the goal's 1,000,000
+    assert figures["users behind their items (drained)"] == "not measured"  # the fan-out slot
+    for line in ("sustainable live rate", "ingest / raw consume ceiling", "worker RSS"):
+        assert line in done.stdout
+    assert png.read_bytes().startswith(b"\x89PNG")
+    assert (tmp_path / "goals-rss.png").read_bytes().startswith(b"\x89PNG")
