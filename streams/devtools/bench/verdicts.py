@@ -75,20 +75,32 @@ class StepSearch:
 # -- one step ----------------------------------------------------------------------------------
 
 
-def backlog_growth(samples: Sequence[tuple[float, float]], rate: float) -> dict[str, Any]:
-    """Least-squares slope of the backlog (lag + dirty marks) over time, in per second, against
-    the offered rate: `growing` when it gains more than BACKLOG_GROWTH_SHARE of that rate
-    (the worker absorbs less than 98% of the load); None with too few samples to judge."""
-    if len(samples) < MIN_BACKLOG_SAMPLES:
-        return {"samples": len(samples), "slope_per_s": None, "growing": None}
+def theil_sen_slope(samples: Sequence[tuple[float, float]]) -> float:
+    """The median of the slopes between every two samples: one slow pass's spike in the middle
+    of a window moves it little, where it tilts a least-squares line."""
     times = np.asarray([t for t, _ in samples], dtype=np.float64)
     values = np.asarray([v for _, v in samples], dtype=np.float64)
-    slope = float(np.polyfit(times - times[0], values, 1)[0]) if np.ptp(times) > 0 else 0.0
+    first, second = np.triu_indices(len(samples), k=1)
+    apart = times[second] - times[first]
+    keep = apart > 0
+    if not keep.any():
+        return 0.0
+    return float(np.median((values[second] - values[first])[keep] / apart[keep]))
+
+
+def backlog_growth(samples: Sequence[tuple[float, float]], rate: float) -> dict[str, Any]:
+    """The backlog's (lag + dirty marks) trend over time, per second (`theil_sen_slope`),
+    against the offered rate: `growing` when it gains more than BACKLOG_GROWTH_SHARE of that
+    rate (the worker absorbs less than 98% of the load); None with too few samples to judge."""
+    if len(samples) < MIN_BACKLOG_SAMPLES:
+        return {"samples": len(samples), "slope_per_s": None, "growing": None}
+    values = [v for _, v in samples]
+    slope = theil_sen_slope(samples)
     return {
         "samples": len(samples),
-        "first": round(float(values[0])),
-        "last": round(float(values[-1])),
-        "max": round(float(values.max())),
+        "first": round(values[0]),
+        "last": round(values[-1]),
+        "max": round(max(values)),
         "slope_per_s": round(slope, 1),
         "limit_per_s": round(BACKLOG_GROWTH_SHARE * rate, 1),
         "growing": slope > BACKLOG_GROWTH_SHARE * rate,

@@ -72,6 +72,15 @@ def test_backlog_growth_is_the_slope_against_the_offered_rate() -> None:
     assert backlog_growth(growing[:2], 1000.0)["growing"] is None
 
 
+def test_one_spike_in_a_level_backlog_is_not_growth() -> None:
+    """A slow pass late in the window (what a 10 s step at 400 events/s showed: 195 ... 506 ...
+    192) tilts a least-squares line (+14/s, over the 8/s limit) but not the median of pairwise
+    slopes."""
+    level = [195, 180, 210, 190, 200, 185, 300, 480, 506, 190, 192]
+    judged = backlog_growth(list(enumerate(level)), 400.0)
+    assert judged["growing"] is False and abs(judged["slope_per_s"]) < 8
+
+
 def test_a_step_passes_only_with_both_kinds_fresh_a_level_backlog_and_the_load_offered() -> None:
     fresh = {"users": 1.2, "items": 1.9}
     assert step_verdict(1000.0, 990.0, fresh, growing=False) == []
