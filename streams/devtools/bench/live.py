@@ -3,12 +3,13 @@ sustains live.
 
 Each step runs the worker (warm state: the drained run's consumer group, Redis prefix and vector
 store) while a paced producer in another process offers one rate, each event stamped with its
-send time. After a warm-up comes the steady window: only the passes that end inside it give
-freshness samples, and once a second the backlog is sampled, the topic's end offsets minus the
-group's committed offsets (consumer lag) plus the dirty marks in Redis. The offered rate that
-counts is the one the topic saw in the window (end offsets), not the producer's target. A step
-passes when both kinds keep freshness p99 <= 2 s and the backlog does not grow
-(`verdicts.step_verdict`); the search stops at the first failure, after `bisect` halvings.
+send time. After a warm-up (from its first events on the topic) comes the steady window: only
+the passes that end inside it give freshness samples, and once a second the backlog is sampled,
+the topic's end offsets minus the group's committed offsets (consumer lag) plus the dirty marks
+in Redis. The offered rate that counts is the one the topic saw in the window (end offsets), not
+the producer's target. A step passes when both kinds keep freshness p99 <= 2 s and the backlog
+does not grow (`verdicts.step_verdict`); the search stops at the first failure, after `bisect`
+halvings.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import multiprocessing
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -45,6 +47,7 @@ from streams.vectors.rules import PassStats
 log = logging.getLogger(__name__)
 
 SAMPLE_EVERY_S = 1.0
+PRODUCER_START_S = 60.0
 PRODUCER_SLACK_S = 5.0  # the producer is given more events than the step needs; it is stopped
 RATES = (500.0, 1000.0, 2000.0, 3000.0, 4000.0, 5000.0, 6000.0, 8000.0)
 
@@ -137,6 +140,17 @@ async def _steady_window(
     return samples
 
 
+async def _first_events(
+    probe: BacklogProbe, ends: int, producer: multiprocessing.process.BaseProcess
+) -> None:
+    """Wait until the producer's events reach the topic (its interpreter takes seconds)."""
+    deadline = time.monotonic() + PRODUCER_START_S
+    while (await probe.sample())[0] <= ends:
+        if not producer.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the paced producer sent nothing in {PRODUCER_START_S:.0f} s")
+        await asyncio.sleep(0.1)
+
+
 async def offer(settings: Settings, cfg: LiveConfig, rate: float, step: int) -> dict[str, Any]:
     """One step: the worker under `rate` events/s offered; its freshness and backlog."""
     metrics = StepRecorder()
@@ -145,10 +159,13 @@ async def offer(settings: Settings, cfg: LiveConfig, rate: float, step: int) -> 
     await group_joined(settings, worker)
     log.info("step %d: %.0f events/s offered, %.0f s warm-up, %.0f s steady",
              step + 1, rate, cfg.warmup_s, cfg.steady_s)  # fmt: skip
-    producer = spawn(paced_producer, settings.to_env(), cfg.stream(rate, step), rate, "/dev/null")
-    metrics.steady_from = time.monotonic() + cfg.warmup_s
     probe = await asyncio.to_thread(BacklogProbe, settings)
+    ends, _, _ = await probe.sample()
+    # the producer's report is not read: it is stopped when the window ends
+    producer = spawn(paced_producer, settings.to_env(), cfg.stream(rate, step), rate, "/dev/null")
     try:
+        await _first_events(probe, ends, producer)
+        metrics.steady_from = time.monotonic() + cfg.warmup_s  # warm-up from the first events
         samples = await _steady_window(cfg, probe, worker, metrics)
     finally:
         producer.terminate()
@@ -174,8 +191,7 @@ def judge_step(
         "achieved_eps": round(achieved),
         "kinds": kinds,
         "backlog": backlog,
-        "lag_last": samples[-1][2],
-        "marks_last": samples[-1][3],
+        "backlog_samples": [(round(t - t0, 2), lag, marks) for t, _, lag, marks in samples],
         "passed": not reasons,
         "reasons": reasons,
         "passes": metrics.pass_summary(),
