@@ -33,6 +33,13 @@ Rules, per event, in order (the Lua script documents the same list):
    does not depend on how a runtime cut it into batches or where a crash made it replay: a killed
    and restarted worker ends exactly where an uninterrupted one does. Readers take each shard's
    top `k_max` in the same order, so an untrimmed list reads the same as a trimmed one.
+8. holders: an applied event (duplicates excepted, too-old ones included: they are in the
+   sequence) makes its user a holder of its item, scored by the event's offset; each item keeps
+   its newest `hold_max` holders. Offsets only grow within a shard, so a user's score only
+   grows and a holder dropped by the cap could only come back with a newer offset: the kept set
+   is the same whenever the cap is applied (per event, per call), like rule 7. A holder stays
+   after its action left the user's `seq_len` window (at most one needless re-encode, and the
+   cap drops the oldest first); the re-encoder reads holders for its fan-out.
 
 Reads (`merge_relative`, the one function every reader calls): an item's list is handed out with
 each weight relative to its strongest entry. Forward decay multiplies every weight of every shard
@@ -192,6 +199,7 @@ class CoEngagementGraph:
         self._items: dict[str, _ItemState] = {}
         self._nbs: dict[str, dict[str, float]] = {}
         self._contexts: dict[str, list[tuple[str, float]]] = {}
+        self._holders: dict[str, dict[str, int]] = {}
         self._pending_trim: set[str] = set()
         self._block: int | None = None
         self._next_offset = 0
@@ -210,7 +218,7 @@ class CoEngagementGraph:
             offset = next(offset_iter) if offset_iter is not None else self._next_offset
             self._next_offset = offset + 1
             self._enter_block(offset // self._cfg.trim_every)
-            self._apply_event(event, self._pending_trim)
+            self._apply_event(event, offset, self._pending_trim)
 
     def _enter_block(self, block: int) -> None:
         if self._block is None:
@@ -221,12 +229,13 @@ class CoEngagementGraph:
             self._pending_trim.clear()
             self._block = block
 
-    def _apply_event(self, event: EventLike, touched: set[str]) -> None:
+    def _apply_event(self, event: EventLike, offset: int, touched: set[str]) -> None:
         if event.action not in self._cfg.action_weights:
             raise InvalidBatchError(f"unknown action {event.action!r}")
         if self._duplicate(event):
             self.duplicates += 1
             return
+        self._hold(event.item_id, event.user_id, offset)
         prev, too_old = self._user_step(event)
         item = self._items.setdefault(event.item_id, _ItemState())
         item.degree += 1
@@ -257,6 +266,16 @@ class CoEngagementGraph:
         if len(recent) > window:
             recent.popleft()
         return False
+
+    def _hold(self, item_id: str, user_id: str, offset: int) -> None:
+        """Rule 8; the cap is applied when twice over it (the kept set does not depend on when)."""
+        cap = self._cfg.hold_max
+        if cap == 0:
+            return
+        held = self._holders.setdefault(item_id, {})
+        held[user_id] = offset
+        if len(held) > 2 * cap:
+            self._holders[item_id] = dict(self.holders(item_id))
 
     def _user_step(self, event: EventLike) -> tuple[list[SeqEntry], bool]:
         seq = self._seqs.setdefault(event.user_id, [])
@@ -329,6 +348,12 @@ class CoEngagementGraph:
     def user_version(self, user_id: str) -> int:
         user = self._users.get(user_id)
         return user.version if user is not None else 0
+
+    def holders(self, item_id: str) -> list[tuple[str, int]]:
+        """The item's newest `hold_max` holders, (user, offset of its newest action on it),
+        newest first (rule 8)."""
+        held = self._holders.get(item_id, {})
+        return sorted(held.items(), key=lambda kv: kv[1], reverse=True)[: self._cfg.hold_max]
 
     def item_version(self, item_id: str) -> int:
         item = self._items.get(item_id)

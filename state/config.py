@@ -60,16 +60,13 @@ class StateConfig:
     # a duplicate (a producer's retry, a re-sent export) and changes nothing. 0 turns it off.
     # Bounded per user, so the memory it costs follows the users, not the stream's length.
     dedup_window: int = 64
+    # Holders kept per item and shard (the users whose sequence holds it, newest first), which
+    # the re-encoder's fan-out reads; an item held by more (a hub) keeps only its newest
+    # holders. 0 keeps no holders at all (no fan-out).
+    hold_max: int = 256
 
     def __post_init__(self) -> None:
-        for name in ("seq_len", "k_max", "max_pairs", "context_len", "slice_size", "trim_every"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise StateError(f"StateConfig.{name} must be an int >= 1, got {value!r}")
-        if not isinstance(self.dedup_window, int) or self.dedup_window < 0:
-            raise StateError(
-                f"StateConfig.dedup_window must be an int >= 0, got {self.dedup_window!r}"
-            )
+        self._check_counts()
         for name in ("half_life_s", "pair_horizon_s", "max_event_age_s", "hub_alpha"):
             value = float(getattr(self, name))
             if not math.isfinite(value) or value < 0 or (name == "half_life_s" and value == 0):
@@ -84,6 +81,14 @@ class StateConfig:
                 raise StateError(f"action weight for {action!r} must be finite and >= 0")
         # A caller's dict must not be able to change a frozen config afterwards.
         object.__setattr__(self, "action_weights", MappingProxyType(weights))
+
+    def _check_counts(self) -> None:
+        positive = ("seq_len", "k_max", "max_pairs", "context_len", "slice_size", "trim_every")
+        for least, names in ((1, positive), (0, ("dedup_window", "hold_max"))):
+            for name in names:
+                value = getattr(self, name)
+                if not isinstance(value, int) or value < least:
+                    raise StateError(f"StateConfig.{name} must be an int >= {least}, got {value!r}")
 
     @property
     def decay_lambda(self) -> float:

@@ -11,6 +11,9 @@ Key schema (``P`` is the deployment prefix, default ``ss``; ``T`` is a shard tag
     P:{T}:nb:<item>           zset    this shard's decayed co-engagement weights of <item>
     P:{T}:ctx:<context>       list    the context's last `context_len` saves, "item|ts"
     P:{T}:eid:<user>          list    the user's last `dedup_window` event ids (duplicates skip)
+    P:{T}:hold:<item>         zset    the users of this shard holding <item> in their sequence,
+                                      score = offset of their newest action on it; the newest
+                                      `hold_max` kept (the hub cap). Re-encode fan-out reads it
     P:{T}:dirty:users|items   zset    entities waiting for re-encoding, score = first dirty ts
     P:{T}:redirty:users|items hash    entities dirtied again since the last `dirty()` read
     P:{T}:trimblock           string  offset block (offset // trim_every) of the last trim
@@ -46,6 +49,7 @@ ITEM = "i"
 NEIGHBOURS = "nb"
 CONTEXT = "ctx"
 EVENT_IDS = "eid"
+HOLDERS = "hold"
 DIRTY = "dirty"
 REDIRTY = "redirty"
 SHARDS = "shards"
@@ -61,6 +65,7 @@ SCRIPT_APPLY = "apply_batch"
 SCRIPT_READ_DIRTY = "read_dirty"
 SCRIPT_CLEAR_DIRTY = "clear_dirty"
 SCRIPT_READ_ITEMS = "read_items"
+SCRIPT_MARK_DIRTY = "mark_dirty"
 
 DirtyKind = Literal["users", "items"]
 DIRTY_KINDS: tuple[DirtyKind, ...] = ("users", "items")
@@ -83,6 +88,14 @@ def shard_tag(topic: str, partition: int) -> str:
     if partition < 0:
         raise StateError(f"invalid partition {partition!r}")
     return f"{topic}.{partition}"
+
+
+def parse_shard_tag(tag: str) -> tuple[str, int]:
+    """(topic, partition) of a tag made by `shard_tag` (topics may hold dots, partitions not)."""
+    topic, sep, partition = tag.rpartition(".")
+    if not sep or not partition.isdigit():
+        raise StateError(f"invalid shard tag {tag!r}")
+    return topic, int(partition)
 
 
 def shards_key(prefix: str) -> str:
@@ -118,6 +131,9 @@ class ShardKeys:
     def event_ids(self, user_id: str) -> str:
         return f"{self.base}{EVENT_IDS}{SEP}{user_id}"
 
+    def holders(self, item_id: str) -> str:
+        return f"{self.base}{HOLDERS}{SEP}{item_id}"
+
     def dirty(self, kind: DirtyKind) -> str:
         return f"{self.base}{DIRTY}{SEP}{kind}"
 
@@ -138,6 +154,7 @@ def lua_layout() -> str:
             "nb": NEIGHBOURS,
             "ctx": CONTEXT,
             "eid": EVENT_IDS,
+            "hold": HOLDERS,
             "dirty_users": f"{DIRTY}{SEP}users",
             "dirty_items": f"{DIRTY}{SEP}items",
             "redirty_users": f"{REDIRTY}{SEP}users",

@@ -2,7 +2,7 @@
 
 Every write is one Lua script call on one shard (one Kafka partition's hash tag), so it is
 atomic, idempotent through the watermark, and valid on Redis Cluster. Reads that span shards
-(item neighbours, item versions, backlog) pipeline one request per shard.
+(item neighbours, item versions, holders, backlog) pipeline one request per shard and item.
 """
 
 from __future__ import annotations
@@ -30,11 +30,14 @@ from state.redis_io import (
     wait_for_replicas,
 )
 
+MARK_PAGE = 500  # marks per mark_dirty call: well below Lua's unpack limit
+
 
 @dataclass(frozen=True)
 class ApplyResult:
     """What one `apply` did: events applied, events skipped as replays, the partition's watermark,
-    and events skipped as duplicates of a recent event id (coengagement rule 0).
+    events skipped as duplicates of a recent event id (coengagement rule 0), and users taken out
+    of a hub item's holders by the `hold_max` cap (rule 8: fan-out no longer reaches them).
 
     `watermark` is -1 when the partition has never had an event applied.
     """
@@ -43,6 +46,7 @@ class ApplyResult:
     skipped: int
     watermark: int
     duplicates: int = 0
+    holders_capped: int = 0
 
 
 def queue_shard_list(pipe: Pipeline, shard: ShardKeys, item_id: str, k_max: int) -> None:
@@ -81,6 +85,7 @@ class RedisState:
         self._apply_script = client.register_script(load_lua(keys.SCRIPT_APPLY))
         self._read_dirty_script = client.register_script(load_lua(keys.SCRIPT_READ_DIRTY))
         self._clear_dirty_script = client.register_script(load_lua(keys.SCRIPT_CLEAR_DIRTY))
+        self._mark_dirty_script = client.register_script(load_lua(keys.SCRIPT_MARK_DIRTY))
         self._apply_args = self._static_apply_args(config)
         self._known_shards: set[str] = set()
 
@@ -90,7 +95,7 @@ class RedisState:
 
     @staticmethod
     def _static_apply_args(config: StateConfig) -> list[str]:
-        """ARGV[1..14] of the apply script; floats as repr so Lua reads the exact same doubles."""
+        """ARGV[1..15] of the apply script; floats as repr so Lua reads the exact same doubles."""
         numbers: list[float] = [
             config.seq_len,
             config.k_max,
@@ -103,6 +108,7 @@ class RedisState:
             REBASE_EXPONENT,
             config.trim_every,
             config.dedup_window,
+            config.hold_max,
         ]
         weights = json.dumps(dict(config.action_weights))
         return [keys.lua_layout(), *(repr(n) for n in numbers), weights, CONTEXT_ACTION]
@@ -125,7 +131,7 @@ class RedisState:
             current = await self.watermark(topic, partition)
             return ApplyResult(0, 0, -1 if current is None else current)
         await self._register_shard(shard)
-        applied = skipped = duplicates = 0
+        applied = skipped = duplicates = capped = 0
         watermark = -1
         size = self._cfg.slice_size
         for start in range(0, len(batch), size):
@@ -133,9 +139,10 @@ class RedisState:
             applied += result.applied
             skipped += result.skipped
             duplicates += result.duplicates
+            capped += result.holders_capped
             watermark = result.watermark
         await wait_for_replicas(self._client, [shard.watermark()], *self._wait)
-        return ApplyResult(applied, skipped, watermark, duplicates)
+        return ApplyResult(applied, skipped, watermark, duplicates, capped)
 
     async def _register_shard(self, shard: ShardKeys) -> None:
         """Make the shard visible to readers before its first write (idempotent SADD)."""
@@ -183,8 +190,10 @@ class RedisState:
                 if clears_by_itself(exc):  # OOM, READONLY, CLUSTERDOWN...: not the batch's fault
                     raise
                 raise InvalidBatchError(f"apply refused on shard {shard.tag}: {exc}") from exc
-        applied, skipped, watermark, duplicates = reply
-        return ApplyResult(int(applied), int(skipped), int(text(watermark)), int(duplicates))
+        applied, skipped, watermark, duplicates, capped = reply
+        return ApplyResult(
+            int(applied), int(skipped), int(text(watermark)), int(duplicates), int(capped)
+        )
 
     # -- reads: one shard ---------------------------------------------------------------------
 
@@ -248,6 +257,34 @@ class RedisState:
                 replies = await pipe.execute()
         return sum(int(text(raw)) for raw in replies if raw is not None)
 
+    async def holders(
+        self, item_ids: Sequence[str]
+    ) -> dict[tuple[str, int], dict[str, dict[str, int]]]:
+        """Who holds each item, per shard: (topic, partition) -> item -> user -> offset of the
+        user's newest action on it (coengagement rule 8). One pipelined round trip of one read
+        per (shard, item): each key is its own shard's slot, so it is valid on a cluster."""
+        shards = await self._shards()
+        ids = list(dict.fromkeys(item_ids))
+        if not shards or not ids:
+            return {}
+        with redis_errors_as_state("holders"):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for shard in shards:
+                    for item_id in ids:
+                        pipe.zrange(shard.holders(item_id), 0, -1, withscores=True)
+                replies = iter(await pipe.execute())
+        out: dict[tuple[str, int], dict[str, dict[str, int]]] = {}
+        for shard in shards:
+            found = {item_id: next(replies) for item_id in ids}
+            held = {
+                item_id: {text(user): int(offset) for user, offset in flat}
+                for item_id, flat in found.items()
+                if flat
+            }
+            if held:
+                out[keys.parse_shard_tag(shard.tag)] = held
+        return out
+
     async def dirty_backlog(self) -> dict[str, int]:
         """Number of pending dirty marks per kind over all shards (for a gauge)."""
         shards = await self._shards()
@@ -282,6 +319,28 @@ class RedisState:
                 keys=[shard.dirty(kind), shard.redirty(kind)], args=[limit]
             )
         return [(text(flat[i]), float(text(flat[i + 1]))) for i in range(0, len(flat), 2)]
+
+    async def mark_dirty(
+        self, topic: str, partition: int, kind: DirtyKind, marks: Sequence[tuple[str, float]]
+    ) -> int:
+        """Mark (entity id, first dirty ts) pairs dirty as an apply would: a new mark keeps the
+        ts, an existing one is flagged "dirtied again" (so a pass that read it encodes it once
+        more). Returns the marks added; one script call per `MARK_PAGE` marks."""
+        shard = self._shard(topic, partition)
+        added = 0
+        for start in range(0, len(marks), MARK_PAGE):
+            args: list[str] = []
+            for member, score in marks[start : start + MARK_PAGE]:
+                if not math.isfinite(score):
+                    raise StateError(f"dirty mark score must be finite, got {score!r}")
+                args += [repr(float(score)), member]
+            with redis_errors_as_state("mark_dirty"):
+                added += int(
+                    await self._mark_dirty_script(
+                        keys=[shard.dirty(kind), shard.redirty(kind)], args=args
+                    )
+                )
+        return added
 
     async def clear_dirty(
         self, topic: str, partition: int, kind: DirtyKind, marks: Sequence[tuple[str, float]]

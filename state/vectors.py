@@ -15,6 +15,13 @@ Why each rule holds:
   read-then-write race. The filter is one per request, so it names each point's own version:
   ``should[ must[has_id(ids with version v), state_version < v] for each v in the batch ]``.
   An equal version is skipped too: the same state encodes to the same vector.
+* A user vector is also a function of the item vectors it was built from: its ``basis_version``
+  is the sum of their state versions, which only grows while the user's state stays (each
+  stored item vector's version only grows, and a re-encode reads the stored or a fresher one).
+  A user write of an equal ``state_version`` replaces the stored point only when its
+  ``basis_version`` is higher (the re-encoder's fan-out: same sequence, newer item vectors), so a
+  replay or a zombie that read older item vectors never moves a user back. Points written
+  before the field existed are not refreshed this way; their next event rewrites them.
 * Backfills use ``update_mode=insert_only``: they fill missing points and never touch one that a
   live writer already put there (RELIABILITY scenario 10).
 * A refresh (``refresh=True``) also replaces points of the same state version: the same state
@@ -76,8 +83,16 @@ FloatArray = npt.NDArray[np.float32]
 POINT_NAMESPACE = uuid.UUID("3bf1faee-d933-42a2-80cf-357916d7d73f")
 MIN_SERVER_VERSION = (1, 17)  # update_filter needs 1.16, update_mode 1.17
 
-PAYLOAD_KEYS = ("entity_id", "model_version", "state_version", "event_ts_max", "updated_at")
+PAYLOAD_KEYS = (
+    "entity_id",
+    "model_version",
+    "state_version",
+    "event_ts_max",
+    "updated_at",
+    "basis_version",
+)
 STATE_VERSION = "state_version"
+BASIS_VERSION = "basis_version"
 
 _VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _PREFIX = re.compile(r"[A-Za-z0-9_-]{0,64}")
@@ -89,13 +104,22 @@ _STORE_ERRORS = (ApiException, OSError, ValueError, RuntimeError, sqlite3.Operat
 
 @dataclass(frozen=True)
 class VectorRecord:
-    """One re-encoded entity; `state_version` comes from Redis and only ever grows."""
+    """One re-encoded entity; `state_version` comes from Redis and only ever grows.
+
+    `basis_version`: for a user, the sum of the state versions of the item vectors it was built
+    from (see the module docstring); 0 for an item."""
 
     kind: EntityKind
     entity_id: str
     vector: Sequence[float] | FloatArray
     state_version: int
     event_ts_max: float
+    basis_version: int = 0
+
+    @property
+    def freshness(self) -> tuple[int, int]:
+        """What the guard compares: the state version, then the basis version."""
+        return self.state_version, self.basis_version
 
 
 @dataclass(frozen=True)
@@ -195,11 +219,13 @@ def make_payload(record: VectorRecord, model_version: str, updated_at: float) ->
         "state_version": int(record.state_version),
         "event_ts_max": float(record.event_ts_max),
         "updated_at": float(updated_at),
+        "basis_version": int(record.basis_version),
     }
 
 
 def freshest(records: Iterable[VectorRecord]) -> list[VectorRecord]:
-    """One record per (kind, entity): the highest state_version (the last one on a tie).
+    """One record per (kind, entity): the highest (state_version, basis_version), the last one
+    on a tie.
 
     One request carries one filter clause per version, so a batch holding two writes of the same
     point could apply the older one last; deduplicating first keeps batches order-independent.
@@ -208,33 +234,43 @@ def freshest(records: Iterable[VectorRecord]) -> list[VectorRecord]:
     for record in records:
         key = (record.kind, record.entity_id)
         held = best.get(key)
-        if held is None or record.state_version >= held.state_version:
+        if held is None or record.freshness >= held.freshness:
             best[key] = record
     return list(best.values())
 
 
 def guard_filter(records: Sequence[VectorRecord], *, refresh: bool = False) -> models.Filter:
-    """An ``update_filter`` letting each point replace a stored one only if that one is older
-    (with `refresh`, also one of the same state version)."""
-    by_version: dict[int, list[models.ExtendedPointId]] = {}
+    """An ``update_filter`` letting each point replace a stored one only if that one is older:
+    a lower state version, or an equal one with a lower basis version (with `refresh`, any
+    point of the same state version)."""
+    by_version: dict[tuple[int, int], list[models.ExtendedPointId]] = {}
     for record in records:
-        by_version.setdefault(record.state_version, []).append(
+        basis = 0 if refresh else record.basis_version
+        by_version.setdefault((record.state_version, basis), []).append(
             point_id(record.kind, record.entity_id)
         )
     return models.Filter(
         should=[
-            models.Filter(
-                must=[
-                    models.HasIdCondition(has_id=ids),
-                    models.FieldCondition(
-                        key=STATE_VERSION,
-                        range=models.Range(lte=version) if refresh else models.Range(lt=version),
-                    ),
-                ]
-            )
-            for version, ids in sorted(by_version.items())
+            models.Filter(must=[models.HasIdCondition(has_id=ids), _older(version, basis, refresh)])
+            for (version, basis), ids in sorted(by_version.items())
         ]
     )
+
+
+def _older(version: int, basis: int, refresh: bool) -> models.Condition:
+    """The stored point's condition for being replaced by one of (version, basis)."""
+    if refresh:
+        return models.FieldCondition(key=STATE_VERSION, range=models.Range(lte=version))
+    lower = models.FieldCondition(key=STATE_VERSION, range=models.Range(lt=version))
+    if basis == 0:
+        return lower
+    same_state_older_basis = models.Filter(
+        must=[
+            models.FieldCondition(key=STATE_VERSION, match=models.MatchValue(value=version)),
+            models.FieldCondition(key=BASIS_VERSION, range=models.Range(lt=basis)),
+        ]
+    )
+    return models.Filter(should=[lower, same_state_older_basis])
 
 
 def check_record(record: VectorRecord) -> list[float]:
@@ -245,6 +281,8 @@ def check_record(record: VectorRecord) -> list[float]:
         raise InvalidBatchError(f"invalid entity id {record.entity_id!r}")
     if isinstance(record.state_version, bool) or not isinstance(record.state_version, int):
         raise InvalidBatchError(f"{record.entity_id}: state_version must be an int")
+    if isinstance(record.basis_version, bool) or not isinstance(record.basis_version, int):
+        raise InvalidBatchError(f"{record.entity_id}: basis_version must be an int")
     vector = np.asarray(record.vector, dtype=np.float32)
     if vector.ndim != 1 or vector.size == 0 or not np.all(np.isfinite(vector)):
         raise InvalidBatchError(f"{record.entity_id}: vector must be 1-d, non-empty and finite")

@@ -7,15 +7,17 @@
 -- KEYS[1]  the shard's watermark key "<prefix>:{<topic>.<partition>}:<wm>". Every other key is
 --          built from it and carries the same hash tag, hence the same cluster slot.
 -- ARGV[1]  key layout JSON (state/keys.py: lua_layout)
--- ARGV[2..12] seq_len, k_max, lambda, pair_horizon_s, max_pairs, max_event_age_s, hub_alpha,
+-- ARGV[2..13] seq_len, k_max, lambda, pair_horizon_s, max_pairs, max_event_age_s, hub_alpha,
 --          context_len, rebase_exponent (ln of the rebase factor limit), trim_every,
---          dedup_window (event ids remembered per user; 0: off)
--- ARGV[13] action weights JSON {action: weight}
--- ARGV[14] context action name
--- ARGV[15] batch JSON [[offset, user, item, action, ts, weight|null, context|null,
+--          dedup_window (event ids remembered per user; 0: off), hold_max (holders kept per
+--          item; 0: no holder index)
+-- ARGV[14] action weights JSON {action: weight}
+-- ARGV[15] context action name
+-- ARGV[16] batch JSON [[offset, user, item, action, ts, weight|null, context|null,
 --          event_id|null], ...]
--- Returns {applied, skipped, watermark as a decimal string, duplicates}: a duplicate (rule 0 of
--- the reference) moves the watermark but is not counted as applied.
+-- Returns {applied, skipped, watermark as a decimal string, duplicates, holders capped}: a
+-- duplicate (rule 0 of the reference) moves the watermark but is not counted as applied; holders
+-- capped are users this call took out of an item's holders at the `hold_max` cap (rule 8).
 --
 -- The rules and their arithmetic order mirror state/coengagement.py (the reference); change both.
 
@@ -24,8 +26,8 @@ local C = {
   seq_len = tonumber(ARGV[2]), k_max = tonumber(ARGV[3]), lam = tonumber(ARGV[4]),
   horizon = tonumber(ARGV[5]), max_pairs = tonumber(ARGV[6]), max_age = tonumber(ARGV[7]),
   alpha = tonumber(ARGV[8]), ctx_len = tonumber(ARGV[9]), rebase_exp = tonumber(ARGV[10]),
-  trim_every = tonumber(ARGV[11]), dedup = tonumber(ARGV[12]), aw = cjson.decode(ARGV[13]),
-  ctx_action = ARGV[14],
+  trim_every = tonumber(ARGV[11]), dedup = tonumber(ARGV[12]), hold_max = tonumber(ARGV[13]),
+  aw = cjson.decode(ARGV[14]), ctx_action = ARGV[15],
 }
 local wm_key = KEYS[1]
 if string.sub(wm_key, -#L.wm) ~= L.wm then
@@ -266,6 +268,29 @@ local function flush_marks(kind)
   if #again > 0 then call_chunked('HSET', base .. L['redirty_' .. kind], again, 2) end
 end
 
+-- holders (rule 8): per item, each user's newest offset on it in this call; written with one
+-- ZADD per item (an offset is always newer than the stored one) and capped to the newest hold_max
+local holds = {}
+
+local function hold(item, user, off)
+  if C.hold_max == 0 then return end
+  local h = holds[item]
+  if h == nil then h = {ids = {}, off = {}}; holds[item] = h end
+  if h.off[user] == nil then h.ids[#h.ids + 1] = user end
+  h.off[user] = off
+end
+
+local function flush_holds()
+  local capped = 0
+  for item, h in pairs(holds) do
+    local hkey, args = key(L.hold, item), {}
+    for i, user in ipairs(h.ids) do args[2 * i - 1], args[2 * i] = fmt_int(h.off[user]), user end
+    call_chunked('ZADD', hkey, args, 2)
+    capped = capped + redis.call('ZREMRANGEBYRANK', hkey, 0, -(C.hold_max + 1))
+  end
+  return capped
+end
+
 -- neighbour lists: pending increments per (list, member), in order (a number, or a list of them)
 local pending = {}
 
@@ -380,6 +405,7 @@ end
 local function apply_event(ev, touched)
   local u = user_state(ev.user)
   if duplicate(u, ev.user, ev.eid) then return false end
+  hold(ev.item, ev.user, ev.off)
   u.dv = u.dv + 1
   local too_old = u.ts_max ~= nil and ev.ts < u.ts_max - C.max_age
   if u.ts_max == nil or ev.ts > u.ts_max then u.ts_max, u.ts_set = ev.ts, true end
@@ -422,9 +448,10 @@ local function flush_all(touched)
   flush_marks('users')
   flush_marks('items')
   remember_pending(touched)
+  return flush_holds()
 end
 
-local batch, why = check_batch(ARGV[15])
+local batch, why = check_batch(ARGV[16])
 if batch == nil then return redis.error_reply('sagestream: invalid batch: ' .. why) end
 
 local raw_wm = redis.call('GET', wm_key)
@@ -449,8 +476,8 @@ for idx = 1, #batch do
     if weight == cjson.null then weight = nil end
     if ctx == cjson.null then ctx = nil end
     if eid == cjson.null then eid = nil end
-    if apply_event({user = e[2], item = e[3], action = e[4], ts = e[5], weight = weight,
-        ctx = ctx, eid = eid}, touched) then
+    if apply_event({off = e[1], user = e[2], item = e[3], action = e[4], ts = e[5],
+        weight = weight, ctx = ctx, eid = eid}, touched) then
       applied = applied + 1
     else
       duplicates = duplicates + 1
@@ -458,10 +485,10 @@ for idx = 1, #batch do
     last = e[1]
   end
 end
-flush_all(touched)
+local capped = flush_all(touched)
 if block ~= nil then redis.call('SET', block_key, string.format('%.0f', block)) end
 if last ~= nil then
   wm = last
   redis.call('SET', wm_key, string.format('%.0f', last))
 end
-return {applied, skipped, string.format('%.0f', wm), duplicates}
+return {applied, skipped, string.format('%.0f', wm), duplicates, capped}

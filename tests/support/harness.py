@@ -156,6 +156,7 @@ async def mismatches(state: RedisState, oracle: Oracle) -> list[str]:
             if await state.user_version(topic, partition, user) != graph.user_version(user):
                 found.append(f"user {user}: version differs")
     k = oracle.settings.state.k_max
+    found += await _holder_mismatches(state, oracle)
     for item in sorted(oracle.items()):
         expected = merge_neighbours(oracle.shards.values(), item, k)
         got = await state.item_neighbours(item, k)
@@ -165,6 +166,18 @@ async def mismatches(state: RedisState, oracle: Oracle) -> list[str]:
             g.item_version(item) for g in oracle.shards.values()
         ):
             found.append(f"item {item}: version differs")
+    return found
+
+
+async def _holder_mismatches(state: RedisState, oracle: Oracle) -> list[str]:
+    """Each item's holders in each partition (coengagement rule 8) against the oracle's."""
+    holders = await state.holders(sorted(oracle.items()))
+    found = []
+    for partition, graph in oracle.shards.items():
+        held = holders.get((oracle.settings.topics.engagements, partition), {})
+        for item in sorted({e.item_id for _, e in oracle.events[partition]}):
+            if held.get(item, {}) != dict(graph.holders(item)):
+                found.append(f"item {item}: holders in partition {partition} differ")
     return found
 
 

@@ -2,7 +2,7 @@
 
 The script mirrors state in Lua and writes it back with variadic commands, split into chunks of
 500 members; these streams put more than one chunk into one call (one list, one user, the dirty
-marks) and must still equal the reference.
+marks, the holders of one item) and must still equal the reference.
 """
 
 from __future__ import annotations
@@ -42,6 +42,10 @@ async def test_one_call_over_many_chunks_equals_reference(
         assert [w for _, w in got] == pytest.approx([w for _, w in want], rel=1e-12)
         assert await state.item_version(item) == ref.item_version(item)
     assert await state.dirty_backlog() == {"users": 701, "items": 1200 + 1 + 50}
+    holders = (await state.holders(["hot", "h7"]))[(TOPIC, 0)]
+    assert holders["hot"] == dict(ref.holders("hot"))  # 700 holders, over one chunk: capped
+    assert len(holders["hot"]) == cfg.hold_max and result.holders_capped == 700 - cfg.hold_max
+    assert holders["h7"] == {"heavy": dict(ref.holders("h7"))["heavy"]}
 
 
 async def test_bench_runs_and_cleans_up(redis_client: aioredis.Redis) -> None:

@@ -66,6 +66,7 @@ configs = st.builds(
     slice_size=st.integers(1, 9),
     trim_every=st.integers(1, 9),
     dedup_window=st.integers(0, 4),
+    hold_max=st.integers(0, 4),
 )
 
 
@@ -110,8 +111,12 @@ async def assert_same_state(
         p = partition_of(user)
         assert await state.user_sequence(TOPIC, p, user) == refs[p].sequence(user)
         assert await state.user_version(TOPIC, p, user) == refs[p].user_version(user)
+    holders = await state.holders(sorted({ev.item_id for ev in events}))
     for item in {ev.item_id for ev in events}:
         assert await state.item_version(item) == sum(r.item_version(item) for r in refs.values())
+        for p, ref in refs.items():
+            got_holders = holders.get((TOPIC, p), {}).get(item, {})
+            assert got_holders == dict(ref.holders(item)), (p, item)
         got = dict(await state.item_neighbours(item, 100))
         want = dict(merge_neighbours(refs.values(), item, 100))
         assert got.keys() == want.keys()

@@ -160,6 +160,30 @@ def test_refresh_rewrites_an_equal_version_but_never_an_older_state(store: Vecto
         )
 
 
+def test_a_user_of_the_same_state_from_newer_item_vectors_replaces_an_older_build(
+    store: VectorStore,
+) -> None:
+    """The fan-out's write: same state version, a higher basis version goes through; an equal or
+    lower one (a replay, a zombie that read older item vectors) is skipped; a newer state wins
+    whatever its basis."""
+    store.prepare("1", DIM)
+    v1, v2, v3, v4 = unit_vectors(np.random.default_rng(3), 4)
+
+    def write(vector: npt.NDArray[np.float32], state: int, basis: int) -> tuple[Any, Any, Any]:
+        store.upsert("1", [VectorRecord("users", "u1", vector, state, 10.0, basis_version=basis)])
+        stored = store.get("users", ["u1"], version="1")["u1"]
+        return stored.payload["state_version"], stored.payload["basis_version"], stored.vector
+
+    assert write(v1, 4, 20)[:2] == (4, 20)
+    state, basis, vector = write(v2, 4, 25)
+    assert (state, basis) == (4, 25) and cosine(vector, v2) > 0.99999
+    for stale in (25, 21):
+        state, basis, vector = write(v3, 4, stale)
+        assert (state, basis) == (4, 25) and cosine(vector, v2) > 0.99999
+    state, basis, vector = write(v4, 5, 3)
+    assert (state, basis) == (5, 3) and cosine(vector, v4) > 0.99999
+
+
 def test_insert_only_backfill_never_overwrites_a_live_point_but_fills_missing(
     store: VectorStore,
 ) -> None:

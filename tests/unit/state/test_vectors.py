@@ -73,6 +73,7 @@ def test_payload_shape() -> None:
         "state_version": 12,
         "event_ts_max": 100.0,
         "updated_at": 1_700_000_000.5,
+        "basis_version": 0,
     }
     assert isinstance(payload["state_version"], int)
 
@@ -117,9 +118,29 @@ def test_refresh_guard_also_lets_an_equal_version_through() -> None:
     assert field_cond.range.lte == 3 and field_cond.range.lt is None
 
 
+def test_a_user_of_an_equal_state_version_replaces_one_built_from_older_items() -> None:
+    user = VectorRecord("users", "a", (1.0,), 3, 0.0, basis_version=40)
+    (clause,) = guard_filter([user]).should  # type: ignore[misc]
+    assert isinstance(clause, models.Filter) and isinstance(clause.must, list)
+    older = clause.must[1]
+    assert isinstance(older, models.Filter) and isinstance(older.should, list)
+    lower_state, same_state = older.should
+    assert isinstance(lower_state, models.FieldCondition) and lower_state.range is not None
+    assert lower_state.range.lt == 3
+    assert isinstance(same_state, models.Filter) and isinstance(same_state.must, list)
+    state_match, basis_range = same_state.must
+    assert isinstance(state_match, models.FieldCondition)
+    assert state_match.match == models.MatchValue(value=3)
+    assert isinstance(basis_range, models.FieldCondition) and basis_range.range is not None
+    assert basis_range.key == "basis_version" and basis_range.range.lt == 40
+    newer = VectorRecord("users", "a", (1.0,), 3, 0.0, basis_version=41)
+    assert freshest([newer, user]) == [newer] == freshest([user, newer])
+
+
 @pytest.mark.parametrize(
     "bad",
     [
+        VectorRecord("users", "u", (1.0,), 1, 0.0, basis_version=1.5),  # type: ignore[arg-type]
         rec("", 1),
         rec("u", 1, kind="pins"),
         VectorRecord("users", "u", (1.0,), True, 0.0),
