@@ -14,6 +14,7 @@ NAMESPACE = "sagestream"
 BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
 SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 EXTRA_REASONS = ("key_mismatch", "missing_key", "empty_value")
+FANOUT_DROPS = ("pass_bound", "hub_cap")
 # Every 0.05 s up to 0.5 s (a fresh worker's p50), every 0.1 s up to 3 s, where the objectives are
 # (p99 under 1 s at 1,000 events/s, under 2 s when sustained): a quantile interpolated inside a
 # 0.5 s bucket could not tell 1.1 s from 1.9 s. Coarser beyond, where a worker has fallen behind.
@@ -136,6 +137,29 @@ class IngestMetrics:
             namespace=ns,
             registry=r,
         )
+        self.fanout_users = Counter(
+            "fanout_users",
+            "Users marked for re-encoding because an item they hold was re-encoded (fan-out)",
+            namespace=ns,
+            registry=r,
+        )
+        self.fanout_dropped = Counter(
+            "fanout_dropped",
+            "Users fan-out leaves on older item vectors until their next event: over the "
+            "per-pass bound (pass_bound), or taken out of a hub item's holders (hub_cap)",
+            ["reason"],
+            namespace=ns,
+            registry=r,
+        )
+        self.users_behind = Gauge(
+            "users_behind_items",
+            "Users the last pass left built from item vectors older than the current ones "
+            "(marked by its fan-out for the next pass, or over the bound)",
+            namespace=ns,
+            registry=r,
+        )
+        for reason in FANOUT_DROPS:
+            self.fanout_dropped.labels(reason=reason)
         self.model_version = Gauge(
             "serving_model_version",
             "1 for the model version this worker encodes with",
@@ -169,6 +193,7 @@ class IngestMetrics:
 
     def observe_pass(self, stats: PassStats) -> None:
         """Export one re-encode pass (streams/vectors/reencoder.py)."""
+        self.users_behind.set(stats.users_behind)  # an idle pass left none
         if stats.idle:
             return
         for kind, samples in stats.freshness_s.items():
@@ -182,6 +207,8 @@ class IngestMetrics:
             self.reencodes.labels(reason=reason).inc(count)
         self.reencode_skips.labels(kind="users").inc(stats.users_skipped)
         self.reencode_skips.labels(kind="items").inc(stats.items_skipped)
+        self.fanout_users.inc(stats.fanout_users)
+        self.fanout_dropped.labels(reason="pass_bound").inc(stats.fanout_dropped)
 
     def serve_from(self, settings: MetricsSettings) -> int | None:
         """Serve as the settings say; the port bound, or None when the endpoint is off."""

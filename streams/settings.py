@@ -245,6 +245,9 @@ class ReencodeSettings(_Section):
     # top-K neighbour ids did not change; 0 re-encodes on every change (exact mode, tests).
     item_min_change: float = Field(default=0.1, ge=0)
     content_cache: int = Field(default=50_000, ge=0)  # content vectors kept between passes
+    # Fan-out: users marked per pass because an item they hold was re-encoded (the newest
+    # holders first, shards taking turns); those over the bound are dropped and counted. 0: off.
+    fanout_per_pass: int = Field(default=10_000, ge=0)
     # Backpressure: consumption pauses while the vector store is failing, or while more marks
     # than this wait (dirty backlog, read every few seconds), and resumes once below half of it.
     max_backlog: int = Field(default=200_000, ge=1)

@@ -55,6 +55,7 @@ class BatchOutcome:
     replayed: int = 0
     duplicates: int = 0
     dead_lettered: int = 0
+    holders_capped: int = 0  # users a hub item's holder cap took out (no fan-out reaches them)
 
 
 def validate(
@@ -135,11 +136,13 @@ class IngestCore:
             outcome.applied += result.applied
             outcome.replayed += result.skipped
             outcome.duplicates += result.duplicates
+            outcome.holders_capped += result.holders_capped
         self._seams.at("after_state_write")
         self._metrics.apply_seconds.observe(time.perf_counter() - started)
         self._metrics.applied.inc(outcome.applied)
         self._metrics.replayed.inc(outcome.replayed)
         self._metrics.duplicates.inc(outcome.duplicates)
+        self._metrics.fanout_dropped.labels(reason="hub_cap").inc(outcome.holders_capped)
         for record in records:
             tp = (record.topic, record.partition)
             outcome.next_offsets[tp] = max(outcome.next_offsets.get(tp, 0), record.offset + 1)

@@ -22,17 +22,26 @@ Transport-agnostic: a runtime calls `Reencoder.run_pass(shards)` (or `run`, whic
    vectors, each `encode_batch` rows per onnxruntime call, in a worker thread;
 6. one guarded upsert (`wait=True`) of every record, labelled with the state version read
    before encoding: users `user_version`; items `item_version + content_version`, a sum of two
-   counters that only grow, so it never decreases;
-7. only after the upsert returned: record the encoded items' bases, then clear exactly the marks
-   read in step 1 (a mark dirtied again meanwhile stays). A crash anywhere before re-does the
-   pass: at-least-once, made idempotent by the store's state-version guard.
+   counters that only grow, so it never decreases. A user also carries its `basis_version`, the
+   sum of the state versions of the item vectors it was built from;
+7. only after the upsert returned, primary model only: fan-out (streams/vectors/fanout.py):
+   the holders of every item encoded in this pass, in every shard, are marked dirty (at most
+   `fanout_per_pass`, users of this pass excepted), so the next pass rebuilds them from the new
+   item vectors, within the same freshness budget;
+8. record the encoded items' bases, then clear exactly the marks read in step 1 (a mark dirtied
+   again meanwhile stays). A crash anywhere before re-does the pass: at-least-once, made
+   idempotent by the store's guard on (state version, basis version).
 
 With `item_min_change = 0` no item is ever skipped, so every vector equals a from-scratch encode
 of the current state (RELIABILITY I2); above 0, a skipped item keeps the vector and payload
-state_version of its last material encode, and its basis in Redis says what that was.
-A user's vector is built from the item vectors of the moment it is encoded: a later change of an
-item alone does not re-encode the users who hold it (no fan-out), as in OmniSage/PinnerFormer's
-daily refresh; a backfill with a new model brings everyone to the same item vectors.
+state_version of its last material encode, and its basis in Redis says what that was, and its
+holders are not re-encoded (the stored vector they were built from still stands).
+A user rebuilt by fan-out has the same state version as its stored vector but a higher basis
+version, which the store's guard lets through; a replay or a late writer that read older item
+vectors has a lower or equal one and is skipped. Holders are kept per item and shard up to
+`StateConfig.hold_max` (the newest first): a user beyond that cap on a hub item, or over the
+per-pass bound, stays built from the older item vectors until its own next event; both are
+counted (`sagestream_fanout_dropped_total`).
 """
 
 from __future__ import annotations
@@ -51,8 +60,10 @@ from encoders.runtime import EncoderBundle
 from state import RedisState, StateConfig, VectorRecord, VectorStore
 from state.catalog import CatalogRecord, CatalogStore
 from state.encode_inputs import EncodeBasis, EncodeInputs, UserInputs
+from state.vectors import STATE_VERSION
 from streams.settings import ReencodeSettings
 from streams.vectors.encoding import ContentCache, content_rows, item_rows, user_rows
+from streams.vectors.fanout import FanOut
 from streams.vectors.marks import MarkBook
 from streams.vectors.plans import ItemPlan, ItemPlanner
 from streams.vectors.rules import (
@@ -82,6 +93,7 @@ class Reencoder:
         self._state, self._inputs, self._catalog = state, inputs, catalog
         self._store, self._cfg, self._clock = store, settings, clock
         self._marks = MarkBook(state, catalog)
+        self._fanout = FanOut(state, settings.fanout_per_pass, clock)
         self._planner = ItemPlanner(inputs, catalog, settings.item_min_change)
         self._content = ContentCache(settings.content_cache)
         self._prepared: str | None = None
@@ -194,10 +206,10 @@ class Reencoder:
         insert_only: bool = False,
         refresh: bool = False,
     ) -> None:
-        """Encode what `marks` name with this model and upsert it (steps 2-6).
+        """Encode what `marks` name with this model and upsert it (steps 2-7).
 
-        The primary (serving) model skips immaterial item changes and records bases and
-        freshness; a shadow (the next model during a switch) and a backfill encode every item
+        The primary (serving) model skips immaterial item changes, fans out, and records bases
+        and freshness; a shadow (the next model during a switch) and a backfill encode every item
         named, since the recorded bases belong to the primary model. `insert_only` and `refresh`
         are the store's write modes (`VectorStore.upsert`).
         """
@@ -207,13 +219,15 @@ class Reencoder:
             self._planner.dirty(self.bundle, marks.items(), arrived, stats, skip=primary),
             self._users(marks),
         )
-        stored = await self._history_vectors(users, plans)
+        stored, versions = await self._history_vectors(users, plans)
         vectors = await self._encode_items(plans, stats)
+        versions.update({i: plan.basis.state_version for i, plan in plans.items()})
         records = [plan.record(vectors[i]) for i, plan in plans.items()]
-        records += await self._encode_users(users, {**stored, **vectors}, stats)
+        records += await self._encode_users(users, {**stored, **vectors}, versions, stats)
         await self._upsert(records, stats, insert_only=insert_only, refresh=refresh)
         if primary:
             self._freshness(stats, plans, marks)
+            await self._fanout.mark(plans, marks.users(), stats)  # before bases: see fanout.py
             await self._inputs.put_bases({i: p.basis for i, p in plans.items()})
 
     def spawn(self, bundle: EncoderBundle) -> Reencoder:
@@ -315,9 +329,10 @@ class Reencoder:
         self,
         users: Mapping[Shard, Mapping[str, UserInputs]],
         plans: dict[str, ItemPlan],
-    ) -> dict[str, FloatArray]:
-        """Stored vectors of history items not encoded in this pass; items with no vector of
-        this model are added to `plans` (step 4 of the module docstring)."""
+    ) -> tuple[dict[str, FloatArray], dict[str, int]]:
+        """Stored vectors and their state versions of history items not encoded in this pass;
+        items with no vector of this model are added to `plans` (step 4 of the module
+        docstring)."""
         needed = {
             item_id
             for shard_users in users.values()
@@ -325,20 +340,24 @@ class Reencoder:
             for item_id, _, _ in self._history(user)
         } - set(plans)
         if not needed:
-            return {}
+            return {}, {}
         found = await asyncio.to_thread(
             self._store.get, "items", needed, version=self.bundle.version
         )
         plans.update(await self._planner.cold(self.bundle, sorted(needed - set(found))))
-        return {item_id: point.vector for item_id, point in found.items()}
+        vectors = {item_id: point.vector for item_id, point in found.items()}
+        versions = {item_id: int(point.payload[STATE_VERSION]) for item_id, point in found.items()}
+        return vectors, versions
 
     async def _encode_users(
         self,
         users: Mapping[Shard, Mapping[str, UserInputs]],
         item_vectors: Mapping[str, FloatArray],
+        item_versions: Mapping[str, int],
         stats: PassStats,
     ) -> list[VectorRecord]:
-        """One record per dirty user with a usable history; the others are skipped."""
+        """One record per dirty user with a usable history; the others are skipped. Its basis
+        version sums the state versions of the distinct items of its history."""
         rows: list[tuple[UserInputs, list[tuple[str, int, float]]]] = []
         for shard_users in users.values():
             for user in shard_users.values():
@@ -361,8 +380,15 @@ class Reencoder:
         stats.users_encoded += len(rows)
         stats.reasons["sequence"] += len(rows)
         return [
-            VectorRecord("users", user.user_id, vector, user.version, self._user_ts(user))
-            for (user, _), vector in zip(rows, out, strict=True)
+            VectorRecord(
+                "users",
+                user.user_id,
+                vector,
+                user.version,
+                self._user_ts(user),
+                basis_version=sum(item_versions[i] for i in {i for i, _, _ in history}),
+            )
+            for (user, history), vector in zip(rows, out, strict=True)
         ]
 
     @staticmethod

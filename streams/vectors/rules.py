@@ -1,13 +1,14 @@
 """The re-encode scheduler's bookkeeping and decision rules, free of I/O (unit-tested alone).
 
-`material_change` and `item_reason` decide whether a dirty item is encoded again; `PassStats` is
-what a pass reports for the worker's metrics; `Marks` keeps the marks a pass read so they are
-cleared, verbatim, only after the upsert returned.
+`material_change` and `item_reason` decide whether a dirty item is encoded again; `fan_out` which
+holders of the re-encoded items are marked; `PassStats` is what a pass reports for the worker's
+metrics; `Marks` keeps the marks a pass read so they are cleared, verbatim, only after the upsert
+returned.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -18,6 +19,7 @@ from state.keys import DirtyKind
 Reason = Literal["neighbours", "content", "sequence", "cold_start"]
 REASONS: tuple[Reason, ...] = ("neighbours", "content", "sequence", "cold_start")
 Shard = tuple[str, int]
+Holders = Mapping[Shard, Mapping[str, Mapping[str, int]]]  # shard -> item -> user -> offset
 
 
 @dataclass
@@ -31,6 +33,8 @@ class PassStats:
     items_encoded: int = 0
     users_skipped: int = 0
     items_skipped: int = 0
+    fanout_users: int = 0  # holders of re-encoded items marked for the next pass
+    fanout_dropped: int = 0  # holders left out by `fanout_per_pass`
     reasons: dict[Reason, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
     encode_s: float = 0.0
     upsert_s: float = 0.0
@@ -43,6 +47,12 @@ class PassStats:
     def idle(self) -> bool:
         """True when the pass found no marks at all."""
         return self.marks == 0
+
+    @property
+    def users_behind(self) -> int:
+        """Users this pass left built from item vectors older than the current ones: marked
+        by its fan-out (re-encoded by the next pass) or dropped by the per-pass bound."""
+        return self.fanout_users + self.fanout_dropped
 
     @property
     def read_s(self) -> float:
@@ -117,3 +127,34 @@ def item_reason(
     if content_arrived or basis.content_version != content_version:
         return "content"
     return "neighbours" if changed else None
+
+
+def fan_out(
+    holders: Holders,
+    changed: Mapping[str, float],
+    exclude: Mapping[Shard, Collection[str]],
+    limit: int,
+) -> tuple[dict[Shard, list[tuple[str, float]]], int]:
+    """Which holders of the `changed` items (item -> first dirty ts) to mark dirty, per shard,
+    each with the earliest first dirty ts among the changed items it holds; and how many were
+    left out by `limit`. Users in `exclude` (encoded by this very pass, from these item vectors)
+    are not marked. In each shard the newest holders (highest offset) come first, and shards
+    take turns, so one shard's hub cannot take the whole bound."""
+    ranked: list[tuple[int, int, Shard, str, float]] = []
+    for turn, shard in enumerate(sorted(holders)):
+        skip = exclude.get(shard, ())
+        users: dict[str, tuple[int, float]] = {}
+        for item_id, held in holders[shard].items():
+            ts = changed[item_id]
+            for user_id, offset in held.items():
+                if user_id in skip:
+                    continue
+                newest, first = users.get(user_id, (offset, ts))
+                users[user_id] = (max(newest, offset), min(first, ts))
+        by_recency = sorted(users.items(), key=lambda kv: (-kv[1][0], kv[0]))
+        ranked += [(rank, turn, shard, u, ts) for rank, (u, (_, ts)) in enumerate(by_recency)]
+    ranked.sort(key=lambda row: row[:2])
+    chosen: dict[Shard, list[tuple[str, float]]] = {}
+    for _, _, shard, user_id, ts in ranked[:limit]:
+        chosen.setdefault(shard, []).append((user_id, ts))
+    return chosen, max(0, len(ranked) - limit)

@@ -6,7 +6,7 @@ import pytest
 
 from state import keys
 from state.encode_inputs import EncodeBasis
-from streams.vectors.rules import Marks, item_reason, material_change
+from streams.vectors.rules import Marks, fan_out, item_reason, material_change
 
 
 def basis(
@@ -76,3 +76,31 @@ def test_item_keys_share_one_hash_tag_per_item() -> None:
     dirty, redirty = keys.catalog_dirty_key("ss"), keys.catalog_redirty_key("ss")
     assert dirty == "ss:{catalog}:dirty:content"
     assert redirty.split("}")[0] == dirty.split("}")[0]  # one slot: the shard scripts apply
+
+
+A, B = ("eng", 0), ("eng", 1)
+
+
+def test_fan_out_marks_each_holder_once_at_its_earliest_change_but_not_this_passes_users() -> None:
+    holders = {
+        A: {"i1": {"u1": 5, "u2": 7}, "i2": {"u2": 3, "u3": 1}},
+        B: {"i2": {"u4": 2}},
+    }
+    chosen, dropped = fan_out(holders, {"i1": 50.0, "i2": 40.0}, {A: {"u1"}}, 10)
+    # u2 holds both: one mark, at i2's earlier first dirty ts; newest holders first
+    assert chosen == {A: [("u2", 40.0), ("u3", 40.0)], B: [("u4", 40.0)]}
+    assert dropped == 0
+
+
+def test_fan_out_bound_takes_the_newest_holders_of_each_shard_in_turns() -> None:
+    holders = {
+        A: {"hub": {f"a{n}": n for n in range(5)}},
+        B: {"hub": {"b0": 0, "b1": 1}},
+    }
+    chosen, dropped = fan_out(holders, {"hub": 1.0}, {}, 5)
+    assert chosen == {
+        A: [("a4", 1.0), ("a3", 1.0), ("a2", 1.0)],
+        B: [("b1", 1.0), ("b0", 1.0)],
+    }
+    assert dropped == 2
+    assert fan_out(holders, {"hub": 1.0}, {}, 0) == ({}, 7)

@@ -1,4 +1,5 @@
-"""The re-encoder's last step of the commit order: marks are cleared only after the upsert.
+"""The re-encoder's last step of the commit order: marks are cleared only after the upsert,
+and the fan-out to the holders of re-encoded items comes between the two.
 
 Every dependency is faked at its Python method level (RedisState, EncodeInputs, CatalogStore,
 VectorStore, EncoderBundle); a shared log records the order of the calls that matter.
@@ -39,8 +40,14 @@ CATALOG_MARKS = [("i2", 103.0)]
 Log = list[tuple[object, ...]]
 
 
+OTHER_SHARD = ("eng", 1)
+# i1 is held by this pass's users u1 and u2, by u3 beside them and by u7 in another shard
+HOLDERS = {SHARD: {"i1": {"u1": 4, "u2": 9, "u3": 6}}, OTHER_SHARD: {"i1": {"u7": 2}}}
+
+
 class FakeRedisState:
-    """`RedisState.dirty` / `clear_dirty` over an in-memory zset per (topic, partition, kind)."""
+    """`RedisState.dirty` / `clear_dirty` / `mark_dirty` over an in-memory zset per (topic,
+    partition, kind), and `holders` from `HOLDERS`; `fail_marking` makes `mark_dirty` raise."""
 
     config = StateConfig()
 
@@ -50,6 +57,28 @@ class FakeRedisState:
             (*SHARD, "users"): list(USER_MARKS),
             (*SHARD, "items"): list(ITEM_MARKS),
         }
+        self.fail_marking: BaseException | None = None
+
+    async def holders(
+        self, item_ids: Sequence[str]
+    ) -> dict[tuple[str, int], dict[str, dict[str, int]]]:
+        self.log.append(("holders", sorted(item_ids)))
+        wanted = set(item_ids)
+        return {
+            shard: {i: dict(users) for i, users in items.items() if i in wanted}
+            for shard, items in HOLDERS.items()
+        }
+
+    async def mark_dirty(
+        self, topic: str, partition: int, kind: str, marks: Sequence[tuple[str, float]]
+    ) -> int:
+        self.log.append(("mark_dirty", topic, partition, kind, list(marks)))
+        if self.fail_marking is not None:
+            raise self.fail_marking
+        page = self.marks.setdefault((topic, partition, kind), [])
+        new = [m for m in marks if m[0] not in {member for member, _ in page}]
+        page += new
+        return len(new)
 
     async def dirty(
         self, topic: str, partition: int, kind: str, limit: int
@@ -127,7 +156,8 @@ class FakeStore:
         self, kind: str, entity_ids: Iterable[str], *, version: str | None = None
     ) -> dict[str, StoredPoint]:
         assert version == "v1"  # never through the alias
-        return {e: StoredPoint(np.ones(DIM, dtype=np.float32), {}) for e in entity_ids}
+        payload = {"state_version": 3}
+        return {e: StoredPoint(np.ones(DIM, dtype=np.float32), payload) for e in entity_ids}
 
     def upsert(
         self,
@@ -173,7 +203,7 @@ class FakeBundle:
 
 
 class World:
-    def __init__(self, fail: BaseException | None = None) -> None:
+    def __init__(self, fail: BaseException | None = None, fanout_per_pass: int = 100) -> None:
         self.log: Log = []
         self.state = FakeRedisState(self.log)
         self.inputs = FakeInputs(self.log)
@@ -185,7 +215,9 @@ class World:
             cast(CatalogStore, self.catalog),
             cast(VectorStore, self.store),
             cast(EncoderBundle, FakeBundle()),
-            ReencodeSettings(item_min_change=0.0, marks_per_shard=100),
+            ReencodeSettings(
+                item_min_change=0.0, marks_per_shard=100, fanout_per_pass=fanout_per_pass
+            ),
             clock=lambda: 1000.0,
         )
         self.reencoder.on_vector_write(lambda: self.log.append(("after_vector_write",)))
@@ -215,7 +247,11 @@ async def test_the_marks_left_by_a_failed_pass_are_cleared_by_the_next() -> None
     world.store.fail = None
     stats = await world.reencoder.run_pass([SHARD])
     assert stats.marks == len(USER_MARKS) + len(ITEM_MARKS) + len(CATALOG_MARKS)
-    assert world.state.marks == {(*SHARD, "users"): [], (*SHARD, "items"): []}
+    assert world.state.marks == {  # only the fan-out's marks, for the next pass
+        (*SHARD, "users"): [("u3", 102.0)],
+        (*SHARD, "items"): [],
+        (*OTHER_SHARD, "users"): [("u7", 102.0)],
+    }
     assert world.catalog.marks == []
 
 
@@ -279,7 +315,7 @@ async def test_a_crash_at_the_hook_leaves_the_marks() -> None:
     assert "upsert" in world.names()
     assert "clear_dirty" not in world.names()
     assert "catalog_clear" not in world.names()
-    assert world.state.marks[(*SHARD, "users")] == USER_MARKS
+    assert world.state.marks[(*SHARD, "users")] == [*USER_MARKS, ("u3", 102.0)]  # fanned out
 
 
 async def test_an_unreachable_store_while_reading_history_vectors_leaves_the_marks() -> None:
@@ -309,3 +345,45 @@ async def test_each_shard_is_drained_once_per_kind() -> None:
     await world.reencoder.run_pass([SHARD, SHARD])
     drained = [e[1:] for e in world.log if e[0] == "dirty"]
     assert drained == [(*SHARD, "users"), (*SHARD, "items")]
+
+
+async def test_fan_out_marks_the_other_holders_after_the_upsert_and_before_the_bases() -> None:
+    world = World()
+    stats = await world.reencoder.run_pass([SHARD])
+    names = world.names()
+    assert names.index("upsert") < names.index("holders") < names.index("mark_dirty")
+    assert names.index("mark_dirty") < names.index("put_bases") < names.index("clear_dirty")
+    assert ("holders", ["i1", "i2"]) in world.log
+    # u1 and u2 were encoded by this pass from the new i1; the others are marked with the
+    # first dirty ts of i1, so their freshness counts from the event that changed it
+    marked = {e[1:4]: e[4] for e in world.log if e[0] == "mark_dirty"}
+    assert marked == {(*SHARD, "users"): [("u3", 102.0)], (*OTHER_SHARD, "users"): [("u7", 102.0)]}
+    assert world.state.marks[(*SHARD, "users")] == [("u3", 102.0)]  # u1, u2 cleared
+    assert (stats.fanout_users, stats.fanout_dropped, stats.users_behind) == (2, 0, 2)
+
+
+async def test_fan_out_is_bounded_per_pass_and_counts_what_it_left_out() -> None:
+    world = World(fanout_per_pass=1)
+    stats = await world.reencoder.run_pass([SHARD])
+    marked = [m for e in world.log if e[0] == "mark_dirty" for m in e[4]]
+    assert marked == [("u3", 102.0)]  # the first shard in order takes the one turn
+    assert (stats.fanout_users, stats.fanout_dropped) == (1, 1)
+
+
+async def test_a_failed_fan_out_leaves_every_mark_and_records_no_basis() -> None:
+    world = World()
+    world.state.fail_marking = VectorStoreUnavailable("redis away")
+    with pytest.raises(VectorStoreUnavailable):
+        await world.reencoder.run_pass([SHARD])
+    for never in ("put_bases", "clear_dirty", "catalog_clear", "after_vector_write"):
+        assert never not in world.names(), never
+    assert world.state.marks[(*SHARD, "items")] == ITEM_MARKS
+
+
+async def test_user_records_carry_the_versions_of_the_item_vectors_they_were_built_from() -> None:
+    world = World()
+    await world.reencoder.run_pass([SHARD])
+    [records] = world.store.upserts
+    basis = {r.entity_id: r.basis_version for r in records}
+    # history i1 (encoded in this pass: 4 + content 1) and i5 (stored with state version 3)
+    assert basis == {"i1": 0, "i2": 0, "u1": 8, "u2": 8}
