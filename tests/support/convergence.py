@@ -23,7 +23,7 @@ async def assert_converged(
     catalog: Iterable[CatalogItem],
 ) -> tuple[int, int]:
     """I1 against the from-scratch state, offsets committed to the end, and I2 for `bundle`'s
-    vectors; returns (valid events, users built before a later change of one of their items)."""
+    vectors, users included (fan-out); returns (valid events, vectors checked)."""
     state = RedisState(redis_client, settings.state, prefix=settings.redis.key_prefix)
     records = await asyncio.to_thread(read_topic, settings, settings.topics.engagements)
     oracle = Oracle.from_records(settings, records)
@@ -34,5 +34,5 @@ async def assert_converged(
         world = World(redis_client, settings, bundle, store)
         world.replayed({p: [e for _, e in evs] for p, evs in oracle.events.items()})
         world.content = {i.item_id: i for i in catalog}
-        behind = await assert_matches_oracle(world)
-    return oracle.valid_count, behind
+        checked = await assert_matches_oracle(world)
+    return oracle.valid_count, checked

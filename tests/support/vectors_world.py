@@ -137,7 +137,8 @@ def oracle(
 
 
 def cosine(got: FloatArray, want: FloatArray) -> float:
-    return float(np.dot(got, want) / (np.linalg.norm(got) * np.linalg.norm(want)))
+    a, b = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 def assert_close(got: FloatArray, want: FloatArray, what: str) -> None:
@@ -145,58 +146,45 @@ def assert_close(got: FloatArray, want: FloatArray, what: str) -> None:
 
 
 CLOSE = 0.99999  # cosine of a stored vector to its from-scratch one
+# Users, tighter: with the test model a user built from item vectors that changed since is
+# within 1e-5..3e-6 of its from-scratch vector (its history is pooled), an exact one within
+# 3e-8 (float32 batches; stored item vectors differ from fresh ones by up to 1e-6).
+USER_CLOSE = 1 - 5e-7
 
 
 async def assert_matches_oracle(world: World, bundle: EncoderBundle | None = None) -> int:
     """I2: every engaged entity's stored vector of `bundle`'s model (default the world's)
-    equals the from-scratch one, labelled with the state version Redis holds; returns the users
-    counted, not checked (see `vector_mismatches`)."""
-    _, problems, behind = await vector_mismatches(world, bundle)
+    equals the from-scratch one, labelled with the state version Redis holds; returns the
+    vectors checked (all of them)."""
+    checked, problems = await vector_mismatches(world, bundle)
     assert problems == [], problems[:5]
-    return behind
+    return checked
 
 
 async def vector_mismatches(
     world: World, bundle: EncoderBundle | None = None
-) -> tuple[int, list[str], int]:
-    """(vectors checked, what differs, users behind their items).
-
-    A user vector is built from the item vectors of the moment it was encoded (no fan-out, see
-    streams/vectors/reencoder.py). A user written before one of its history items was rewritten (the
-    item's `updated_at` is later) cannot match and is counted, not checked. Users written after
-    all their items must match exactly, and so must every item.
-    """
+) -> tuple[int, list[str]]:
+    """(vectors checked, what differs). Every item and every user is checked exactly: a user
+    built before one of its history items was re-encoded is rebuilt by the fan-out
+    (streams/vectors/fanout.py), so after a drain none is left on older item vectors."""
     users, items = world.engaged()
     model = (bundle or world.bundle).version
-    graphs = _graphs(world)
-    want_users, want_items = oracle(world, bundle, graphs)
+    want_users, want_items = oracle(world, bundle)
     stored_users = world.vectors("users", users, model)
     stored_items = world.vectors("items", items, model)
     problems = [f"user {u}: no vector" for u in sorted(set(users) - set(stored_users))]
     problems += [f"item {i}: no vector" for i in sorted(set(items) - set(stored_items))]
     contents = await world.catalog.get(items)
-    checked = 0
     for item_id, (vector, version, _) in stored_items.items():
         cv = contents[item_id].content_version if item_id in contents else 0
         if version != await world.state.item_version(item_id) + cv:
             problems.append(f"item {item_id}: state version {version}")
         elif cosine(vector, want_items[item_id]) < CLOSE:
             problems.append(f"item {item_id}: cosine {cosine(vector, want_items[item_id])}")
-        checked += 1
-    seq_len = (bundle or world.bundle).seq_len
-    behind = 0
-    for user_id, (vector, version, updated) in stored_users.items():
+    for user_id, (vector, version, _) in stored_users.items():
         p = world.partition(user_id)
         if version != await world.state.user_version(world.topic, p, user_id):
             problems.append(f"user {user_id}: state version {version}")
-            continue
-        history = {e.item_id for e in graphs[p].sequence(user_id)[-(seq_len + 1) :]}
-        if any(i not in stored_items for i in history):
-            continue  # said above
-        if max(stored_items[i][2] for i in history) > updated:
-            behind += 1
-            continue
-        if cosine(vector, want_users[user_id]) < CLOSE:
+        elif cosine(vector, want_users[user_id]) < USER_CLOSE:
             problems.append(f"user {user_id}: cosine {cosine(vector, want_users[user_id])}")
-        checked += 1
-    return checked, problems, behind
+    return len(stored_items) + len(stored_users), problems

@@ -192,10 +192,10 @@ async def test_switch_under_load_never_shows_readers_a_gap(
     assert reader.versions == {first, second} and reader.rounds >= 2 * READER_ROUNDS
     assert not feed.rest, "the switch finished before every event was applied"
     assert feed.pages_fed >= 2, "no backfill page overlapped the stream"
-    # the new version holds every entity, each equal to a from-scratch encode (users built
-    # before a later change of one of their items are reported, not failed: no fan-out)
-    behind = await assert_matches_oracle(world, registry.load(second))
-    log.info("users built from an item vector that changed later: %d", behind)
+    # the new version holds every entity, each equal to a from-scratch encode (users too:
+    # the fan-out rebuilt those built before a later change of one of their items)
+    checked = await assert_matches_oracle(world, registry.load(second))
+    log.info("vectors of the new version equal to the oracle: %d", checked)
 
 
 async def test_a_poisoned_promotion_is_refused_and_the_old_model_keeps_serving(
@@ -323,4 +323,4 @@ async def test_backfill_command_fills_a_new_version_then_flips(
     with vector_store(settings) as store:
         world.store = store
         assert store.serving_version() == second
-        assert await assert_matches_oracle(world, registry.load(second)) == 0
+        await assert_matches_oracle(world, registry.load(second))

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import redis.asyncio as aioredis
 
+from encoders.data import encoder_window
 from encoders.runtime import EncoderBundle
 from state import (
     VectorRecord,
@@ -28,6 +30,7 @@ from tests.support.vectors_world import (
     assert_close,
     assert_matches_oracle,
     partition_of,
+    vector_mismatches,
 )
 
 pytestmark = pytest.mark.integration
@@ -55,9 +58,9 @@ def world(
     bundle: EncoderBundle,
     store: VectorStore,
 ) -> Callable[..., World]:
-    def factory(min_change: float = 0.0) -> World:
-        settings = make_settings(reencode={"item_min_change": min_change, "window_s": 0.01})
-        return World(redis_client, settings, bundle, store)
+    def factory(min_change: float = 0.0, **reencode: object) -> World:
+        knobs = {"item_min_change": min_change, "window_s": 0.01, **reencode}
+        return World(redis_client, make_settings(reencode=knobs), bundle, store)
 
     return factory
 
@@ -126,17 +129,68 @@ async def test_new_events_reencode_that_user_and_changed_items_only(
     ]
     await w.apply(new)
     passes = await w.reencoder.run_until_idle(w.shards)
-    assert sum(p.users_encoded for p in passes) == 1
     assert sum(p.reasons["cold_start"] for p in passes) == 1  # i_fresh, never encoded
     after_users, after_items = w.vectors("users", users), w.vectors("items", items)
-    assert {u for u in users if after_users[u][1:] != before_users[u][1:]} == {user}
     changed = {i for i in items if after_items[i][1] != before_items[i][1]}
     assert changed <= set(touched) | {n for i in touched for n in await neighbours_of(w, i)}
     assert "i_fresh" in w.vectors("items", ["i_fresh"])
+    # the user, and by fan-out the users whose encoder window holds an item whose vector
+    # changed: nobody else (a holder of it only further back is encoded again, to the same
+    # vector and basis version, which the store skips)
+    holders = {u for u in users if await window(w, u) & changed}
+    rebuilt = {u for u in users if after_users[u][1:] != before_users[u][1:]}
+    assert rebuilt == {user} | holders
+    assert sum(p.fanout_users for p in passes) >= len(holders - {user})
+    assert all(after_users[u][1] == before_users[u][1] for u in rebuilt - {user})  # same state
+
+
+async def window(w: World, user_id: str) -> set[str]:
+    sequence = await w.state.user_sequence(w.topic, partition_of(user_id), user_id)
+    return {item_id for item_id, _, _ in encoder_window(sequence, w.bundle.seq_len)}
 
 
 async def neighbours_of(w: World, item_id: str) -> list[str]:
     return [n for n, _ in await w.state.item_neighbours(item_id, 50)]
+
+
+async def visited(w: World) -> int:
+    """Drain the stream, then 20 items change: each takes the content of an item of another
+    community, and a new user engages with them all. The drained users holding them are behind
+    until rebuilt. Returns the passes' fan-out drops."""
+    catalog = catalog_without(0)
+    await w.put(catalog)
+    await w.apply(stream())
+    await w.reencoder.run_until_idle(w.shards)
+    ts = max(e.ts for evs in w.events.values() for e in evs) + 5.0
+    items = w.engaged()[1][:20]
+    theirs = {c.item_id: c for c in catalog}
+    swapped = [theirs[f"i{(int(i.removeprefix('i')) + 1) % len(catalog)}"] for i in items]
+    await w.put([replace(c, item_id=i) for i, c in zip(items, swapped, strict=True)])
+    await w.apply(
+        [Engagement(f"v{k}", "u999", item, "click", ts + k) for k, item in enumerate(items)]
+    )
+    passes = await w.reencoder.run_until_idle(w.shards)
+    assert sum(p.fanout_users for p in passes) > 0
+    assert passes[-2].fanout_users == 0  # the last pass with marks rebuilt holders only
+    return sum(p.fanout_dropped for p in passes)
+
+
+async def test_fan_out_rebuilds_every_holder_of_a_changed_item_exactly(
+    world: Callable[..., World],
+) -> None:
+    """Without fan-out, the holders would keep the old item vectors until their next event."""
+    w = world()
+    assert await visited(w) == 0
+    assert await assert_matches_oracle(w) == sum(map(len, w.engaged()))
+
+
+async def test_fan_out_over_its_bound_leaves_users_behind_and_counts_them(
+    world: Callable[..., World],
+) -> None:
+    w = world(fanout_per_pass=2)
+    assert await visited(w) > 0
+    _, problems = await vector_mismatches(w)
+    assert problems and all(p.startswith("user ") and "cosine" in p for p in problems)
 
 
 async def test_catalog_item_gets_content_only_vector_at_once(world: Callable[..., World]) -> None:
