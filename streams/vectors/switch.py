@@ -17,8 +17,9 @@ A reader therefore sees N, complete, until the flip, and N+1, complete, after it
 `sagestream backfill` runs steps 3-4 on its own for deployments whose workers do not switch
 themselves (several workers: each dual-writes its partitions, one backfill covers everything).
 With ``--refresh`` it re-encodes the serving version in place, items first, then users from those
-item vectors, replacing points of the same state version: a user's vector is otherwise built from
-the item vectors of its last event (no fan-out), and drifts from the items as they change.
+item vectors, replacing points of the same state version: the live fan-out keeps users on their
+items' current vectors, but not those past its hub cap or per-pass bound, nor users of items whose
+change stayed below `item_min_change` (their stored vector stands), which a refresh catches up.
 """
 
 from __future__ import annotations

@@ -13,10 +13,12 @@ so the stored user vectors describe the leave-one-out test histories. Then:
     (read from Redis with the re-encoder's reader). What is compared is the serving path: the
     stored vectors, the alias, the search and its exclusions, against the model's own output.
 
-Logged, not asserted: the store straight after the replay (users keep the vectors of their last
-event's pass, built from the item vectors of that moment: no fan-out), and the offline evaluation
-on the trainer's own lists, one graph over the fed events (the stream's lists are merged over four
-partitions, each damping hubs by its own degrees), both with `sagestream eval`'s lists.
+Logged, not asserted: the store straight after the replay (users rebuilt by the fan-out as their
+items changed, except those past its hub cap on popular items, `state.hold_max`, who keep the item
+vectors of their last event's pass; and items below `item_min_change` do not fan out), and the
+offline evaluation on the trainer's own lists, one graph over the fed events (the stream's lists
+are merged over four partitions, each damping hubs by its own degrees), both with `sagestream
+eval`'s lists.
 """
 
 from __future__ import annotations

@@ -172,3 +172,17 @@ async def test_replays_reported_by_the_state_are_counted() -> None:
     outcome = await core.process([record(0), record(1)])
     assert (outcome.applied, outcome.replayed) == (0, 2)
     assert sample(registry, "sagestream_events_replayed_total") == 2
+
+
+async def test_holders_taken_out_by_the_hub_cap_are_counted_as_fan_out_drops() -> None:
+    class CappingState(FakeState):
+        async def apply(
+            self, topic: str, partition: int, batch: Sequence[tuple[int, Engagement]]
+        ) -> ApplyResult:
+            result = await super().apply(topic, partition, batch)
+            return ApplyResult(len(batch), 0, result.watermark, holders_capped=3)
+
+    core, registry = make_core(CappingState(), FakeSink())
+    outcome = await core.process([record(0), record(1)])
+    assert outcome.holders_capped == 3
+    assert sample(registry, "sagestream_fanout_dropped_total", reason="hub_cap") == 3
