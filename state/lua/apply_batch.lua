@@ -269,7 +269,9 @@ local function flush_marks(kind)
 end
 
 -- holders (rule 8): per item, each user's newest offset on it in this call; written with one
--- ZADD per item (an offset is always newer than the stored one) and capped to the newest hold_max
+-- ZADD per item (an offset is always newer than the stored one) and capped to the newest
+-- hold_max. Every holder came with an applied event, so an item holds at most its degree in this
+-- shard: only an item whose degree passed the cap (a hub) can need the cut.
 local holds = {}
 
 local function hold(item, user, off)
@@ -286,7 +288,9 @@ local function flush_holds()
     local hkey, args = key(L.hold, item), {}
     for i, user in ipairs(h.ids) do args[2 * i - 1], args[2 * i] = fmt_int(h.off[user]), user end
     call_chunked('ZADD', hkey, args, 2)
-    capped = capped + redis.call('ZREMRANGEBYRANK', hkey, 0, -(C.hold_max + 1))
+    if items[item].deg > C.hold_max then
+      capped = capped + redis.call('ZREMRANGEBYRANK', hkey, 0, -(C.hold_max + 1))
+    end
   end
   return capped
 end
