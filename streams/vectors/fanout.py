@@ -12,7 +12,9 @@ scored with the item's first dirty ts, so the user's freshness sample counts fro
 changed the item; an existing mark flagged "dirtied again", so a pass in flight that read it
 before keeps it. A shard this worker does not drain is marked for the worker that does.
 
-It runs after the upsert returned and before the pass records bases and clears its marks: a
+It runs after every upsert of the pass returned - the shadow's too during a model switch, or a
+holder rebuilt before the shadow's write could read the old item vector from the new model's
+collection and never be marked again - and before the pass records bases and clears its marks: a
 crash before it re-does the pass, which encodes the same items again and fans out again (marking
 twice is marking once). Bases come after it because a re-done pass skips an item whose basis is
 already recorded, and would then not fan out.

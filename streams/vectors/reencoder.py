@@ -24,10 +24,11 @@ Transport-agnostic: a runtime calls `Reencoder.run_pass(shards)` (or `run`, whic
    before encoding: users `user_version`; items `item_version + content_version`, a sum of two
    counters that only grow, so it never decreases. A user also carries its `basis_version`, the
    sum of the state versions of the item vectors it was built from;
-7. only after the upsert returned, primary model only: fan-out (streams/vectors/fanout.py):
-   the holders of every item encoded in this pass, in every shard, are marked dirty (at most
-   `fanout_per_pass`, users of this pass excepted), so the next pass rebuilds them from the new
-   item vectors, within the same freshness budget;
+7. only after the upserts returned (the shadow's too, during a switch), for the primary
+   model's items: fan-out (streams/vectors/fanout.py): the holders of every item encoded in
+   this pass, in every shard, are marked dirty (at most `fanout_per_pass`, users of this pass
+   excepted), so the next pass rebuilds them from the new item vectors in every collection
+   written, within the same freshness budget;
 8. record the encoded items' bases, then clear exactly the marks read in step 1 (a mark dirtied
    again meanwhile stays). A crash anywhere before re-does the pass: at-least-once, made
    idempotent by the store's guard on (state version, basis version).
@@ -186,12 +187,16 @@ class Reencoder:
         stats.more_waiting = marks.full(self._cfg.marks_per_shard)
         if stats.idle:
             return stats
-        await self.write(marks, stats)
+        plans = await self.write(marks, stats)
         if self._shadow is not None:  # a model switch is under way: dual writes
             shadow = PassStats()
             await self._shadow.write(marks, shadow, primary=False)
             stats.encode_s += shadow.encode_s
             stats.upsert_s += shadow.upsert_s
+        # after every model's upsert: a user rebuilt on fan-out must find the new item vectors
+        # in each collection it is written to
+        await self._fanout.mark(plans, marks.users(), stats)
+        await self._inputs.put_bases({i: p.basis for i, p in plans.items()})  # after: fanout.py
         self._after_vector_write()
         await self._marks.clear(marks)
         stats.pass_s = time.perf_counter() - began
@@ -205,13 +210,14 @@ class Reencoder:
         primary: bool = True,
         insert_only: bool = False,
         refresh: bool = False,
-    ) -> None:
-        """Encode what `marks` name with this model and upsert it (steps 2-7).
+    ) -> dict[str, ItemPlan]:
+        """Encode what `marks` name with this model and upsert it (steps 2-6); returns the
+        items encoded, whose holders `run_pass` fans out to and whose bases it records.
 
-        The primary (serving) model skips immaterial item changes, fans out, and records bases
-        and freshness; a shadow (the next model during a switch) and a backfill encode every item
-        named, since the recorded bases belong to the primary model. `insert_only` and `refresh`
-        are the store's write modes (`VectorStore.upsert`).
+        The primary (serving) model skips immaterial item changes and records freshness; a
+        shadow (the next model during a switch) and a backfill encode every item named, since the
+        recorded bases belong to the primary model. `insert_only` and `refresh` are the store's
+        write modes (`VectorStore.upsert`).
         """
         await self._prepare()
         arrived = {item_id for item_id, _ in marks.catalog}
@@ -227,8 +233,7 @@ class Reencoder:
         await self._upsert(records, stats, insert_only=insert_only, refresh=refresh)
         if primary:
             self._freshness(stats, plans, marks)
-            await self._fanout.mark(plans, marks.users(), stats)  # before bases: see fanout.py
-            await self._inputs.put_bases({i: p.basis for i, p in plans.items()})
+        return plans
 
     def spawn(self, bundle: EncoderBundle) -> Reencoder:
         """A scheduler for another model on the same state and store (a switch's shadow)."""

@@ -155,7 +155,7 @@ class FakeStore:
     def get(
         self, kind: str, entity_ids: Iterable[str], *, version: str | None = None
     ) -> dict[str, StoredPoint]:
-        assert version == "v1"  # never through the alias
+        assert version in ("v1", "v2")  # never through the alias
         payload = {"state_version": 3}
         return {e: StoredPoint(np.ones(DIM, dtype=np.float32), payload) for e in entity_ids}
 
@@ -387,3 +387,19 @@ async def test_user_records_carry_the_versions_of_the_item_vectors_they_were_bui
     basis = {r.entity_id: r.basis_version for r in records}
     # history i1 (encoded in this pass: 4 + content 1) and i5 (stored with state version 3)
     assert basis == {"i1": 0, "i2": 0, "u1": 8, "u2": 8}
+
+
+async def test_with_a_shadow_the_fan_out_waits_for_both_models_upserts() -> None:
+    """A holder rebuilt before the shadow's upsert would read the old item vector from the
+    new model's collection, and nothing would mark it again."""
+
+    class NextModel(FakeBundle):
+        version = "v2"
+
+    world = World()
+    world.reencoder.dual_write(world.reencoder.spawn(cast(EncoderBundle, NextModel())))
+    await world.reencoder.run_pass([SHARD])
+    names = world.names()
+    upserts = [i for i, name in enumerate(names) if name == "upsert"]
+    assert [world.log[i][1] for i in upserts] == ["v1", "v2"]
+    assert upserts[-1] < names.index("mark_dirty") < names.index("put_bases")
