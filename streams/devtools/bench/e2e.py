@@ -102,7 +102,8 @@ class PassRecorder(IngestMetrics):
         self.samples: dict[str, list[float]] = {"users": [], "items": []}
         self.encoded = 0
         self.passes = {"count": 0, "encode_s": 0.0, "upsert_s": 0.0}
-        self.fanout_users = 0  # users re-encoded because an item of their history was
+        self.fanout_marked = 0  # users marked because an item of their history was re-encoded
+        self.fanout_left_out = 0  # and those the per-pass bound left out
         self.last_pass_at: float | None = None
 
     def observe_pass(self, stats: PassStats) -> None:
@@ -114,7 +115,8 @@ class PassRecorder(IngestMetrics):
         self.passes["count"] += 1
         self.passes["encode_s"] += stats.encode_s
         self.passes["upsert_s"] += stats.upsert_s
-        self.fanout_users += getattr(stats, "fanout_users", 0)  # once PassStats counts it
+        self.fanout_marked += stats.fanout_users
+        self.fanout_left_out += stats.fanout_dropped
         for kind, samples in stats.freshness_s.items():
             self.samples[kind].extend(samples)
 
@@ -409,7 +411,8 @@ def measure_throughput(
         },
         "marks_left": asyncio.run(marks_left(sage)),
         "sagestream_passes": metrics.pass_summary(),
-        "fanout_users": metrics.fanout_users,
+        "fanout_users": metrics.fanout_marked,
+        "fanout_dropped": metrics.fanout_left_out,
     }
     return result, sage_eps
 

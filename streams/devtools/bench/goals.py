@@ -9,7 +9,8 @@ On one fresh topic and one model (`e2e.prepare_model`), in this order:
    first of its runs), and the drained figure is also read against that median ceiling;
 3. the sustainable live rate (`live.live_search`): the drained worker's state, offered rates in
    steps;
-4. fan-out: the re-encodes the drained run counted (a slot until PassStats counts them);
+4. fan-out: the users the drained run's fan-out marked, and the users left behind their items
+   after the drain (streams/devtools/bench/behind.py);
 5. memory (`memory`): `memory_events` more events through the worker in a process of its own,
    its RSS sampled; then the Redis bytes per user and per item of everything the run applied.
 
@@ -29,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from streams.devtools.bench.behind import users_behind
 from streams.devtools.bench.e2e import (
     E2EConfig,
     drop_vectors,
@@ -102,6 +104,8 @@ def run_goals_bench(base: Settings, cfg: GoalsConfig) -> dict[str, Any]:
         sage = path_settings(base, topic, registry, cfg.qdrant, work)
         try:
             throughput, _ = measure_throughput(e2e, naive, sage, work, version)
+            run_users = {e.user_id for e in generate_events(e2e.stream(cfg.events))}
+            behind = asyncio.run(users_behind(sage, version, run_users))
             ingest = ingest_figures(base, topic, cfg, throughput["eps"]["ceiling"])
             live = live_search(sage, cfg.live)
             memory = memory_figures(sage, cfg, work)
@@ -122,7 +126,9 @@ def run_goals_bench(base: Settings, cfg: GoalsConfig) -> dict[str, Any]:
         "live": live,
         "fanout": {
             "reencodes": throughput["fanout_users"],
-            "users_behind_after_drain": None,  # a slot: measured once fan-out lands
+            "left_out_by_the_pass_bound": throughput["fanout_dropped"],
+            "users_behind_after_drain": behind["behind"],
+            "behind": behind,
         },
         "memory": memory,
     }

@@ -134,7 +134,11 @@ def test_goals_bench_reports_every_figure_with_a_verdict(
     assert len(figures) == 9
     assert set(figures.values()) <= {"met", "not met", "not measured", "reported"}
     assert figures["worker RSS"] == "not measured"  # 1,200 events, not the goal's 1,000,000
-    assert figures["users behind their items (drained)"] == "not measured"  # the fan-out slot
+    # the drained run's fan-out leaves no user behind its items (the default bounds are far
+    # above this run's size), and every user of the run was checked
+    fanout = result["fanout"]
+    assert fanout["behind"]["users_checked"] > 0 and fanout["behind"]["without_item_vectors"] == 0
+    assert figures["users behind their items (drained)"] == "met", fanout
     for line in ("sustainable live rate", "ingest / raw consume ceiling", "worker RSS"):
         assert line in done.stdout
     assert png.read_bytes().startswith(b"\x89PNG")
