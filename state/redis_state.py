@@ -343,13 +343,23 @@ class RedisState:
         return added
 
     async def clear_dirty(
-        self, topic: str, partition: int, kind: DirtyKind, marks: Sequence[tuple[str, float]]
+        self,
+        topic: str,
+        partition: int,
+        kind: DirtyKind,
+        marks: Sequence[tuple[str, float]],
+        *,
+        rescore: float | None = None,
     ) -> int:
-        """Remove handled marks, unless their entity was dirtied again since `dirty` read them."""
+        """Remove handled marks, unless their entity was dirtied again since `dirty` read them;
+        those stay, scored from `rescore` (when later), the time they were read: the pass took
+        away everything that had dirtied them before it (see clear_dirty.lua)."""
         if not marks:
             return 0
         shard = self._shard(topic, partition)
-        args: list[str] = []
+        if rescore is not None and not math.isfinite(rescore):
+            raise StateError(f"rescore must be finite, got {rescore!r}")
+        args: list[str] = ["" if rescore is None else repr(float(rescore))]
         for member, score in marks:
             if not math.isfinite(score):
                 raise StateError(f"dirty mark score must be finite, got {score!r}")

@@ -30,7 +30,8 @@ class MarkBook:
             marks.catalog = await self._catalog.dirty(limit)
         return marks
 
-    async def clear(self, marks: Marks) -> None:
+    async def clear(self, marks: Marks, read_at: float | None = None) -> None:
+        """Clear what a pass handled; marks dirtied again since `read_at` stay, scored from it."""
         for (topic, partition, kind), read in marks.shards.items():
-            await self._state.clear_dirty(topic, partition, kind, read)
+            await self._state.clear_dirty(topic, partition, kind, read, rescore=read_at)
         await self._catalog.clear_dirty(marks.catalog)

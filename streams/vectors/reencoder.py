@@ -182,6 +182,7 @@ class Reencoder:
         """Drain, write every target, clear; see the module docstring."""
         stats = PassStats()
         began = time.perf_counter()
+        read_at = self._clock()
         marks = await self._marks.drain(shards, self._cfg.marks_per_shard, catalog=catalog)
         stats.marks = marks.count()
         stats.more_waiting = marks.full(self._cfg.marks_per_shard)
@@ -198,7 +199,7 @@ class Reencoder:
         await self._fanout.mark(plans, marks.users(), stats)
         await self._inputs.put_bases({i: p.basis for i, p in plans.items()})  # after: fanout.py
         self._after_vector_write()
-        await self._marks.clear(marks)
+        await self._marks.clear(marks, read_at)
         stats.pass_s = time.perf_counter() - began
         return stats
 

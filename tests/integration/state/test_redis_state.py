@@ -172,9 +172,21 @@ async def test_clear_dirty_keeps_a_mark_dirtied_after_the_read(
     assert await state.clear_dirty(TOPIC, 0, "users", [("u1", 49.0)]) == 0  # score changed
     assert await state.clear_dirty(TOPIC, 0, "users", [("u1", 50.0)]) == 1
     assert await state.dirty(TOPIC, 0, "users", 10) == []
+    # a pass that read at 65 and finds u1 dirtied again rescores it from 65: what dirtied it
+    # before the read is in the vector that pass wrote; an earlier read time never moves it back
+    marks = await state.dirty(TOPIC, 0, "users", 10)
+    await state.apply(TOPIC, 0, [(3, Ev("u1", "d", "click", 80.0))])
+    marks = await state.dirty(TOPIC, 0, "users", 10)
+    await state.apply(TOPIC, 0, [(4, Ev("u1", "e", "click", 90.0))])
+    assert await state.clear_dirty(TOPIC, 0, "users", marks, rescore=85.0) == 0
+    assert await state.dirty(TOPIC, 0, "users", 10) == [("u1", 85.0)]
+    await state.apply(TOPIC, 0, [(5, Ev("u1", "f", "click", 95.0))])
+    assert await state.clear_dirty(TOPIC, 0, "users", [("u1", 85.0)], rescore=20.0) == 0
+    assert await state.dirty(TOPIC, 0, "users", 10) == [("u1", 85.0)]
+    assert await state.clear_dirty(TOPIC, 0, "users", [("u1", 85.0)], rescore=99.0) == 1
     items = await state.dirty(TOPIC, 0, "items", 10)
-    assert {m for m, _ in items} == {"a", "b", "c"}
-    assert await state.dirty_backlog() == {"users": 0, "items": 3}
+    assert {m for m, _ in items} == {"a", "b", "c", "d", "e", "f"}
+    assert await state.dirty_backlog() == {"users": 0, "items": 6}
 
 
 @pytest.mark.parametrize(

@@ -87,7 +87,13 @@ class FakeRedisState:
         return list(self.marks.get((topic, partition, kind), []))[:limit]
 
     async def clear_dirty(
-        self, topic: str, partition: int, kind: str, marks: Sequence[tuple[str, float]]
+        self,
+        topic: str,
+        partition: int,
+        kind: str,
+        marks: Sequence[tuple[str, float]],
+        *,
+        rescore: float | None = None,
     ) -> int:
         self.log.append(("clear_dirty", topic, partition, kind, list(marks)))
         page = self.marks.get((topic, partition, kind), [])
