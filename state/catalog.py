@@ -193,7 +193,7 @@ class CatalogStore:
         """Remove handled marks; one put again since `dirty` read it has a new score and stays."""
         if not marks:
             return 0
-        args: list[str] = []
+        args: list[str] = [""]  # no rescore: a put again keeps its own new score
         for member, score in marks:
             args += [member, repr(float(score))]
         with redis_errors_as_state("catalog clear"):
