@@ -20,8 +20,13 @@ Why each rule holds:
   stored item vector's version only grows, and a re-encode reads the stored or a fresher one).
   A user write of an equal ``state_version`` replaces the stored point only when its
   ``basis_version`` is higher (the re-encoder's fan-out: same sequence, newer item vectors), so a
-  replay or a zombie that read older item vectors never moves a user back. Points written
-  before the field existed are not refreshed this way; their next event rewrites them.
+  replay or a zombie that read older item vectors never moves a user back. The pair is also
+  stored packed into one integer, ``guard_version`` (state version above 39 bits of basis), so
+  a user's clause is one flat range: the nested "lower state, or equal state and lower basis"
+  clause per point made user upserts about 3x slower on the server. Points stored without it
+  (before it existed, or versions too large to pack) are guarded by the two fields; those
+  written before basis versions existed are not refreshed this way, their next event rewrites
+  them.
 * Backfills use ``update_mode=insert_only``: they fill missing points and never touch one that a
   live writer already put there (RELIABILITY scenario 10).
 * A refresh (``refresh=True``) also replaces points of the same state version: the same state
@@ -93,6 +98,12 @@ PAYLOAD_KEYS = (
 )
 STATE_VERSION = "state_version"
 BASIS_VERSION = "basis_version"
+# A user's (state_version, basis_version) as one integer, so its guard is one flat range per
+# point: the nested "lower state, or the same state and a lower basis" clause made a user upsert
+# about 3x slower on the server (one such clause per point in every request).
+GUARD_VERSION = "guard_version"
+BASIS_BITS = 39  # a basis (sum of item versions) below 2^39; a state version below 2^24
+STATE_LIMIT = 1 << (63 - BASIS_BITS)
 
 _VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _PREFIX = re.compile(r"[A-Za-z0-9_-]{0,64}")
@@ -211,9 +222,19 @@ def collection_name(kind: EntityKind, version: str, prefix: str = "") -> str:
     return f"{prefix}{kind}_{canonical_version(version)}"
 
 
+def packed_guard(record: VectorRecord) -> int | None:
+    """(state_version, basis_version) as one ordered integer, for a user with a basis whose
+    versions fit (else None: the record is guarded by the two fields, a slower filter)."""
+    if record.basis_version <= 0 or record.basis_version >= 1 << BASIS_BITS:
+        return None
+    if not 0 <= record.state_version < STATE_LIMIT:
+        return None
+    return (record.state_version << BASIS_BITS) | record.basis_version
+
+
 def make_payload(record: VectorRecord, model_version: str, updated_at: float) -> dict[str, Any]:
     """The payload stored beside each vector; `state_version` is what the guard compares."""
-    return {
+    payload = {
         "entity_id": record.entity_id,
         "model_version": canonical_version(model_version),
         "state_version": int(record.state_version),
@@ -221,6 +242,10 @@ def make_payload(record: VectorRecord, model_version: str, updated_at: float) ->
         "updated_at": float(updated_at),
         "basis_version": int(record.basis_version),
     }
+    guard = packed_guard(record)
+    if guard is not None:
+        payload[GUARD_VERSION] = guard
+    return payload
 
 
 def freshest(records: Iterable[VectorRecord]) -> list[VectorRecord]:
@@ -244,17 +269,43 @@ def guard_filter(records: Sequence[VectorRecord], *, refresh: bool = False) -> m
     a lower state version, or an equal one with a lower basis version (with `refresh`, any
     point of the same state version)."""
     by_version: dict[tuple[int, int], list[models.ExtendedPointId]] = {}
+    by_guard: dict[int, list[models.ExtendedPointId]] = {}
+    unpacked: dict[int, list[models.ExtendedPointId]] = {}  # stored before guard_version was
     for record in records:
+        point = point_id(record.kind, record.entity_id)
+        guard = None if refresh else packed_guard(record)
+        if guard is not None:
+            by_guard.setdefault(guard, []).append(point)
+            unpacked.setdefault(record.state_version, []).append(point)
+            continue
         basis = 0 if refresh else record.basis_version
-        by_version.setdefault((record.state_version, basis), []).append(
-            point_id(record.kind, record.entity_id)
+        by_version.setdefault((record.state_version, basis), []).append(point)
+    clauses: list[models.Condition] = [
+        models.Filter(must=[models.HasIdCondition(has_id=ids), _older(version, basis, refresh)])
+        for (version, basis), ids in sorted(by_version.items())
+    ]
+    clauses += [
+        models.Filter(
+            must=[
+                models.HasIdCondition(has_id=ids),
+                models.FieldCondition(key=GUARD_VERSION, range=models.Range(lt=guard)),
+            ]
         )
-    return models.Filter(
-        should=[
-            models.Filter(must=[models.HasIdCondition(has_id=ids), _older(version, basis, refresh)])
-            for (version, basis), ids in sorted(by_version.items())
-        ]
-    )
+        for guard, ids in sorted(by_guard.items())
+    ]
+    # a stored point without guard_version (written before it existed, or with versions too
+    # large to pack) is replaced by any higher state version, as before the field
+    clauses += [
+        models.Filter(
+            must=[
+                models.HasIdCondition(has_id=ids),
+                models.IsEmptyCondition(is_empty=models.PayloadField(key=GUARD_VERSION)),
+                models.FieldCondition(key=STATE_VERSION, range=models.Range(lt=version)),
+            ]
+        )
+        for version, ids in sorted(unpacked.items())
+    ]
+    return models.Filter(should=clauses)
 
 
 def _older(version: int, basis: int, refresh: bool) -> models.Condition:
@@ -513,9 +564,10 @@ class VectorStore:
             # evaluates the filter from the index rather than from each point's payload.
             # Idempotent, and asked every time: the worker that created the collection may
             # have died before it got here.
-            client.create_payload_index(
-                name, STATE_VERSION, field_schema=models.PayloadSchemaType.INTEGER, wait=True
-            )
+            for field_name in (STATE_VERSION, GUARD_VERSION):
+                client.create_payload_index(
+                    name, field_name, field_schema=models.PayloadSchemaType.INTEGER, wait=True
+                )
         if created:
             log.info(
                 "created collection %s (dim %d, cosine, hnsw m=%d ef_construct=%d%s)",

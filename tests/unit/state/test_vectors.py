@@ -15,6 +15,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from state import StateUnavailableError, VectorStoreUnavailable
 from state.exceptions import InvalidBatchError, StateError
 from state.vectors import (
+    GUARD_VERSION,
     PAYLOAD_KEYS,
     POINT_NAMESPACE,
     VectorRecord,
@@ -26,6 +27,7 @@ from state.vectors import (
     guard_filter,
     is_transient,
     make_payload,
+    packed_guard,
     point_id,
     server_version,
 )
@@ -120,6 +122,24 @@ def test_refresh_guard_also_lets_an_equal_version_through() -> None:
 
 def test_a_user_of_an_equal_state_version_replaces_one_built_from_older_items() -> None:
     user = VectorRecord("users", "a", (1.0,), 3, 0.0, basis_version=40)
+    packed, legacy = guard_filter([user]).should  # type: ignore[misc]
+    # one flat range on (state, basis) packed into one integer
+    assert isinstance(packed, models.Filter) and isinstance(packed.must, list)
+    guard = packed.must[1]
+    assert isinstance(guard, models.FieldCondition) and guard.range is not None
+    assert guard.key == GUARD_VERSION and guard.range.lt == packed_guard(user)
+    # a stored point without the packed field falls back to the state version alone
+    assert isinstance(legacy, models.Filter) and isinstance(legacy.must, list)
+    assert isinstance(legacy.must[1], models.IsEmptyCondition)
+    newer = VectorRecord("users", "a", (1.0,), 3, 0.0, basis_version=41)
+    later = VectorRecord("users", "a", (1.0,), 4, 0.0, basis_version=1)
+    assert packed_guard(user) < packed_guard(newer) < packed_guard(later)  # type: ignore[operator]
+    assert freshest([newer, user]) == [newer] == freshest([user, newer])
+
+
+def test_versions_too_large_to_pack_are_guarded_by_both_fields() -> None:
+    user = VectorRecord("users", "a", (1.0,), 3, 0.0, basis_version=1 << 39)
+    assert packed_guard(user) is None and GUARD_VERSION not in make_payload(user, "1", 0.0)
     (clause,) = guard_filter([user]).should  # type: ignore[misc]
     assert isinstance(clause, models.Filter) and isinstance(clause.must, list)
     older = clause.must[1]
@@ -132,9 +152,7 @@ def test_a_user_of_an_equal_state_version_replaces_one_built_from_older_items() 
     assert isinstance(state_match, models.FieldCondition)
     assert state_match.match == models.MatchValue(value=3)
     assert isinstance(basis_range, models.FieldCondition) and basis_range.range is not None
-    assert basis_range.key == "basis_version" and basis_range.range.lt == 40
-    newer = VectorRecord("users", "a", (1.0,), 3, 0.0, basis_version=41)
-    assert freshest([newer, user]) == [newer] == freshest([user, newer])
+    assert basis_range.key == "basis_version" and basis_range.range.lt == 1 << 39
 
 
 @pytest.mark.parametrize(
