@@ -362,7 +362,7 @@ async def evaluate(row: Row) -> dict[str, str]:
             world = World(client, settings, registry.load(served, 1), store)
             world.replayed({p: [e for _, e in evs] for p, evs in oracle.events.items()})
             world.content = {i.item_id: i for i in generate_catalog(row.stream)}
-            checked, problems, _ = await vector_mismatches(world)
+            checked, problems = await vector_mismatches(world)
             serving = store.serving_version()
             if serving != canonical_version(served):  # readers must see the promoted model
                 problems.append(f"aliases serve {serving}, not the promoted {served}")
