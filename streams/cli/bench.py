@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy import stack
-from streams.cli.common import add_topology, on_server, say, settings_of
+from streams.cli.common import add_topology, bench_settings_up, on_server, say, settings_of
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -231,13 +231,7 @@ def run_e2e(args: argparse.Namespace) -> int:
         load_fraction=args.load_fraction,
         load_rate=args.load_rate,
     )
-    settings = settings_of(args)
-    stack.up(settings.stack)
-    if cfg.qdrant == "server":
-        server = on_server(settings)
-        if server is None:
-            raise SystemExit(f"--qdrant server: {stack.NO_QDRANT}")
-        settings = server
+    settings = bench_settings_up(args, cfg.qdrant)
     result = run_e2e_bench(settings, cfg)
     report_e2e(result)
     if args.json:

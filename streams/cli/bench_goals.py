@@ -6,8 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from deploy import stack
-from streams.cli.common import on_server, say, settings_of
+from streams.cli.common import bench_settings_up, say
 
 
 def run_goals(args: argparse.Namespace) -> int:
@@ -29,13 +28,7 @@ def run_goals(args: argparse.Namespace) -> int:
         qdrant=args.qdrant or "server",
         png=args.png or (args.json.with_suffix(".png") if args.json else None),
     )
-    settings = settings_of(args)
-    stack.up(settings.stack)
-    if cfg.qdrant == "server":
-        server = on_server(settings)
-        if server is None:
-            raise SystemExit(f"--qdrant server: {stack.NO_QDRANT}")
-        settings = server
+    settings = bench_settings_up(args, cfg.qdrant)
     result = run_goals_bench(settings, cfg)
     report_goals(result)
     if args.json:

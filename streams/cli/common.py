@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from deploy import stack
 from deploy.stack import StackConfig
 from streams.settings import Settings
 
@@ -50,6 +51,19 @@ def settings_of(args: argparse.Namespace) -> CommandSettings:
     for section, fields in cfg.client_settings().items():
         updates[section] = getattr(settings, section).model_copy(update=fields)
     return settings.model_copy(update=updates)
+
+
+def bench_settings_up(args: argparse.Namespace, qdrant: str) -> CommandSettings:
+    """A bench's settings with the local stack up, pointed at its Qdrant server when `qdrant`
+    is "server" (refused when the stack has none)."""
+    settings = settings_of(args)
+    stack.up(settings.stack)
+    if qdrant != "server":
+        return settings
+    server = on_server(settings)
+    if server is None:
+        raise SystemExit(f"--qdrant server: {stack.NO_QDRANT}")
+    return server
 
 
 def add_topology(parser: argparse.ArgumentParser) -> None:
