@@ -139,7 +139,7 @@ class IngestMetrics:
         )
         self.fanout_users = Counter(
             "fanout_users",
-            "Users marked for re-encoding because an item they hold was re-encoded (fan-out)",
+            "Users re-encoded because an item in their encoder window was re-encoded (fan-out)",
             namespace=ns,
             registry=r,
         )
@@ -154,7 +154,7 @@ class IngestMetrics:
         self.users_behind = Gauge(
             "users_behind_items",
             "Users the last pass left built from item vectors older than the current ones "
-            "(marked by its fan-out for the next pass, or over the bound)",
+            "(over its fan-out bound)",
             namespace=ns,
             registry=r,
         )

@@ -10,27 +10,27 @@ Transport-agnostic: a runtime calls `Reencoder.run_pass(shards)` (or `run`, whic
    content arrived or changed -> ``content``; top-K neighbour ids changed, or a weight (relative
    to the strongest) or the degree moved by at least `item_min_change` relatively ->
    ``neighbours``; otherwise skipped (the stored vector stands);
-3. users: read version, newest ts and sequence; every dirty user re-encodes (``sequence``);
-4. the item vectors a user's history needs come, in this order, from this pass's micro-batch
+3. users: read version, newest ts and the encoder's window of the sequence; every dirty user
+   re-encodes (``sequence``);
+4. fan-out (streams/vectors/fanout.py): the holders of the items planned in step 2, in every
+   shard, whose encoder window holds one of them are read like dirty users and rebuilt in this
+   pass from the new item vectors (at most `fanout_per_pass`, the newest holders first);
+5. the item vectors a user's history needs come, in this order, from this pass's micro-batch
    (the freshest there is), else from Qdrant in the collection of the model being written (never
    through the alias: during a model switch that could be another model, and a user vector must
    be built from item vectors of its own model), else - an item that has no vector of this model
    yet, e.g. its mark waits in a shard this worker does not drain - it is encoded now from its
    full state like any cold item and upserted with the batch. The last case is rare; computing
    it in full rather than content-only keeps the user vector equal to what an oracle computes;
-5. micro-batches: content vectors (cached per (item, content version)), item vectors, user
+6. micro-batches: content vectors (cached per (item, content version)), item vectors, user
    vectors, each `encode_batch` rows per onnxruntime call, in a worker thread;
-6. one guarded upsert (`wait=True`) of every record, labelled with the state version read
+7. one guarded upsert (`wait=True`) of every record, labelled with the state version read
    before encoding: users `user_version`; items `item_version + content_version`, a sum of two
    counters that only grow, so it never decreases. A user also carries its `basis_version`, the
    sum of the state versions of the item vectors it was built from;
-7. only after the upserts returned (the shadow's too, during a switch), for the primary
-   model's items: fan-out (streams/vectors/fanout.py): the holders of every item encoded in
-   this pass, in every shard, are marked dirty (at most `fanout_per_pass`, users of this pass
-   excepted), so the next pass rebuilds them from the new item vectors in every collection
-   written, within the same freshness budget;
-8. record the encoded items' bases, then clear exactly the marks read in step 1 (a mark dirtied
-   again meanwhile stays). A crash anywhere before re-does the pass: at-least-once, made
+8. only after the upserts returned (the shadow's too, during a switch): record the encoded
+   items' bases, then clear exactly the marks read in step 1 (a mark dirtied again meanwhile
+   stays). A crash anywhere before re-does the pass, fan-out included: at-least-once, made
    idempotent by the store's guard on (state version, basis version).
 
 With `item_min_change = 0` no item is ever skipped, so every vector equals a from-scratch encode
@@ -51,7 +51,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 
 import numpy as np
 import redis.asyncio as aioredis
@@ -188,16 +188,15 @@ class Reencoder:
         stats.more_waiting = marks.full(self._cfg.marks_per_shard)
         if stats.idle:
             return stats
-        plans = await self.write(marks, stats)
+        plans = await self.write(marks, stats, fan_out=True)
         if self._shadow is not None:  # a model switch is under way: dual writes
             shadow = PassStats()
-            await self._shadow.write(marks, shadow, primary=False)
+            await self._shadow.write(marks, shadow, primary=False, fan_out=True)
             stats.encode_s += shadow.encode_s
             stats.upsert_s += shadow.upsert_s
-        # after every model's upsert: a user rebuilt on fan-out must find the new item vectors
-        # in each collection it is written to
-        await self._fanout.mark(plans, marks.users(), stats)
-        await self._inputs.put_bases({i: p.basis for i, p in plans.items()})  # after: fanout.py
+        # after every model's upsert: a re-done pass skips an item whose basis is recorded, and
+        # would then not rebuild its holders
+        await self._inputs.put_bases({i: p.basis for i, p in plans.items()})
         self._after_vector_write()
         await self._marks.clear(marks, read_at)
         stats.pass_s = time.perf_counter() - began
@@ -209,23 +208,30 @@ class Reencoder:
         stats: PassStats,
         *,
         primary: bool = True,
+        fan_out: bool = False,
         insert_only: bool = False,
         refresh: bool = False,
     ) -> dict[str, ItemPlan]:
-        """Encode what `marks` name with this model and upsert it (steps 2-6); returns the
-        items encoded, whose holders `run_pass` fans out to and whose bases it records.
+        """Encode what `marks` name with this model and upsert it (steps 2-7); returns the
+        items encoded, whose bases `run_pass` records.
 
         The primary (serving) model skips immaterial item changes and records freshness; a
         shadow (the next model during a switch) and a backfill encode every item named, since the
-        recorded bases belong to the primary model. `insert_only` and `refresh` are the store's
-        write modes (`VectorStore.upsert`).
+        recorded bases belong to the primary model. `fan_out` rebuilds the holders of the items
+        encoded (step 4). `insert_only` and `refresh` are the store's write modes
+        (`VectorStore.upsert`).
         """
         await self._prepare()
         arrived = {item_id for item_id, _ in marks.catalog}
+        dirty = marks.users()
         plans, users = await asyncio.gather(
             self._planner.dirty(self.bundle, marks.items(), arrived, stats, skip=primary),
-            self._users(marks),
+            self._users(dirty),
         )
+        if fan_out:
+            dirty = {**dirty}
+            for shard, held in (await self._holders(plans, users, stats)).items():
+                dirty[shard] = {**dirty.get(shard, {}), **held}
         stored, versions = await self._history_vectors(users, plans)
         vectors = await self._encode_items(plans, stats)
         versions.update({i: plan.basis.state_version for i, plan in plans.items()})
@@ -233,7 +239,7 @@ class Reencoder:
         records += await self._encode_users(users, {**stored, **vectors}, versions, stats)
         await self._upsert(records, stats, insert_only=insert_only, refresh=refresh)
         if primary:
-            self._freshness(stats, plans, marks)
+            self._freshness(stats, plans, dirty)
         return plans
 
     def spawn(self, bundle: EncoderBundle) -> Reencoder:
@@ -312,14 +318,33 @@ class Reencoder:
 
     # -- users -----------------------------------------------------------------------------------
 
-    async def _users(self, marks: Marks) -> dict[Shard, dict[str, UserInputs]]:
-        """The dirty users' inputs, every shard's read at once."""
+    async def _users(
+        self, shards: Mapping[Shard, Collection[str]]
+    ) -> dict[Shard, dict[str, UserInputs]]:
+        """The users' inputs, every shard's read at once."""
         tail = self._user_tail()
-        shards = marks.users()
         read = await asyncio.gather(
             *(self._inputs.users(*shard, ids, tail=tail) for shard, ids in shards.items())
         )
         return dict(zip(shards, read, strict=True))
+
+    async def _holders(
+        self,
+        plans: Mapping[str, ItemPlan],
+        users: dict[Shard, dict[str, UserInputs]],
+        stats: PassStats,
+    ) -> dict[Shard, dict[str, float]]:
+        """Step 4: the holders whose encoder window holds an item of `plans` join `users`;
+        returns them with the first dirty ts their freshness counts from."""
+        wanted = await self._fanout.holders(plans, users, stats)
+        rebuilt: dict[Shard, dict[str, float]] = {}
+        for shard, read in (await self._users(wanted)).items():
+            for user_id, user in read.items():
+                if any(item_id in plans for item_id, _, _ in self._history(user)):
+                    users.setdefault(shard, {})[user_id] = user
+                    rebuilt.setdefault(shard, {})[user_id] = wanted[shard][user_id]
+        stats.fanout_users += sum(map(len, rebuilt.values()))
+        return rebuilt
 
     def _user_tail(self) -> int | None:
         """How much of a sequence to read: the encoder's window, when every action the state
@@ -415,14 +440,19 @@ class Reencoder:
         await asyncio.to_thread(write, self.bundle.version, records)
         stats.upsert_s += time.perf_counter() - began
 
-    def _freshness(self, stats: PassStats, plans: Mapping[str, ItemPlan], marks: Marks) -> None:
+    def _freshness(
+        self,
+        stats: PassStats,
+        plans: Mapping[str, ItemPlan],
+        users: Mapping[Shard, Mapping[str, float]],
+    ) -> None:
         """Upsert wall time minus each encoded entity's first dirty ts (one sample each)."""
         now = self._clock()
         for plan in plans.values():
             if plan.first_ts is not None:
                 stats.freshness_s["items"].append(now - plan.first_ts)
-        for shard_marks in marks.users().values():
-            stats.freshness_s["users"].extend(now - ts for ts in shard_marks.values())
+        for first in users.values():
+            stats.freshness_s["users"].extend(now - ts for ts in first.values())
 
     async def _timed(
         self, stats: PassStats, work: Callable[..., FloatArray], *args: object

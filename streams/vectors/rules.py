@@ -1,7 +1,7 @@
 """The re-encode scheduler's bookkeeping and decision rules, free of I/O (unit-tested alone).
 
 `material_change` and `item_reason` decide whether a dirty item is encoded again; `fan_out` which
-holders of the re-encoded items are marked; `PassStats` is what a pass reports for the worker's
+holders of the re-encoded items are rebuilt; `PassStats` is what a pass reports for the worker's
 metrics; `Marks` keeps the marks a pass read so they are cleared, verbatim, only after the upsert
 returned.
 """
@@ -33,7 +33,7 @@ class PassStats:
     items_encoded: int = 0
     users_skipped: int = 0
     items_skipped: int = 0
-    fanout_users: int = 0  # holders of re-encoded items marked for the next pass
+    fanout_users: int = 0  # holders of re-encoded items rebuilt in this pass
     fanout_dropped: int = 0  # holders left out by `fanout_per_pass`
     reasons: dict[Reason, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
     encode_s: float = 0.0
@@ -50,9 +50,10 @@ class PassStats:
 
     @property
     def users_behind(self) -> int:
-        """Users this pass left built from item vectors older than the current ones: marked
-        by its fan-out (re-encoded by the next pass) or dropped by the per-pass bound."""
-        return self.fanout_users + self.fanout_dropped
+        """Users this pass left built from item vectors older than the current ones: those its
+        fan-out's per-pass bound left out (a hub item's cap is counted where the index drops
+        them)."""
+        return self.fanout_dropped
 
     @property
     def read_s(self) -> float:
@@ -135,10 +136,10 @@ def fan_out(
     exclude: Mapping[Shard, Collection[str]],
     limit: int,
 ) -> tuple[dict[Shard, list[tuple[str, float]]], int]:
-    """Which holders of the `changed` items (item -> first dirty ts) to mark dirty, per shard,
+    """Which holders of the `changed` items (item -> first dirty ts) to rebuild, per shard,
     each with the earliest first dirty ts among the changed items it holds; and how many were
     left out by `limit`. Users in `exclude` (encoded by this very pass, from these item vectors)
-    are not marked. In each shard the newest holders (highest offset) come first, and shards
+    are left out. In each shard the newest holders (highest offset) come first, and shards
     take turns, so one shard's hub cannot take the whole bound."""
     ranked: list[tuple[int, int, Shard, str, float]] = []
     for turn, shard in enumerate(sorted(holders)):

@@ -102,7 +102,7 @@ class PassRecorder(IngestMetrics):
         self.samples: dict[str, list[float]] = {"users": [], "items": []}
         self.encoded = 0
         self.passes = {"count": 0, "encode_s": 0.0, "upsert_s": 0.0}
-        self.fanout_marked = 0  # users marked because an item of their history was re-encoded
+        self.fanout_rebuilt = 0  # users rebuilt because an item of their window was re-encoded
         self.fanout_left_out = 0  # and those the per-pass bound left out
         self.last_pass_at: float | None = None
 
@@ -115,7 +115,7 @@ class PassRecorder(IngestMetrics):
         self.passes["count"] += 1
         self.passes["encode_s"] += stats.encode_s
         self.passes["upsert_s"] += stats.upsert_s
-        self.fanout_marked += stats.fanout_users
+        self.fanout_rebuilt += stats.fanout_users
         self.fanout_left_out += stats.fanout_dropped
         for kind, samples in stats.freshness_s.items():
             self.samples[kind].extend(samples)
@@ -411,7 +411,7 @@ def measure_throughput(
         },
         "marks_left": asyncio.run(marks_left(sage)),
         "sagestream_passes": metrics.pass_summary(),
-        "fanout_users": metrics.fanout_marked,
+        "fanout_users": metrics.fanout_rebuilt,
         "fanout_dropped": metrics.fanout_left_out,
     }
     return result, sage_eps

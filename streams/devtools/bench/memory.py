@@ -79,7 +79,7 @@ async def _sampled_worker(settings: Settings, run: RssRun) -> dict[str, Any]:
         "events": stats.events,
         "seconds": round(stats.seconds, 1),
         "samples": samples,
-        "fanout_users": metrics.fanout_marked,
+        "fanout_users": metrics.fanout_rebuilt,
     }
 
 

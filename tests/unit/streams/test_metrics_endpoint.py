@@ -55,13 +55,13 @@ def test_a_pass_is_split_into_redis_encode_and_upsert_seconds() -> None:
     assert value("sagestream_upsert_seconds_sum") == 0.5
 
 
-def test_fan_out_counts_marked_and_dropped_users_and_what_the_last_pass_left_behind() -> None:
+def test_fan_out_counts_rebuilt_and_dropped_users_and_what_the_last_pass_left_behind() -> None:
     metrics = IngestMetrics(CollectorRegistry())
     value = metrics.registry.get_sample_value
     assert value("sagestream_fanout_dropped_total", {"reason": "hub_cap"}) == 0
     metrics.observe_pass(PassStats(marks=3, fanout_users=4, fanout_dropped=2))
     assert value("sagestream_fanout_users_total") == 4
     assert value("sagestream_fanout_dropped_total", {"reason": "pass_bound"}) == 2
-    assert value("sagestream_users_behind_items") == 6
+    assert value("sagestream_users_behind_items") == 2  # the rebuilt ones are not behind
     metrics.observe_pass(PassStats())  # idle: nothing is behind any more
     assert value("sagestream_users_behind_items") == 0

@@ -1,5 +1,5 @@
 """The re-encoder's last step of the commit order: marks are cleared only after the upsert,
-and the fan-out to the holders of re-encoded items comes between the two.
+and the holders of re-encoded items are rebuilt in the pass's own upsert (fan-out).
 
 Every dependency is faked at its Python method level (RedisState, EncodeInputs, CatalogStore,
 VectorStore, EncoderBundle); a shared log records the order of the calls that matter.
@@ -41,13 +41,14 @@ Log = list[tuple[object, ...]]
 
 
 OTHER_SHARD = ("eng", 1)
-# i1 is held by this pass's users u1 and u2, by u3 beside them and by u7 in another shard
-HOLDERS = {SHARD: {"i1": {"u1": 4, "u2": 9, "u3": 6}}, OTHER_SHARD: {"i1": {"u7": 2}}}
+# i1 is held by this pass's users u1 and u2, by u3 beside them, by u7 in another shard, and by
+# u4 only further back than its encoder window (FakeInputs)
+HOLDERS = {SHARD: {"i1": {"u1": 4, "u2": 9, "u3": 6, "u4": 1}}, OTHER_SHARD: {"i1": {"u7": 2}}}
 
 
 class FakeRedisState:
-    """`RedisState.dirty` / `clear_dirty` / `mark_dirty` over an in-memory zset per (topic,
-    partition, kind), and `holders` from `HOLDERS`; `fail_marking` makes `mark_dirty` raise."""
+    """`RedisState.dirty` / `clear_dirty` over an in-memory zset per (topic, partition, kind),
+    and `holders` from `HOLDERS`; `fail_holders` makes `holders` raise."""
 
     config = StateConfig()
 
@@ -57,28 +58,19 @@ class FakeRedisState:
             (*SHARD, "users"): list(USER_MARKS),
             (*SHARD, "items"): list(ITEM_MARKS),
         }
-        self.fail_marking: BaseException | None = None
+        self.fail_holders: BaseException | None = None
 
     async def holders(
         self, item_ids: Sequence[str]
     ) -> dict[tuple[str, int], dict[str, dict[str, int]]]:
         self.log.append(("holders", sorted(item_ids)))
+        if self.fail_holders is not None:
+            raise self.fail_holders
         wanted = set(item_ids)
         return {
             shard: {i: dict(users) for i, users in items.items() if i in wanted}
             for shard, items in HOLDERS.items()
         }
-
-    async def mark_dirty(
-        self, topic: str, partition: int, kind: str, marks: Sequence[tuple[str, float]]
-    ) -> int:
-        self.log.append(("mark_dirty", topic, partition, kind, list(marks)))
-        if self.fail_marking is not None:
-            raise self.fail_marking
-        page = self.marks.setdefault((topic, partition, kind), [])
-        new = [m for m in marks if m[0] not in {member for member, _ in page}]
-        page += new
-        return len(new)
 
     async def dirty(
         self, topic: str, partition: int, kind: str, limit: int
@@ -103,7 +95,8 @@ class FakeRedisState:
 
 
 class FakeInputs:
-    """`EncodeInputs`: every item has version 4, degree 2 and neighbour i9; no bases yet."""
+    """`EncodeInputs`: every item has version 4, degree 2 and neighbour i9; no bases yet. Users
+    clicked i1 and viewed i5, except u4, whose window (seq_len 5, plus one) no longer holds i1."""
 
     def __init__(self, log: Log) -> None:
         self.log = log
@@ -117,8 +110,15 @@ class FakeInputs:
     async def users(
         self, topic: str, partition: int, user_ids: Iterable[str], *, tail: int | None = None
     ) -> dict[str, UserInputs]:
+        self.log.append(("users", topic, partition, sorted(user_ids)))
         sequence = [SeqEntry("i1", "click", 90.0), SeqEntry("i5", "view", 95.0)]
-        return {u: UserInputs(u, 7, 95.0, sequence) for u in user_ids}
+        later = [SeqEntry("i5", "view", 95.0 + k) for k in range(6)]
+        return {
+            u: UserInputs(u, 7, 101.0, sequence[:1] + later)
+            if u == "u4"
+            else UserInputs(u, 7, 95.0, sequence)
+            for u in user_ids
+        }
 
     async def put_bases(self, bases: Mapping[str, EncodeBasis]) -> int:
         self.log.append(("put_bases", sorted(bases)))
@@ -253,11 +253,7 @@ async def test_the_marks_left_by_a_failed_pass_are_cleared_by_the_next() -> None
     world.store.fail = None
     stats = await world.reencoder.run_pass([SHARD])
     assert stats.marks == len(USER_MARKS) + len(ITEM_MARKS) + len(CATALOG_MARKS)
-    assert world.state.marks == {  # only the fan-out's marks, for the next pass
-        (*SHARD, "users"): [("u3", 102.0)],
-        (*SHARD, "items"): [],
-        (*OTHER_SHARD, "users"): [("u7", 102.0)],
-    }
+    assert world.state.marks == {(*SHARD, "users"): [], (*SHARD, "items"): []}
     assert world.catalog.marks == []
 
 
@@ -279,7 +275,7 @@ async def test_clear_comes_after_upsert_with_exactly_the_marks_read() -> None:
     assert ("catalog_clear", CATALOG_MARKS) in world.log
     # only what was read is gone: the re-dirtied u1 and the new u3 wait for the next pass
     assert world.state.marks[(*SHARD, "users")] == [("u1", 150.0), ("u3", 151.0)]
-    assert stats.users_encoded == 2
+    assert stats.users_encoded == 4  # u1, u2, and the holders u3 and u7
     assert stats.items_encoded == 2
     assert stats.reasons["cold_start"] == 2
 
@@ -293,8 +289,7 @@ async def test_the_upserted_records_carry_the_state_versions_read() -> None:
     assert labels == {
         ("items", "i1"): 5,
         ("items", "i2"): 5,
-        ("users", "u1"): 7,
-        ("users", "u2"): 7,
+        **{("users", u): 7 for u in ("u1", "u2", "u3", "u7")},
     }
     assert all(np.asarray(r.vector).shape == (DIM,) for r in records)
 
@@ -321,7 +316,7 @@ async def test_a_crash_at_the_hook_leaves_the_marks() -> None:
     assert "upsert" in world.names()
     assert "clear_dirty" not in world.names()
     assert "catalog_clear" not in world.names()
-    assert world.state.marks[(*SHARD, "users")] == [*USER_MARKS, ("u3", 102.0)]  # fanned out
+    assert world.state.marks[(*SHARD, "users")] == USER_MARKS
 
 
 async def test_an_unreachable_store_while_reading_history_vectors_leaves_the_marks() -> None:
@@ -353,35 +348,39 @@ async def test_each_shard_is_drained_once_per_kind() -> None:
     assert drained == [(*SHARD, "users"), (*SHARD, "items")]
 
 
-async def test_fan_out_marks_the_other_holders_after_the_upsert_and_before_the_bases() -> None:
+async def test_fan_out_rebuilds_the_other_holders_in_the_pass_own_upsert() -> None:
     world = World()
     stats = await world.reencoder.run_pass([SHARD])
     names = world.names()
-    assert names.index("upsert") < names.index("holders") < names.index("mark_dirty")
-    assert names.index("mark_dirty") < names.index("put_bases") < names.index("clear_dirty")
+    assert names.index("holders") < names.index("upsert") < names.index("put_bases")
+    assert names.index("put_bases") < names.index("clear_dirty")
     assert ("holders", ["i1", "i2"]) in world.log
-    # u1 and u2 were encoded by this pass from the new i1; the others are marked with the
-    # first dirty ts of i1, so their freshness counts from the event that changed it
-    marked = {e[1:4]: e[4] for e in world.log if e[0] == "mark_dirty"}
-    assert marked == {(*SHARD, "users"): [("u3", 102.0)], (*OTHER_SHARD, "users"): [("u7", 102.0)]}
-    assert world.state.marks[(*SHARD, "users")] == [("u3", 102.0)]  # u1, u2 cleared
-    assert (stats.fanout_users, stats.fanout_dropped, stats.users_behind) == (2, 0, 2)
+    [records] = world.store.upserts
+    users = {r.entity_id for r in records if r.kind == "users"}
+    # u1 and u2 are this pass's own; u3 and u7 hold i1 in their window; u4 only further back
+    assert users == {"u1", "u2", "u3", "u7"}
+    assert ("users", *OTHER_SHARD, ["u7"]) in world.log  # read from its own shard
+    assert world.state.marks[(*SHARD, "users")] == []  # nothing marked for a later pass
+    assert (stats.fanout_users, stats.fanout_dropped, stats.users_behind) == (2, 0, 0)
+    # their freshness counts from the event that changed i1 (first dirty at 102, now 1000)
+    assert sorted(stats.freshness_s["users"]) == [898.0, 898.0, 899.0, 900.0]
 
 
 async def test_fan_out_is_bounded_per_pass_and_counts_what_it_left_out() -> None:
     world = World(fanout_per_pass=1)
     stats = await world.reencoder.run_pass([SHARD])
-    marked = [m for e in world.log if e[0] == "mark_dirty" for m in e[4]]
-    assert marked == [("u3", 102.0)]  # the first shard in order takes the one turn
-    assert (stats.fanout_users, stats.fanout_dropped) == (1, 1)
+    [records] = world.store.upserts
+    assert {r.entity_id for r in records if r.kind == "users"} == {"u1", "u2", "u3"}
+    # the first shard in order takes the one turn, and its newest holder (u3, then u4)
+    assert (stats.fanout_users, stats.fanout_dropped, stats.users_behind) == (1, 2, 2)
 
 
-async def test_a_failed_fan_out_leaves_every_mark_and_records_no_basis() -> None:
+async def test_a_failed_fan_out_writes_nothing_and_leaves_every_mark() -> None:
     world = World()
-    world.state.fail_marking = VectorStoreUnavailable("redis away")
+    world.state.fail_holders = VectorStoreUnavailable("redis away")
     with pytest.raises(VectorStoreUnavailable):
         await world.reencoder.run_pass([SHARD])
-    for never in ("put_bases", "clear_dirty", "catalog_clear", "after_vector_write"):
+    for never in ("upsert", "put_bases", "clear_dirty", "catalog_clear", "after_vector_write"):
         assert never not in world.names(), never
     assert world.state.marks[(*SHARD, "items")] == ITEM_MARKS
 
@@ -392,12 +391,12 @@ async def test_user_records_carry_the_versions_of_the_item_vectors_they_were_bui
     [records] = world.store.upserts
     basis = {r.entity_id: r.basis_version for r in records}
     # history i1 (encoded in this pass: 4 + content 1) and i5 (stored with state version 3)
-    assert basis == {"i1": 0, "i2": 0, "u1": 8, "u2": 8}
+    assert basis == {"i1": 0, "i2": 0, "u1": 8, "u2": 8, "u3": 8, "u7": 8}
 
 
-async def test_with_a_shadow_the_fan_out_waits_for_both_models_upserts() -> None:
-    """A holder rebuilt before the shadow's upsert would read the old item vector from the
-    new model's collection, and nothing would mark it again."""
+async def test_with_a_shadow_each_model_rebuilds_the_holders_from_its_own_vectors() -> None:
+    """A holder built in the new model's collection from that model's item vectors, in its
+    own upsert, never waits for (or reads) the other model's write."""
 
     class NextModel(FakeBundle):
         version = "v2"
@@ -408,4 +407,6 @@ async def test_with_a_shadow_the_fan_out_waits_for_both_models_upserts() -> None
     names = world.names()
     upserts = [i for i, name in enumerate(names) if name == "upsert"]
     assert [world.log[i][1] for i in upserts] == ["v1", "v2"]
-    assert upserts[-1] < names.index("mark_dirty") < names.index("put_bases")
+    for records in world.store.upserts:
+        assert {r.entity_id for r in records if r.kind == "users"} == {"u1", "u2", "u3", "u7"}
+    assert upserts[-1] < names.index("put_bases") < names.index("clear_dirty")
