@@ -94,7 +94,13 @@ def time_features(timestamps: TimeArray) -> FloatArray:
     day and day of week as sin/cos. Each row depends only on its own and the previous timestamp,
     so a causal model sees no future."""
     ts = np.asarray(timestamps, dtype=np.float64)
-    gap = np.diff(ts, prepend=ts[:1]) if len(ts) else ts
+    return _time_features(ts, np.concatenate([ts[:1], ts[:-1]]))
+
+
+def _time_features(ts: TimeArray, previous: TimeArray) -> FloatArray:
+    """`time_features` of timestamps of any shape, given each one's previous timestamp (itself
+    for the first action, a gap of 0)."""
+    gap = ts - previous
     day = 2 * np.pi * (ts % _DAY) / _DAY
     week = 2 * np.pi * (ts % _WEEK) / _WEEK
     feats = [np.log1p(np.clip(gap, 0.0, None) / _HOUR), np.sin(day), np.cos(day)]
@@ -111,22 +117,32 @@ def pack_user_histories(
     ``[L]``, epoch seconds ``[L]``), oldest first. Only the last ``seq_len`` actions are used (the
     one before them, if given, only sets the first gap). Returns ``vectors [B, M, D]``,
     ``actions [B, M]``, ``time_features [B, M, 5]`` and ``lengths [B]`` (an empty history gives
-    length 1 over a padding row; callers should not encode users without actions)."""
+    length 1 over a padding row; callers should not encode users without actions). The time
+    features of the whole batch are computed at once: per row they cost more than the encoder."""
     b = len(histories)
     vectors = np.zeros((b, seq_len, dim), dtype=np.float32)
     actions = np.zeros((b, seq_len), dtype=np.int64)
-    times = np.zeros((b, seq_len, NUM_TIME_FEATURES), dtype=np.float32)
-    lengths = np.ones(b, dtype=np.int64)
-    for row, (vecs, acts, ts) in enumerate(histories):
+    ts = np.zeros((b, seq_len), dtype=np.float64)
+    previous = np.zeros((b, seq_len), dtype=np.float64)
+    lengths = np.zeros(b, dtype=np.int64)
+    for row, (vecs, acts, times) in enumerate(histories):
         n = min(len(acts), seq_len)
         if n == 0:
             continue
-        assert len(vecs) == len(acts) == len(ts), "history arrays differ in length"
+        assert len(vecs) == len(acts) == len(times), "history arrays differ in length"
         vectors[row, :n] = vecs[-n:]
         actions[row, :n] = acts[-n:]
-        times[row, :n] = time_features(np.asarray(ts)[-(n + 1) :])[-n:]
+        window = np.asarray(times, dtype=np.float64)[-(n + 1) :]
+        ts[row, :n] = window[-n:]
+        # the action before the window sets the first gap; without one, the first gap is 0
+        previous[row, :n] = (
+            window[:n] if len(window) > n else window[np.maximum(np.arange(n) - 1, 0)]
+        )
         lengths[row] = n
-    return vectors, actions, times, lengths
+    padding = np.arange(seq_len) >= lengths[:, None]
+    features = _time_features(ts, previous)
+    features[padding] = 0.0
+    return vectors, actions, features, np.maximum(lengths, 1)
 
 
 def pack_user_inputs(

@@ -399,11 +399,16 @@ class Reencoder:
                     stats.users_skipped += 1
         if not rows:
             return []
+        # one table of the items the histories name, indexed per user: cheaper than stacking
+        # each history's vectors
+        needed = dict.fromkeys(i for _, history in rows for i, _, _ in history)
+        index = {item_id: k for k, item_id in enumerate(needed)}
+        table = np.stack([item_vectors[i] for i in needed])
         histories = [
             (
-                np.stack([item_vectors[i] for i, _, _ in history]),
-                np.asarray([a for _, a, _ in history], dtype=np.int64),
-                np.asarray([t for _, _, t in history], dtype=np.float64),
+                table[[index[i] for i, _, _ in history]],
+                np.fromiter((a for _, a, _ in history), np.int64, len(history)),
+                np.fromiter((t for _, _, t in history), np.float64, len(history)),
             )
             for _, history in rows
         ]
