@@ -79,19 +79,26 @@ class OutageClient:
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._client, name)
+        if name == "http":  # the store's upserts to a server go through the raw REST client
+            self._refuse("upsert")
+            return attr
         if not callable(attr) or name == "close":
             return attr
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            now = time.monotonic()
-            if self._began is None and name == "upsert":
-                self._began = now
-                log.warning("fault injected: vector store down for %.1fs", self._outage_s)
-            if self._began is not None and now - self._began < self._outage_s:
-                raise ConnectionRefusedError(f"injected outage during {name}")
+            self._refuse(name)
             return attr(*args, **kwargs)
 
         return call
+
+    def _refuse(self, name: str) -> None:
+        """Raise during the outage, which the first upsert starts."""
+        now = time.monotonic()
+        if self._began is None and name == "upsert":
+            self._began = now
+            log.warning("fault injected: vector store down for %.1fs", self._outage_s)
+        if self._began is not None and now - self._began < self._outage_s:
+            raise ConnectionRefusedError(f"injected outage during {name}")
 
 
 if __name__ == "__main__":
