@@ -552,14 +552,17 @@ class VectorStore:
     def _call(self, what: str, action: Callable[[QdrantClient], T]) -> T:
         """Run `action` under the retry policy until `unavailable_after_s` has passed."""
 
+        tried = [self._peer]  # the peer of the last attempt
+
         def once() -> T:
+            tried[0] = self._peer
             client = self._connect()
             with self._serialised():
                 return action(client)
 
         def failing(_error: BaseException, _attempt: int, _wait: float) -> None:
             self._failing_since = self._failing_since or time.monotonic()
-            self._next_peer()
+            self._next_peer(tried[0])
 
         try:
             result = retry_sync(
@@ -579,16 +582,16 @@ class VectorStore:
         self._failing_since = None
         return result
 
-    def _next_peer(self) -> None:
-        """After a failed call to a cluster, the retry goes to the next peer."""
+    def _next_peer(self, failed: int) -> None:
+        """After a failed call to a cluster, the retry goes to the next peer: once per failed
+        peer, so concurrent writers failing on one peer move past it together, not past the
+        next one too. The writer pool stays: a writer's own failure lands here, in the pool."""
         peers = self.config.peers
         if len(peers) < 2:
             return
         with self._lock:
-            writers, self._writers = self._writers, None
-        if writers is not None:  # outside the lock: a writer may be waiting for it
-            writers.shutdown(wait=True)
-        with self._lock:
+            if self._peer != failed:
+                return  # another call moved on already
             if self._client is not None:
                 self._client.close()
                 self._client = None

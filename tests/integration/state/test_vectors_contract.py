@@ -447,3 +447,26 @@ def test_a_cluster_url_list_moves_past_a_peer_that_does_not_answer(
         store.upsert("v1", [record])
         assert set(store.get("users", ["u1"], version="v1")) == {"u1"}
         assert store.failing_since is None
+
+
+def test_concurrent_writes_move_past_a_peer_that_does_not_answer(
+    qdrant_config: VectorStoreConfig,
+) -> None:
+    """The first failure of an upsert running in the writer pool moves the store to the next
+    peer from inside that pool; its requests are retried there (the pool is not torn down
+    under them)."""
+    assert qdrant_config.url is not None
+    with VectorStore(qdrant_config) as store:
+        store.prepare("v1", DIM)
+    peers = f"http://127.0.0.1:{_closed_loopback_port()},{qdrant_config.url}"
+    config = replace(
+        qdrant_config, url=peers, retry_initial_s=0.01, batch_size=1, write_concurrency=4
+    )
+    records = [
+        VectorRecord("users", f"u{k}", np.ones(DIM, dtype=np.float32), 1, 0.0) for k in range(4)
+    ]
+    with VectorStore(config) as store:
+        assert store.upsert("v1", records) == 4
+        assert set(store.get("users", [r.entity_id for r in records], version="v1")) == {
+            r.entity_id for r in records
+        }
