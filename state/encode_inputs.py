@@ -1,8 +1,8 @@
 """Batched reads of what re-encoding needs, and the basis each item was last encoded from.
 
 `RedisState` reads one entity per call; the re-encoder needs hundreds per micro-batch, so these
-readers pipeline a whole batch in one round trip with the same rules (each shard's top `k_max`,
-merged by `state.coengagement.merge_relative`; versions summed over shards). The integration tests
+readers read a whole batch in a few calls with the same rules (each shard's top `k_max`, merged
+by `state.coengagement.merge_relative`; versions summed over shards). The integration tests
 check they agree with `RedisState.item_neighbours`, `item_version` and `user_sequence`.
 
 Items are read with one script call per shard and page (`lua/read_items.lua`), so each shard's
@@ -11,12 +11,16 @@ its own: an apply that lands on a shard after its read makes the item newer than
 read, bumps its version and re-dirties it, so it is encoded again with a higher version; the
 label never claims more than the inputs hold, so the store's guard never refuses a correct
 vector as "not newer".
-Users are read versions first, then sequences, in one ordered pipeline, for the same reason.
+Users are read the same way, one script call per page of one shard's users
+(`lua/read_users.lua`), for the same reason: a user's version, newest ts and sequence are one
+snapshot, so the sequence never lags the version that labels it (the pipelined reads before
+it got this by reading versions first, then sequences). Its reply is one flat array per page,
+so the client parses one reply, not two commands per user.
 
 The basis (`EncodeBasis`) is what an item's current vector was computed from: neighbour ids,
 their weights relative to the strongest, the degree and the content version. It lives in Redis
-(``P:{i:<item>}:enc``) rather than in the Qdrant payload: it is read for every dirty item in the
-same pipelined round trip style as the state, needs no vector-store read on the hot path, and the
+(``P:{i:<item>}:enc``) rather than in the Qdrant payload: it is read for every dirty item in one
+pipelined round trip next to the state reads, needs no vector-store read on the hot path, and the
 payload schema stays the downstream readers' contract. It is written only after the vector was
 upserted, so a crash in between re-encodes rather than skipping an item whose vector is missing.
 """
@@ -37,7 +41,7 @@ from state.config import StateConfig
 from state.keys import ItemKeys, ShardKeys
 from state.redis_io import is_cluster, load_lua, redis_errors_as_state, text
 
-READ_PAGE = 500  # items per read script call: bounds one call's time inside Redis
+READ_PAGE = 500  # items or users per read script call: bounds one call's time inside Redis
 CLUSTER_CONCURRENCY = 64  # script calls in flight at once where a pipeline cannot carry them
 
 
@@ -98,8 +102,27 @@ def _int(value: bytes | str | None) -> int:
     return 0 if value is None else int(text(value))
 
 
+def seq_entry(value: bytes | str) -> SeqEntry:
+    """One stored sequence entry, "item|action|ts"."""
+    item_id, action, ts = text(value).split(keys.ENTRY_SEP)
+    return SeqEntry(item_id, action, float(ts))
+
+
+def decode_users(page: Sequence[str], flat: Sequence[Any]) -> dict[str, UserInputs]:
+    """The users of one `read_users.lua` reply: per user version, ts_max, n, then n entries."""
+    out = {}
+    at = 0
+    for user_id in page:
+        raw_v, raw_ts, n = flat[at], flat[at + 1], int(flat[at + 2])
+        sequence = [seq_entry(value) for value in flat[at + 3 : at + 3 + n]]
+        at += 3 + n
+        ts_max = None if raw_ts is None else float(text(raw_ts))
+        out[user_id] = UserInputs(user_id, _int(raw_v), ts_max, sequence)
+    return out
+
+
 class EncodeInputs:
-    """Pipelined multi-entity reads of the state, and the items' encode bases."""
+    """Batched multi-entity reads of the state, and the items' encode bases."""
 
     def __init__(self, client: aioredis.Redis, config: StateConfig, prefix: str = "ss") -> None:
         self._client = client
@@ -107,6 +130,7 @@ class EncodeInputs:
         self._prefix = keys.check_prefix(prefix)
         self._put_basis = client.register_script(load_lua(keys.SCRIPT_PUT_BASIS))
         self._read_items = client.register_script(load_lua(keys.SCRIPT_READ_ITEMS))
+        self._read_users = client.register_script(load_lua(keys.SCRIPT_READ_USERS))
         self._layout = keys.lua_layout()
 
     async def _shards(self) -> list[ShardKeys]:
@@ -159,30 +183,22 @@ class EncodeInputs:
     async def users(
         self, topic: str, partition: int, user_ids: Iterable[str], *, tail: int | None = None
     ) -> dict[str, UserInputs]:
-        """Version, newest ts and sequence of users of one shard (version read first); with
-        `tail`, only the sequences' last `tail` actions (what an encoder window can read)."""
+        """Version, newest ts and sequence of users of one shard (one snapshot per page); with
+        `tail`, only the sequences' last `tail` actions (what an encoder window can read).
+        A user with no state reads as version 0, no ts and an empty sequence."""
         ids = list(dict.fromkeys(user_ids))
-        start = 0 if tail is None else -max(1, tail)
+        first = 0 if tail is None else -max(1, tail)  # LRANGE's start index
         if not ids:
             return {}
         shard = ShardKeys(self._prefix, keys.shard_tag(topic, partition))
+        out: dict[str, UserInputs] = {}
         with redis_errors_as_state("user inputs"):
-            async with self._client.pipeline(transaction=False) as pipe:
-                for user_id in ids:
-                    pipe.hmget(shard.user(user_id), (keys.FIELD_VERSION, keys.FIELD_TS_MAX))
-                for user_id in ids:
-                    pipe.lrange(shard.sequence(user_id), start, -1)
-                replies = await pipe.execute()
-        out = {}
-        for user_id, (raw_v, raw_ts), raw_seq in zip(
-            ids, replies[: len(ids)], replies[len(ids) :], strict=True
-        ):
-            sequence = []
-            for value in raw_seq:
-                item_id, action, ts = text(value).split(keys.ENTRY_SEP)
-                sequence.append(SeqEntry(item_id, action, float(ts)))
-            ts_max = None if raw_ts is None else float(text(raw_ts))
-            out[user_id] = UserInputs(user_id, _int(raw_v), ts_max, sequence)
+            for start in range(0, len(ids), READ_PAGE):
+                page = ids[start : start + READ_PAGE]
+                flat = await self._read_users(
+                    keys=[shard.watermark()], args=[self._layout, first, *page]
+                )
+                out.update(decode_users(page, flat))
         return out
 
     async def bases(self, item_ids: Iterable[str]) -> dict[str, EncodeBasis]:

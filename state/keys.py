@@ -23,9 +23,10 @@ Key schema (``P`` is the deployment prefix, default ``ss``; ``T`` is a shard tag
 Why the ``{T}`` hash tag: Redis Cluster places a key by the text between the first ``{`` and
 ``}``, so every key of one partition lives in one slot. One script call applies one slice of one
 partition and touches only that slot, which keeps the call atomic and valid on a cluster. The
-apply script receives only the watermark key in KEYS and builds the other keys from it (same
-tag, same slot); Redis runs such scripts on a cluster because the slot is the one the node
-serves, and the layout below is passed to the script so this module stays the only definition.
+apply script and the read scripts (read_items, read_users, read_holders) receive only the
+watermark key in KEYS and build the other keys from it (same tag, same slot); Redis runs such
+scripts on a cluster because the slot is the one the node serves, and the layout below is passed
+to the script so this module stays the only definition.
 
 Item neighbour lists are therefore sharded per partition; readers merge the shards (see
 `state.coengagement.merge_neighbours`).
@@ -66,6 +67,8 @@ SCRIPT_READ_DIRTY = "read_dirty"
 SCRIPT_CLEAR_DIRTY = "clear_dirty"
 SCRIPT_READ_ITEMS = "read_items"
 SCRIPT_MARK_DIRTY = "mark_dirty"
+SCRIPT_READ_USERS = "read_users"
+SCRIPT_READ_HOLDERS = "read_holders"
 
 DirtyKind = Literal["users", "items"]
 DIRTY_KINDS: tuple[DirtyKind, ...] = ("users", "items")

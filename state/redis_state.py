@@ -2,16 +2,20 @@
 
 Every write is one Lua script call on one shard (one Kafka partition's hash tag), so it is
 atomic, idempotent through the watermark, and valid on Redis Cluster. Reads that span shards
-(item neighbours, item versions, holders, backlog) pipeline one request per shard and item.
+(item neighbours, item versions, backlog) pipeline one request per shard and item; holders, read
+for hundreds of items per re-encode pass, take one script call per shard and page of items
+(`lua/read_holders.lua`), the shards concurrently.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
@@ -31,6 +35,7 @@ from state.redis_io import (
 )
 
 MARK_PAGE = 500  # marks per mark_dirty call: well below Lua's unpack limit
+HOLDERS_PAGE = 500  # items per read_holders call: bounds one call's time inside Redis
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,23 @@ def reply_list(
     return float(text(raw_t0)), [(text(member), float(score)) for member, score in flat]
 
 
+def decode_holders(page: Sequence[str], flat: Sequence[Any]) -> dict[str, dict[str, int]]:
+    """The items of one `read_holders.lua` reply (per item n, then n pairs user, offset) that
+    have holders. Offsets go through float as redis-py's ZRANGE WITHSCORES reads scores."""
+    out = {}
+    at = 0
+    for item_id in page:
+        end = at + 1 + 2 * int(flat[at])
+        if end > at + 1:
+            pairs = flat[at + 1 : end]
+            out[item_id] = {
+                text(user): int(float(offset))
+                for user, offset in zip(pairs[0::2], pairs[1::2], strict=True)
+            }
+        at = end
+    return out
+
+
 class RedisState:
     """Async access to the state of the engagements stream, sharded by Kafka partition."""
 
@@ -86,6 +108,8 @@ class RedisState:
         self._read_dirty_script = client.register_script(load_lua(keys.SCRIPT_READ_DIRTY))
         self._clear_dirty_script = client.register_script(load_lua(keys.SCRIPT_CLEAR_DIRTY))
         self._mark_dirty_script = client.register_script(load_lua(keys.SCRIPT_MARK_DIRTY))
+        self._read_holders_script = client.register_script(load_lua(keys.SCRIPT_READ_HOLDERS))
+        self._layout = keys.lua_layout()
         self._apply_args = self._static_apply_args(config)
         self._known_shards: set[str] = set()
 
@@ -261,29 +285,33 @@ class RedisState:
         self, item_ids: Sequence[str]
     ) -> dict[tuple[str, int], dict[str, dict[str, int]]]:
         """Who holds each item, per shard: (topic, partition) -> item -> user -> offset of the
-        user's newest action on it (coengagement rule 8). One pipelined round trip of one read
-        per (shard, item): each key is its own shard's slot, so it is valid on a cluster."""
+        user's newest action on it (coengagement rule 8); items and shards holding nobody are
+        left out. One script call per shard and page of items, each in its shard's slot (valid
+        on a cluster, where a pipeline cannot carry scripts); shards are read concurrently."""
         shards = await self._shards()
         ids = list(dict.fromkeys(item_ids))
         if not shards or not ids:
             return {}
         with redis_errors_as_state("holders"):
-            async with self._client.pipeline(transaction=False) as pipe:
-                for shard in shards:
-                    for item_id in ids:
-                        pipe.zrange(shard.holders(item_id), 0, -1, withscores=True)
-                replies = iter(await pipe.execute())
-        out: dict[tuple[str, int], dict[str, dict[str, int]]] = {}
-        for shard in shards:
-            found = {item_id: next(replies) for item_id in ids}
-            held = {
-                item_id: {text(user): int(offset) for user, offset in flat}
-                for item_id, flat in found.items()
-                if flat
-            }
-            if held:
-                out[keys.parse_shard_tag(shard.tag)] = held
-        return out
+            per_shard = await asyncio.gather(*(self._shard_holders(s, ids) for s in shards))
+        return {
+            keys.parse_shard_tag(shard.tag): held
+            for shard, held in zip(shards, per_shard, strict=True)
+            if held
+        }
+
+    async def _shard_holders(
+        self, shard: ShardKeys, ids: Sequence[str]
+    ) -> dict[str, dict[str, int]]:
+        """One shard's holders of the items that have any, a page per script call."""
+        held: dict[str, dict[str, int]] = {}
+        for start in range(0, len(ids), HOLDERS_PAGE):
+            page = ids[start : start + HOLDERS_PAGE]
+            flat = await self._read_holders_script(
+                keys=[shard.watermark()], args=[self._layout, *page]
+            )
+            held.update(decode_holders(page, flat))
+        return held
 
     async def dirty_backlog(self) -> dict[str, int]:
         """Number of pending dirty marks per kind over all shards (for a gauge)."""

@@ -4,8 +4,9 @@ new item vectors (step 4 of reencoder.py).
 A user vector is built from the vectors of the items in its encoder window. When an item's
 vector changes materially (it is in a pass's plans), every user holding it there is behind until
 rebuilt. The pass reads the holders of its plans' items in every shard at once
-(`RedisState.holders`, coengagement rule 8: per item and shard, the users scored by the offset
-of their newest action on it, capped to `hold_max`), chooses whom to rebuild (`rules.fan_out`: at
+(`RedisState.holders`: one script call per shard and page of items, the shards concurrently;
+coengagement rule 8: per item and shard, the users scored by the offset of their newest action
+on it, capped to `hold_max`), chooses whom to rebuild (`rules.fan_out`: at
 most `fanout_per_pass`, the newest holders first, shards taking turns; the pass's own dirty users
 are left out, they are encoded anyway), reads them like any dirty user, and keeps those whose
 encoder window holds a changed item. The index keeps holders over the whole stored sequence,

@@ -1,4 +1,5 @@
-"""The Lua apply script equals the pure-Python reference on generated event streams."""
+"""The Lua apply script equals the pure-Python reference on generated event streams, and the
+batched read scripts (read_users.lua, read_holders.lua) equal the per-key reads they replaced."""
 
 from __future__ import annotations
 
@@ -10,8 +11,19 @@ import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from state import CoEngagementGraph, RedisState, StateConfig, merge_neighbours
+from state import (
+    CoEngagementGraph,
+    RedisState,
+    StateConfig,
+    encode_inputs,
+    merge_neighbours,
+    redis_state,
+)
 from state.coengagement import Event as Ev
+from state.coengagement import SeqEntry
+from state.encode_inputs import EncodeInputs, UserInputs
+from state.keys import ShardKeys, shard_tag
+from state.redis_io import text
 
 pytestmark = pytest.mark.integration
 
@@ -153,3 +165,84 @@ async def test_rule_boundaries_equal_reference(
     assert {m for m, _ in ref.neighbours("d", 10)} == {"a"}  # via context k only
     assert ref.neighbours("e", 10) == []
     assert ref.item_t0("a") == day + 5000.0
+
+
+# -- batched reads against the per-key reads they replaced ----------------------------------
+
+
+async def per_key_users(
+    client: aioredis.Redis, shard: ShardKeys, ids: list[str], tail: int | None
+) -> dict[str, UserInputs]:
+    """`EncodeInputs.users` as it read before read_users.lua: HMGET and LRANGE per user."""
+    start = 0 if tail is None else -max(1, tail)
+    out = {}
+    for user_id in dict.fromkeys(ids):
+        raw_v, raw_ts = await client.hmget(shard.user(user_id), ["v", "tsmax"])
+        sequence = []
+        for value in await client.lrange(shard.sequence(user_id), start, -1):
+            item_id, action, ts = text(value).split("|")
+            sequence.append(SeqEntry(item_id, action, float(ts)))
+        ts_max = None if raw_ts is None else float(text(raw_ts))
+        out[user_id] = UserInputs(user_id, 0 if raw_v is None else int(raw_v), ts_max, sequence)
+    return out
+
+
+async def per_key_holders(
+    client: aioredis.Redis, prefix: str, ids: list[str]
+) -> dict[tuple[str, int], dict[str, dict[str, int]]]:
+    """`RedisState.holders` as it read before read_holders.lua: ZRANGE per shard and item."""
+    out: dict[tuple[str, int], dict[str, dict[str, int]]] = {}
+    for p in range(PARTITIONS):
+        shard = ShardKeys(prefix, shard_tag(TOPIC, p))
+        held = {}
+        for item_id in dict.fromkeys(ids):
+            flat = await client.zrange(shard.holders(item_id), 0, -1, withscores=True)
+            if flat:
+                held[item_id] = {text(user): int(offset) for user, offset in flat}
+        if held:
+            out[(TOPIC, p)] = held
+    return out
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    events=streams(),
+    cfg=configs,
+    page=st.integers(1, 4),
+    tail=st.one_of(st.none(), st.integers(-1, 10)),
+    users=st.lists(st.sampled_from(["u1", "u2", "u3", "u4", "u9"]), max_size=8),
+    items=st.lists(st.sampled_from(["a", "b", "c", "d", "e", "f", "zz"]), max_size=10),
+)
+async def test_batched_reads_equal_per_key_reads(
+    redis_client: aioredis.Redis,
+    key_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    events: list[Ev],
+    cfg: StateConfig,
+    page: int,
+    tail: int | None,
+    users: list[str],
+    items: list[str],
+) -> None:
+    """Random states, pages of a few ids (a call's boundary falls anywhere), absent and repeated
+    ids, every `tail`: the script readers return exactly what the per-key reads return."""
+    monkeypatch.setattr(encode_inputs, "READ_PAGE", page)
+    monkeypatch.setattr(redis_state, "HOLDERS_PAGE", page)
+    prefix = f"{key_prefix}r{uuid.uuid4().hex[:8]}"
+    state = RedisState(redis_client, cfg, prefix)
+    for p in range(PARTITIONS):
+        mine = [ev for ev in events if partition_of(ev.user_id) == p]
+        await state.apply(TOPIC, p, list(enumerate(mine)))
+    inputs = EncodeInputs(redis_client, cfg, prefix)
+    for p in range(PARTITIONS):
+        shard = ShardKeys(prefix, shard_tag(TOPIC, p))
+        got = await inputs.users(TOPIC, p, users, tail=tail)
+        want = await per_key_users(redis_client, shard, users, tail)
+        assert got == want
+        assert list(got) == list(want)
+    got_holders = await state.holders(items)
+    assert got_holders == await per_key_holders(redis_client, prefix, items)
