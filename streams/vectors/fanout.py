@@ -6,10 +6,10 @@ vector changes materially (it is in a pass's plans), every user holding it there
 rebuilt. The pass reads the holders of its plans' items in every shard at once
 (`RedisState.holders`: one script call per shard and page of items, the shards concurrently;
 coengagement rule 8: per item and shard, the users scored by the offset of their newest action
-on it, capped to `hold_max`), chooses whom to rebuild (`rules.fan_out`: at
-most `fanout_per_pass`, the newest holders first, shards taking turns; the pass's own dirty users
-are left out, they are encoded anyway), reads them like any dirty user, and keeps those whose
-encoder window holds a changed item. The index keeps holders over the whole stored sequence,
+on it, capped to `hold_max`), chooses whom to rebuild (`rules.fan_out`: at most
+`fanout_per_pass`, the newest holders first, shards taking turns; the pass's own dirty users are
+left out, they are encoded anyway), reads them like any dirty user, and keeps those whose encoder
+window holds a changed item. The index keeps holders over the whole stored sequence,
 which is longer than the window; a holder of the item only further back has an unchanged basis.
 
 The rebuilt users join the pass's micro-batch and its one upsert, each with a freshness sample
