@@ -3,14 +3,15 @@ new item vectors (step 4 of reencoder.py).
 
 A user vector is built from the vectors of the items in its encoder window. When an item's
 vector changes materially (it is in a pass's plans), every user holding it there is behind until
-rebuilt. The pass reads the holders of its plans' items in every shard at once
+rebuilt. While the pass plans its dirty items, it reads their holders in every shard at once
 (`RedisState.holders`: one script call per shard and page of items, the shards concurrently;
 coengagement rule 8: per item and shard, the users scored by the offset of their newest action
-on it, capped to `hold_max`), chooses whom to rebuild (`rules.fan_out`: at most
-`fanout_per_pass`, the newest holders first, shards taking turns; the pass's own dirty users are
-left out, they are encoded anyway), reads them like any dirty user, and keeps those whose encoder
-window holds a changed item. The index keeps holders over the whole stored sequence,
-which is longer than the window; a holder of the item only further back has an unchanged basis.
+on it, capped to `hold_max`). Of the holders of the items it planned, it chooses whom to rebuild
+(`rules.fan_out`: at most `fanout_per_pass`, the newest holders first, shards taking turns; the
+pass's own dirty users are left out, they are encoded anyway), reads them like any dirty user,
+and keeps those whose encoder window holds a changed item. The index keeps holders over the
+whole stored sequence, which is longer than the window; a holder of the item only further back
+has an unchanged basis.
 
 The rebuilt users join the pass's micro-batch and its one upsert, each with a freshness sample
 counted from the earliest first dirty ts of the changed items it holds: a user follows its items
@@ -31,26 +32,37 @@ from collections.abc import Callable, Collection, Mapping
 
 from state import RedisState
 from streams.vectors.plans import ItemPlan
-from streams.vectors.rules import PassStats, Shard, fan_out
+from streams.vectors.rules import Holders, PassStats, Shard, fan_out
 
 
 class FanOut:
     def __init__(self, state: RedisState, limit: int, clock: Callable[[], float]) -> None:
         self._state, self._limit, self._clock = state, limit, clock
 
-    async def holders(
+    async def read(self, item_ids: Collection[str]) -> Holders:
+        """The holders of every dirty item of a pass, read while the pass plans which of them
+        changed materially (so the read adds no round trip to the pass)."""
+        if not item_ids or self._limit == 0:
+            return {}
+        return await self._state.holders(list(item_ids))
+
+    def choose(
         self,
+        holders: Holders,
         plans: Mapping[str, ItemPlan],
         encoded: Mapping[Shard, Collection[str]],
         stats: PassStats,
     ) -> dict[Shard, dict[str, float]]:
-        """Holders of the items of `plans` to rebuild, per shard: user -> the earliest first
+        """The holders of the items of `plans` to rebuild, per shard: user -> the earliest first
         dirty ts of a changed item it holds; users `encoded` by this pass are left out."""
         if not plans or self._limit == 0:
             return {}
         now = self._clock()
         changed = {i: now if p.first_ts is None else p.first_ts for i, p in plans.items()}
-        holders = await self._state.holders(list(changed))
-        chosen, dropped = fan_out(holders, changed, encoded, self._limit)
+        of_changed = {
+            shard: {i: users for i, users in items.items() if i in changed}
+            for shard, items in holders.items()
+        }
+        chosen, dropped = fan_out(of_changed, changed, encoded, self._limit)
         stats.fanout_dropped += dropped
         return {shard: dict(users) for shard, users in chosen.items()}

@@ -12,9 +12,10 @@ Transport-agnostic: a runtime calls `Reencoder.run_pass(shards)` (or `run`, whic
    ``neighbours``; otherwise skipped (the stored vector stands);
 3. users: read version, newest ts and the encoder's window of the sequence; every dirty user
    re-encodes (``sequence``);
-4. fan-out (streams/vectors/fanout.py): the holders of the items planned in step 2, in every
-   shard, whose encoder window holds one of them are read like dirty users and rebuilt in this
-   pass from the new item vectors (at most `fanout_per_pass`, the newest holders first);
+4. fan-out (streams/vectors/fanout.py): the holders of the dirty items, in every shard, read
+   beside steps 2 and 3; those of the items planned in step 2 whose encoder window holds one are
+   read like dirty users and rebuilt in this pass from the new item vectors (at most
+   `fanout_per_pass`, the newest holders first);
 5. the item vectors a user's history needs come, in this order, from this pass's micro-batch
    (the freshest there is), else from Qdrant in the collection of the model being written (never
    through the alias: during a model switch that could be another model, and a user vector must
@@ -69,6 +70,7 @@ from streams.vectors.marks import MarkBook
 from streams.vectors.plans import ItemPlan, ItemPlanner
 from streams.vectors.rules import (
     REASONS,
+    Holders,
     Marks,
     PassStats,
     Reason,
@@ -223,14 +225,15 @@ class Reencoder:
         """
         await self._prepare()
         arrived = {item_id for item_id, _ in marks.catalog}
-        dirty = marks.users()
-        plans, users = await asyncio.gather(
-            self._planner.dirty(self.bundle, marks.items(), arrived, stats, skip=primary),
+        dirty, items = marks.users(), marks.items()
+        plans, users, holders = await asyncio.gather(
+            self._planner.dirty(self.bundle, items, arrived, stats, skip=primary),
             self._users(dirty),
+            self._fanout.read(items if fan_out else ()),
         )
         if fan_out:
             dirty = {**dirty}
-            for shard, held in (await self._holders(plans, users, stats)).items():
+            for shard, held in (await self._holders(holders, plans, users, stats)).items():
                 dirty[shard] = {**dirty.get(shard, {}), **held}
         stored, versions = await self._history_vectors(users, plans)
         vectors = await self._encode_items(plans, stats)
@@ -330,13 +333,14 @@ class Reencoder:
 
     async def _holders(
         self,
+        holders: Holders,
         plans: Mapping[str, ItemPlan],
         users: dict[Shard, dict[str, UserInputs]],
         stats: PassStats,
     ) -> dict[Shard, dict[str, float]]:
-        """Step 4: the holders whose encoder window holds an item of `plans` join `users`;
+        """Step 4: the `holders` whose encoder window holds an item of `plans` join `users`;
         returns them with the first dirty ts their freshness counts from."""
-        wanted = await self._fanout.holders(plans, users, stats)
+        wanted = self._fanout.choose(holders, plans, users, stats)
         rebuilt: dict[Shard, dict[str, float]] = {}
         for shard, read in (await self._users(wanted)).items():
             for user_id, user in read.items():
