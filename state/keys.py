@@ -66,6 +66,7 @@ SCRIPT_APPLY = "apply_batch"
 SCRIPT_READ_DIRTY = "read_dirty"
 SCRIPT_CLEAR_DIRTY = "clear_dirty"
 SCRIPT_READ_ITEMS = "read_items"
+SCRIPT_MARK_DIRTY = "mark_dirty"
 SCRIPT_READ_USERS = "read_users"
 SCRIPT_READ_HOLDERS = "read_holders"
 

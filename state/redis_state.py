@@ -34,6 +34,7 @@ from state.redis_io import (
     wait_for_replicas,
 )
 
+MARK_PAGE = 500  # marks per mark_dirty call: well below Lua's unpack limit
 HOLDERS_PAGE = 500  # items per read_holders call: bounds one call's time inside Redis
 
 
@@ -106,6 +107,7 @@ class RedisState:
         self._apply_script = client.register_script(load_lua(keys.SCRIPT_APPLY))
         self._read_dirty_script = client.register_script(load_lua(keys.SCRIPT_READ_DIRTY))
         self._clear_dirty_script = client.register_script(load_lua(keys.SCRIPT_CLEAR_DIRTY))
+        self._mark_dirty_script = client.register_script(load_lua(keys.SCRIPT_MARK_DIRTY))
         self._read_holders_script = client.register_script(load_lua(keys.SCRIPT_READ_HOLDERS))
         self._layout = keys.lua_layout()
         self._apply_args = self._static_apply_args(config)
@@ -345,6 +347,28 @@ class RedisState:
                 keys=[shard.dirty(kind), shard.redirty(kind)], args=[limit]
             )
         return [(text(flat[i]), float(text(flat[i + 1]))) for i in range(0, len(flat), 2)]
+
+    async def mark_dirty(
+        self, topic: str, partition: int, kind: DirtyKind, marks: Sequence[tuple[str, float]]
+    ) -> int:
+        """Mark (entity id, first dirty ts) pairs dirty as an apply would: a new mark keeps the
+        ts, an existing one is flagged "dirtied again" (so a pass that read it encodes it once
+        more). Returns the marks added; one script call per `MARK_PAGE` marks."""
+        shard = self._shard(topic, partition)
+        added = 0
+        for start in range(0, len(marks), MARK_PAGE):
+            args: list[str] = []
+            for member, score in marks[start : start + MARK_PAGE]:
+                if not math.isfinite(score):
+                    raise StateError(f"dirty mark score must be finite, got {score!r}")
+                args += [repr(float(score)), member]
+            with redis_errors_as_state("mark_dirty"):
+                added += int(
+                    await self._mark_dirty_script(
+                        keys=[shard.dirty(kind), shard.redirty(kind)], args=args
+                    )
+                )
+        return added
 
     async def clear_dirty(
         self,

@@ -139,7 +139,8 @@ class IngestMetrics:
         )
         self.fanout_users = Counter(
             "fanout_users",
-            "Users re-encoded because an item in their encoder window was re-encoded (fan-out)",
+            "Users re-encoded because an item they hold was re-encoded (fan-out): rebuilt in the "
+            "pass, or marked for the worker of their shard",
             namespace=ns,
             registry=r,
         )
@@ -154,7 +155,7 @@ class IngestMetrics:
         self.users_behind = Gauge(
             "users_behind_items",
             "Users the last pass left built from item vectors older than the current ones "
-            "(over its fan-out bound)",
+            "(marked for another worker's next pass, or over its fan-out bound)",
             namespace=ns,
             registry=r,
         )
@@ -207,7 +208,7 @@ class IngestMetrics:
             self.reencodes.labels(reason=reason).inc(count)
         self.reencode_skips.labels(kind="users").inc(stats.users_skipped)
         self.reencode_skips.labels(kind="items").inc(stats.items_skipped)
-        self.fanout_users.inc(stats.fanout_users)
+        self.fanout_users.inc(stats.fanout_users + stats.fanout_marked)
         self.fanout_dropped.labels(reason="pass_bound").inc(stats.fanout_dropped)
 
     def serve_from(self, settings: MetricsSettings) -> int | None:

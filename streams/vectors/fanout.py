@@ -13,14 +13,20 @@ and keeps those whose encoder window holds a changed item. The index keeps holde
 whole stored sequence, which is longer than the window; a holder of the item only further back
 has an unchanged basis.
 
+Holders in shards another worker drains are not rebuilt here but marked dirty in their shard for
+that worker (`RedisState.mark_dirty`, as an apply marks: scored with the item's first dirty ts),
+after every upsert of the pass returned. Rebuilding them here would race with their own worker:
+a pass of it that read the old item vector before this upsert, for a newer state of the user,
+would win the guard and leave the user on the old item vector with nothing left to rebuild it.
+A mark written after this upsert makes that worker's next pass read the new one.
+
 The rebuilt users join the pass's micro-batch and its one upsert, each with a freshness sample
 counted from the earliest first dirty ts of the changed items it holds: a user follows its items
 within the same pass, not one pass later. Nothing is marked, so nothing waits in Redis: a crash
 before the pass records its bases re-does it, which encodes the same items again (their bases
-are not recorded yet) and reads their holders again. Holders in shards this worker does not
-drain are rebuilt too; a user written by two workers at once, or by a replay, is settled by the
-store's guard on (state version, basis version): a rebuilt user keeps its state version and
-carries a higher basis version (the sum of its items' state versions, state/vectors.py).
+are not recorded yet) and reads their holders again. A replay is settled by the store's guard
+on (state version, basis version): a rebuilt user keeps its state version and carries a higher
+basis version (the sum of its items' state versions, state/vectors.py).
 
 During a model switch each model's write fans out from its own plans and its own in-memory item
 vectors, so neither collection's users wait for the other model's upsert.
@@ -28,6 +34,7 @@ vectors, so neither collection's users wait for the other model's upsert.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Collection, Mapping
 
 from state import RedisState
@@ -66,3 +73,13 @@ class FanOut:
         chosen, dropped = fan_out(of_changed, changed, encoded, self._limit)
         stats.fanout_dropped += dropped
         return {shard: dict(users) for shard, users in chosen.items()}
+
+    async def mark(self, elsewhere: Mapping[Shard, Mapping[str, float]], stats: PassStats) -> None:
+        """Mark the chosen holders of other workers' shards dirty there (after every upsert)."""
+        await asyncio.gather(
+            *(
+                self._state.mark_dirty(topic, partition, "users", list(users.items()))
+                for (topic, partition), users in elsewhere.items()
+            )
+        )
+        stats.fanout_marked += sum(map(len, elsewhere.values()))

@@ -13,9 +13,10 @@ Transport-agnostic: a runtime calls `Reencoder.run_pass(shards)` (or `run`, whic
 3. users: read version, newest ts and the encoder's window of the sequence; every dirty user
    re-encodes (``sequence``);
 4. fan-out (streams/vectors/fanout.py): the holders of the dirty items, in every shard, read
-   beside steps 2 and 3; those of the items planned in step 2 whose encoder window holds one are
-   read like dirty users and rebuilt in this pass from the new item vectors (at most
-   `fanout_per_pass`, the newest holders first);
+   beside steps 2 and 3; in this worker's shards, those of the items planned in step 2 whose
+   encoder window holds one are read like dirty users and rebuilt in this pass from the new item
+   vectors (at most `fanout_per_pass`, the newest holders first); in other shards they are marked
+   for their worker once every upsert returned (step 8);
 5. the item vectors a user's history needs come, in this order, from this pass's micro-batch
    (the freshest there is), else from Qdrant in the collection of the model being written (never
    through the alias: during a model switch that could be another model, and a user vector must
@@ -29,10 +30,11 @@ Transport-agnostic: a runtime calls `Reencoder.run_pass(shards)` (or `run`, whic
    before encoding: users `user_version`; items `item_version + content_version`, a sum of two
    counters that only grow, so it never decreases. A user also carries its `basis_version`, the
    sum of the state versions of the item vectors it was built from;
-8. only after the upserts returned (the shadow's too, during a switch): record the encoded
-   items' bases, then clear exactly the marks read in step 1 (a mark dirtied again meanwhile
-   stays). A crash anywhere before re-does the pass, fan-out included: at-least-once, made
-   idempotent by the store's guard on (state version, basis version).
+8. only after the upserts returned (the shadow's too, during a switch): mark the holders of
+   other workers' shards, record the encoded items' bases, then clear exactly the marks read in
+   step 1 (a mark dirtied again meanwhile stays). A crash anywhere before re-does the pass,
+   fan-out included: at-least-once, made idempotent by the store's guard on (state version,
+   basis version).
 
 With `item_min_change = 0` no item is ever skipped, so every vector equals a from-scratch encode
 of the current state (RELIABILITY I2); above 0, a skipped item keeps the vector and payload
@@ -53,6 +55,7 @@ import contextlib
 import functools
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import redis.asyncio as aioredis
@@ -70,14 +73,34 @@ from streams.vectors.marks import MarkBook
 from streams.vectors.plans import ItemPlan, ItemPlanner
 from streams.vectors.rules import (
     REASONS,
-    Holders,
     Marks,
     PassStats,
     Reason,
     Shard,
 )
 
-__all__ = ["REASONS", "PassStats", "Reason", "Reencoder", "Shard"]
+__all__ = ["REASONS", "PassStats", "Reason", "Reencoder", "Shard", "Written"]
+
+
+@dataclass(frozen=True)
+class Written:
+    """One model's write of a pass: the items it encoded (their plans), and the holders of them
+    in shards other workers drain, to be marked for those workers (streams/vectors/fanout.py)."""
+
+    plans: dict[str, ItemPlan]
+    elsewhere: dict[Shard, dict[str, float]]
+
+
+def _earliest(
+    a: Mapping[Shard, Mapping[str, float]], b: Mapping[Shard, Mapping[str, float]]
+) -> dict[Shard, dict[str, float]]:
+    """Two user -> first dirty ts maps per shard in one, keeping each user's earliest ts."""
+    out = {shard: dict(users) for shard, users in a.items()}
+    for shard, users in b.items():
+        mine = out.setdefault(shard, {})
+        for user_id, ts in users.items():
+            mine[user_id] = min(ts, mine.get(user_id, ts))
+    return out
 
 
 class Reencoder:
@@ -190,15 +213,19 @@ class Reencoder:
         stats.more_waiting = marks.full(self._cfg.marks_per_shard)
         if stats.idle:
             return stats
-        plans = await self.write(marks, stats, fan_out=True)
+        written = await self.write(marks, stats, fan_out=True)
+        elsewhere = written.elsewhere
         if self._shadow is not None:  # a model switch is under way: dual writes
             shadow = PassStats()
-            await self._shadow.write(marks, shadow, primary=False, fan_out=True)
+            also = await self._shadow.write(marks, shadow, primary=False, fan_out=True)
+            elsewhere = _earliest(elsewhere, also.elsewhere)
             stats.encode_s += shadow.encode_s
             stats.upsert_s += shadow.upsert_s
-        # after every model's upsert: a re-done pass skips an item whose basis is recorded, and
-        # would then not rebuild its holders
-        await self._inputs.put_bases({i: p.basis for i, p in plans.items()})
+        # after every model's upsert: another worker's holders must find the new item vectors in
+        # each collection; then the bases, since a re-done pass skips an item whose basis is
+        # recorded and would then not fan out
+        await self._fanout.mark(elsewhere, stats)
+        await self._inputs.put_bases({i: p.basis for i, p in written.plans.items()})
         self._after_vector_write()
         await self._marks.clear(marks, read_at)
         stats.pass_s = time.perf_counter() - began
@@ -213,9 +240,10 @@ class Reencoder:
         fan_out: bool = False,
         insert_only: bool = False,
         refresh: bool = False,
-    ) -> dict[str, ItemPlan]:
+    ) -> Written:
         """Encode what `marks` name with this model and upsert it (steps 2-7); returns the
-        items encoded, whose bases `run_pass` records.
+        items encoded, whose bases `run_pass` records, and the holders it left to the workers
+        of other shards, which `run_pass` marks.
 
         The primary (serving) model skips immaterial item changes and records freshness; a
         shadow (the next model during a switch) and a backfill encode every item named, since the
@@ -231,10 +259,13 @@ class Reencoder:
             self._users(dirty),
             self._fanout.read(items if fan_out else ()),
         )
+        elsewhere: dict[Shard, dict[str, float]] = {}
         if fan_out:
-            dirty = {**dirty}
-            for shard, held in (await self._holders(holders, plans, users, stats)).items():
-                dirty[shard] = {**dirty.get(shard, {}), **held}
+            wanted = self._fanout.choose(holders, plans, users, stats)
+            mine = marks.drained()
+            elsewhere = {s: held for s, held in wanted.items() if s not in mine}
+            here = {s: held for s, held in wanted.items() if s in mine}
+            dirty = _earliest(dirty, await self._rebuild(here, plans, users, stats))
         stored, versions = await self._history_vectors(users, plans)
         vectors = await self._encode_items(plans, stats)
         versions.update({i: plan.basis.state_version for i, plan in plans.items()})
@@ -243,7 +274,7 @@ class Reencoder:
         await self._upsert(records, stats, insert_only=insert_only, refresh=refresh)
         if primary:
             self._freshness(stats, plans, dirty)
-        return plans
+        return Written(plans, elsewhere)
 
     def spawn(self, bundle: EncoderBundle) -> Reencoder:
         """A scheduler for another model on the same state and store (a switch's shadow)."""
@@ -331,16 +362,15 @@ class Reencoder:
         )
         return dict(zip(shards, read, strict=True))
 
-    async def _holders(
+    async def _rebuild(
         self,
-        holders: Holders,
+        wanted: Mapping[Shard, Mapping[str, float]],
         plans: Mapping[str, ItemPlan],
         users: dict[Shard, dict[str, UserInputs]],
         stats: PassStats,
     ) -> dict[Shard, dict[str, float]]:
-        """Step 4: the `holders` whose encoder window holds an item of `plans` join `users`;
-        returns them with the first dirty ts their freshness counts from."""
-        wanted = self._fanout.choose(holders, plans, users, stats)
+        """Step 4: the `wanted` holders whose encoder window holds an item of `plans` join
+        `users`; returns them with the first dirty ts their freshness counts from."""
         rebuilt: dict[Shard, dict[str, float]] = {}
         for shard, read in (await self._users(wanted)).items():
             for user_id, user in read.items():

@@ -34,6 +34,7 @@ class PassStats:
     users_skipped: int = 0
     items_skipped: int = 0
     fanout_users: int = 0  # holders of re-encoded items rebuilt in this pass
+    fanout_marked: int = 0  # holders in shards other workers drain, marked dirty for them
     fanout_dropped: int = 0  # holders left out by `fanout_per_pass`
     reasons: dict[Reason, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
     encode_s: float = 0.0
@@ -50,10 +51,10 @@ class PassStats:
 
     @property
     def users_behind(self) -> int:
-        """Users this pass left built from item vectors older than the current ones: those its
-        fan-out's per-pass bound left out (a hub item's cap is counted where the index drops
-        them)."""
-        return self.fanout_dropped
+        """Users this pass left built from item vectors older than the current ones: those
+        marked for another worker's next pass, and those its fan-out's per-pass bound left out (a
+        hub item's cap is counted where the index drops them)."""
+        return self.fanout_marked + self.fanout_dropped
 
     @property
     def read_s(self) -> float:
@@ -75,6 +76,10 @@ class Marks:
 
     def count(self) -> int:
         return sum(map(len, self.shards.values())) + len(self.catalog)
+
+    def drained(self) -> set[Shard]:
+        """The shards this pass drained (this worker's)."""
+        return {(topic, partition) for topic, partition, _ in self.shards}
 
     def items(self) -> dict[str, float]:
         """Dirty items, deduplicated over shards and the catalog: id -> first dirty ts."""

@@ -115,7 +115,7 @@ class PassRecorder(IngestMetrics):
         self.passes["count"] += 1
         self.passes["encode_s"] += stats.encode_s
         self.passes["upsert_s"] += stats.upsert_s
-        self.fanout_rebuilt += stats.fanout_users
+        self.fanout_rebuilt += stats.fanout_users + stats.fanout_marked
         self.fanout_left_out += stats.fanout_dropped
         for kind, samples in stats.freshness_s.items():
             self.samples[kind].extend(samples)

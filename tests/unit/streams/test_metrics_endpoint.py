@@ -59,9 +59,9 @@ def test_fan_out_counts_rebuilt_and_dropped_users_and_what_the_last_pass_left_be
     metrics = IngestMetrics(CollectorRegistry())
     value = metrics.registry.get_sample_value
     assert value("sagestream_fanout_dropped_total", {"reason": "hub_cap"}) == 0
-    metrics.observe_pass(PassStats(marks=3, fanout_users=4, fanout_dropped=2))
-    assert value("sagestream_fanout_users_total") == 4
+    metrics.observe_pass(PassStats(marks=3, fanout_users=4, fanout_marked=1, fanout_dropped=2))
+    assert value("sagestream_fanout_users_total") == 5  # rebuilt, and marked for their worker
     assert value("sagestream_fanout_dropped_total", {"reason": "pass_bound"}) == 2
-    assert value("sagestream_users_behind_items") == 2  # the rebuilt ones are not behind
+    assert value("sagestream_users_behind_items") == 3  # the rebuilt ones are not behind
     metrics.observe_pass(PassStats())  # idle: nothing is behind any more
     assert value("sagestream_users_behind_items") == 0

@@ -47,8 +47,9 @@ HOLDERS = {SHARD: {"i1": {"u1": 4, "u2": 9, "u3": 6, "u4": 1}}, OTHER_SHARD: {"i
 
 
 class FakeRedisState:
-    """`RedisState.dirty` / `clear_dirty` over an in-memory zset per (topic, partition, kind),
-    and `holders` from `HOLDERS`; `fail_holders` makes `holders` raise."""
+    """`RedisState.dirty` / `clear_dirty` / `mark_dirty` over an in-memory zset per (topic,
+    partition, kind), and `holders` from `HOLDERS`; `fail_holders` and `fail_marking` make
+    `holders` and `mark_dirty` raise."""
 
     config = StateConfig()
 
@@ -59,6 +60,7 @@ class FakeRedisState:
             (*SHARD, "items"): list(ITEM_MARKS),
         }
         self.fail_holders: BaseException | None = None
+        self.fail_marking: BaseException | None = None
 
     async def holders(
         self, item_ids: Sequence[str]
@@ -71,6 +73,17 @@ class FakeRedisState:
             shard: {i: dict(users) for i, users in items.items() if i in wanted}
             for shard, items in HOLDERS.items()
         }
+
+    async def mark_dirty(
+        self, topic: str, partition: int, kind: str, marks: Sequence[tuple[str, float]]
+    ) -> int:
+        self.log.append(("mark_dirty", topic, partition, kind, list(marks)))
+        if self.fail_marking is not None:
+            raise self.fail_marking
+        page = self.marks.setdefault((topic, partition, kind), [])
+        new = [m for m in marks if m[0] not in {member for member, _ in page}]
+        page += new
+        return len(new)
 
     async def dirty(
         self, topic: str, partition: int, kind: str, limit: int
@@ -253,7 +266,11 @@ async def test_the_marks_left_by_a_failed_pass_are_cleared_by_the_next() -> None
     world.store.fail = None
     stats = await world.reencoder.run_pass([SHARD])
     assert stats.marks == len(USER_MARKS) + len(ITEM_MARKS) + len(CATALOG_MARKS)
-    assert world.state.marks == {(*SHARD, "users"): [], (*SHARD, "items"): []}
+    assert world.state.marks == {  # only the mark for u7's worker
+        (*SHARD, "users"): [],
+        (*SHARD, "items"): [],
+        (*OTHER_SHARD, "users"): [("u7", 102.0)],
+    }
     assert world.catalog.marks == []
 
 
@@ -275,7 +292,7 @@ async def test_clear_comes_after_upsert_with_exactly_the_marks_read() -> None:
     assert ("catalog_clear", CATALOG_MARKS) in world.log
     # only what was read is gone: the re-dirtied u1 and the new u3 wait for the next pass
     assert world.state.marks[(*SHARD, "users")] == [("u1", 150.0), ("u3", 151.0)]
-    assert stats.users_encoded == 4  # u1, u2, and the holders u3 and u7
+    assert stats.users_encoded == 3  # u1, u2, and the holder u3
     assert stats.items_encoded == 2
     assert stats.reasons["cold_start"] == 2
 
@@ -289,7 +306,7 @@ async def test_the_upserted_records_carry_the_state_versions_read() -> None:
     assert labels == {
         ("items", "i1"): 5,
         ("items", "i2"): 5,
-        **{("users", u): 7 for u in ("u1", "u2", "u3", "u7")},
+        **{("users", u): 7 for u in ("u1", "u2", "u3")},
     }
     assert all(np.asarray(r.vector).shape == (DIM,) for r in records)
 
@@ -348,7 +365,7 @@ async def test_each_shard_is_drained_once_per_kind() -> None:
     assert drained == [(*SHARD, "users"), (*SHARD, "items")]
 
 
-async def test_fan_out_rebuilds_the_other_holders_in_the_pass_own_upsert() -> None:
+async def test_fan_out_rebuilds_the_holders_of_its_shards_in_the_pass_own_upsert() -> None:
     world = World()
     stats = await world.reencoder.run_pass([SHARD])
     names = world.names()
@@ -357,13 +374,26 @@ async def test_fan_out_rebuilds_the_other_holders_in_the_pass_own_upsert() -> No
     assert ("holders", ["i1", "i2"]) in world.log
     [records] = world.store.upserts
     users = {r.entity_id for r in records if r.kind == "users"}
-    # u1 and u2 are this pass's own; u3 and u7 hold i1 in their window; u4 only further back
-    assert users == {"u1", "u2", "u3", "u7"}
-    assert ("users", *OTHER_SHARD, ["u7"]) in world.log  # read from its own shard
-    assert world.state.marks[(*SHARD, "users")] == []  # nothing marked for a later pass
-    assert (stats.fanout_users, stats.fanout_dropped, stats.users_behind) == (2, 0, 0)
+    # u1 and u2 are this pass's own; u3 holds i1 in its window; u4 only further back
+    assert users == {"u1", "u2", "u3"}
+    assert world.state.marks[(*SHARD, "users")] == []  # nothing marked for a later pass here
     # their freshness counts from the event that changed i1 (first dirty at 102, now 1000)
-    assert sorted(stats.freshness_s["users"]) == [898.0, 898.0, 899.0, 900.0]
+    assert sorted(stats.freshness_s["users"]) == [898.0, 899.0, 900.0]
+
+
+async def test_holders_in_another_worker_shard_are_marked_for_it_after_the_upsert() -> None:
+    """Rebuilt here, u7 could race with its own worker's pass for a newer state of it, built
+    from the item vector this pass replaces; a mark after the upsert makes that worker read the
+    new one."""
+    world = World()
+    stats = await world.reencoder.run_pass([SHARD])
+    names = world.names()
+    assert names.index("upsert") < names.index("mark_dirty") < names.index("put_bases")
+    marked = {e[1:4]: e[4] for e in world.log if e[0] == "mark_dirty"}
+    assert marked == {(*OTHER_SHARD, "users"): [("u7", 102.0)]}
+    assert not any(e[0] == "users" and e[1:3] == OTHER_SHARD for e in world.log)  # not read
+    assert (stats.fanout_users, stats.fanout_marked, stats.fanout_dropped) == (1, 1, 0)
+    assert stats.users_behind == 1  # u7, until its worker's next pass
 
 
 async def test_fan_out_is_bounded_per_pass_and_counts_what_it_left_out() -> None:
@@ -371,16 +401,27 @@ async def test_fan_out_is_bounded_per_pass_and_counts_what_it_left_out() -> None
     stats = await world.reencoder.run_pass([SHARD])
     [records] = world.store.upserts
     assert {r.entity_id for r in records if r.kind == "users"} == {"u1", "u2", "u3"}
-    # the first shard in order takes the one turn, and its newest holder (u3, then u4)
-    assert (stats.fanout_users, stats.fanout_dropped, stats.users_behind) == (1, 2, 2)
+    # the first shard in order takes the one turn, and its newest holder (u3); u4 and u7 wait
+    assert (stats.fanout_users, stats.fanout_marked, stats.fanout_dropped) == (1, 0, 2)
+    assert stats.users_behind == 2
 
 
-async def test_a_failed_fan_out_writes_nothing_and_leaves_every_mark() -> None:
+async def test_a_failed_holder_read_writes_nothing_and_leaves_every_mark() -> None:
     world = World()
     world.state.fail_holders = VectorStoreUnavailable("redis away")
     with pytest.raises(VectorStoreUnavailable):
         await world.reencoder.run_pass([SHARD])
     for never in ("upsert", "put_bases", "clear_dirty", "catalog_clear", "after_vector_write"):
+        assert never not in world.names(), never
+    assert world.state.marks[(*SHARD, "items")] == ITEM_MARKS
+
+
+async def test_a_failed_marking_leaves_every_mark_and_records_no_basis() -> None:
+    world = World()
+    world.state.fail_marking = VectorStoreUnavailable("redis away")
+    with pytest.raises(VectorStoreUnavailable):
+        await world.reencoder.run_pass([SHARD])
+    for never in ("put_bases", "clear_dirty", "catalog_clear", "after_vector_write"):
         assert never not in world.names(), never
     assert world.state.marks[(*SHARD, "items")] == ITEM_MARKS
 
@@ -391,12 +432,13 @@ async def test_user_records_carry_the_versions_of_the_item_vectors_they_were_bui
     [records] = world.store.upserts
     basis = {r.entity_id: r.basis_version for r in records}
     # history i1 (encoded in this pass: 4 + content 1) and i5 (stored with state version 3)
-    assert basis == {"i1": 0, "i2": 0, "u1": 8, "u2": 8, "u3": 8, "u7": 8}
+    assert basis == {"i1": 0, "i2": 0, "u1": 8, "u2": 8, "u3": 8}
 
 
 async def test_with_a_shadow_each_model_rebuilds_the_holders_from_its_own_vectors() -> None:
-    """A holder built in the new model's collection from that model's item vectors, in its
-    own upsert, never waits for (or reads) the other model's write."""
+    """A holder of this worker's shards is built in the new model's collection from that
+    model's item vectors, in its own upsert; another worker's holder is marked only after both
+    models' upserts, so its rebuild finds the new item vectors in each collection."""
 
     class NextModel(FakeBundle):
         version = "v2"
@@ -408,5 +450,6 @@ async def test_with_a_shadow_each_model_rebuilds_the_holders_from_its_own_vector
     upserts = [i for i, name in enumerate(names) if name == "upsert"]
     assert [world.log[i][1] for i in upserts] == ["v1", "v2"]
     for records in world.store.upserts:
-        assert {r.entity_id for r in records if r.kind == "users"} == {"u1", "u2", "u3", "u7"}
-    assert upserts[-1] < names.index("put_bases") < names.index("clear_dirty")
+        assert {r.entity_id for r in records if r.kind == "users"} == {"u1", "u2", "u3"}
+    assert upserts[-1] < names.index("mark_dirty") < names.index("put_bases")
+    assert names.count("mark_dirty") == 1
