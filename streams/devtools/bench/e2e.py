@@ -95,10 +95,14 @@ class E2EConfig:
 
 
 class PassRecorder(IngestMetrics):
-    """The worker's metrics, also keeping every pass's freshness samples and when it ended."""
+    """The worker's metrics, also keeping every pass's freshness samples and when it ended.
 
-    def __init__(self) -> None:
+    `keep_samples=False` keeps counts only, as the product's metrics do (fixed-size
+    histograms): a run measuring the worker's memory must not grow a list per event itself."""
+
+    def __init__(self, *, keep_samples: bool = True) -> None:
         super().__init__()
+        self.keep_samples = keep_samples
         self.samples: dict[str, list[float]] = {"users": [], "items": []}
         self.encoded = 0
         self.passes = {"count": 0, "encode_s": 0.0, "upsert_s": 0.0}
@@ -117,8 +121,9 @@ class PassRecorder(IngestMetrics):
         self.passes["upsert_s"] += stats.upsert_s
         self.fanout_rebuilt += stats.fanout_users + stats.fanout_marked
         self.fanout_left_out += stats.fanout_dropped
-        for kind, samples in stats.freshness_s.items():
-            self.samples[kind].extend(samples)
+        if self.keep_samples:
+            for kind, samples in stats.freshness_s.items():
+                self.samples[kind].extend(samples)
 
     def pass_summary(self) -> dict[str, float]:
         """Passes that found marks, and their onnxruntime and upsert seconds in total."""

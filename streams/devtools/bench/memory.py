@@ -3,7 +3,9 @@ and Redis bytes per user and per item.
 
 RSS: the worker runs in a process of its own (nothing else of the bench in its memory) over
 `events` events produced beforehand, and samples its own resident set (/proc/self/statm, Linux)
-every `every` events applied. `verdicts.rss_flatness` judges the curve.
+every `every` events applied. `verdicts.rss_flatness` judges the curve. Its metrics keep counts
+and histograms only, as the product's do: a list of every freshness sample (one or more per
+event) in the measured process would be growth of the bench's own.
 
 Redis: `MEMORY USAGE ... SAMPLES 0` (exact) of every key under the run's prefix, grouped by the
 key schema of `state/keys.py`: a user's keys (sequence, user hash, recent event ids) and an
@@ -55,7 +57,7 @@ def rss_bytes() -> int:
 
 
 async def _sampled_worker(settings: Settings, run: RssRun) -> dict[str, Any]:
-    metrics = PassRecorder()
+    metrics = PassRecorder(keep_samples=False)  # a list of every freshness sample grew the RSS
     limits = RunLimits(max_events=run.events, until_idle_s=IDLE_STOP_S)
     runtime = BatchRuntime(settings, metrics, limits)
     samples = [(0, rss_bytes())]
