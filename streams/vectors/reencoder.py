@@ -56,6 +56,7 @@ import functools
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import redis.asyncio as aioredis
@@ -80,6 +81,16 @@ from streams.vectors.rules import (
 )
 
 __all__ = ["REASONS", "PassStats", "Reason", "Reencoder", "Shard", "Written"]
+
+
+class UserRow(NamedTuple):
+    """A user read by a pass, and the window of its sequence the encoder reads."""
+
+    user: UserInputs
+    history: list[tuple[str, int, float]]  # encoders.data.encoder_window
+
+
+Users = dict[Shard, dict[str, UserRow]]
 
 
 @dataclass(frozen=True)
@@ -352,30 +363,36 @@ class Reencoder:
 
     # -- users -----------------------------------------------------------------------------------
 
-    async def _users(
-        self, shards: Mapping[Shard, Collection[str]]
-    ) -> dict[Shard, dict[str, UserInputs]]:
-        """The users' inputs, every shard's read at once."""
+    async def _users(self, shards: Mapping[Shard, Collection[str]]) -> Users:
+        """The users' inputs and encoder windows, every shard's read at once (the window is
+        taken once per user: three steps of a pass read it)."""
         tail = self._user_tail()
         read = await asyncio.gather(
             *(self._inputs.users(*shard, ids, tail=tail) for shard, ids in shards.items())
         )
-        return dict(zip(shards, read, strict=True))
+        seq_len = self.bundle.seq_len
+        return {
+            shard: {
+                user_id: UserRow(user, encoder_window(user.sequence, seq_len))
+                for user_id, user in users.items()
+            }
+            for shard, users in zip(shards, read, strict=True)
+        }
 
     async def _rebuild(
         self,
         wanted: Mapping[Shard, Mapping[str, float]],
         plans: Mapping[str, ItemPlan],
-        users: dict[Shard, dict[str, UserInputs]],
+        users: Users,
         stats: PassStats,
     ) -> dict[Shard, dict[str, float]]:
         """Step 4: the `wanted` holders whose encoder window holds an item of `plans` join
         `users`; returns them with the first dirty ts their freshness counts from."""
         rebuilt: dict[Shard, dict[str, float]] = {}
         for shard, read in (await self._users(wanted)).items():
-            for user_id, user in read.items():
-                if any(item_id in plans for item_id, _, _ in self._history(user)):
-                    users.setdefault(shard, {})[user_id] = user
+            for user_id, row in read.items():
+                if any(item_id in plans for item_id, _, _ in row.history):
+                    users.setdefault(shard, {})[user_id] = row
                     rebuilt.setdefault(shard, {})[user_id] = wanted[shard][user_id]
         stats.fanout_users += sum(map(len, rebuilt.values()))
         return rebuilt
@@ -387,12 +404,9 @@ class Reencoder:
             return self.bundle.seq_len + 1
         return None
 
-    def _history(self, user: UserInputs) -> list[tuple[str, int, float]]:
-        return encoder_window(user.sequence, self.bundle.seq_len)
-
     async def _history_vectors(
         self,
-        users: Mapping[Shard, Mapping[str, UserInputs]],
+        users: Users,
         plans: dict[str, ItemPlan],
     ) -> tuple[dict[str, FloatArray], dict[str, int]]:
         """Stored vectors and their state versions of history items not encoded in this pass;
@@ -401,8 +415,8 @@ class Reencoder:
         needed = {
             item_id
             for shard_users in users.values()
-            for user in shard_users.values()
-            for item_id, _, _ in self._history(user)
+            for row in shard_users.values()
+            for item_id, _, _ in row.history
         } - set(plans)
         if not needed:
             return {}, {}
@@ -416,21 +430,17 @@ class Reencoder:
 
     async def _encode_users(
         self,
-        users: Mapping[Shard, Mapping[str, UserInputs]],
+        users: Users,
         item_vectors: Mapping[str, FloatArray],
         item_versions: Mapping[str, int],
         stats: PassStats,
     ) -> list[VectorRecord]:
         """One record per dirty user with a usable history; the others are skipped. Its basis
         version sums the state versions of the distinct items of its history."""
-        rows: list[tuple[UserInputs, list[tuple[str, int, float]]]] = []
-        for shard_users in users.values():
-            for user in shard_users.values():
-                history = self._history(user)
-                if history:
-                    rows.append((user, history))
-                else:
-                    stats.users_skipped += 1
+        rows = [
+            row for shard_users in users.values() for row in shard_users.values() if row.history
+        ]
+        stats.users_skipped += sum(map(len, users.values())) - len(rows)
         if not rows:
             return []
         # one table of the items the histories name, indexed per user: cheaper than stacking
