@@ -28,6 +28,7 @@ upserted, so a crash in between re-encodes rather than skipping an item whose ve
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -75,14 +76,21 @@ class EncodeBasis:
     weights: tuple[float, ...]  # relative to the strongest neighbour, as the model reads them
     degree: int
     content_version: int
+    # the state version at which the item's vector last moved enough to rebuild its holders,
+    # and that vector (float32 bytes): what the next encode is compared with (fan-out)
+    material_version: int = 0
+    material: bytes = b""
 
     def to_json(self) -> str:
-        body = {
+        body: dict[str, object] = {
             "n": list(self.neighbours),
             "w": list(self.weights),
             "d": self.degree,
             "cv": self.content_version,
         }
+        if self.material:
+            body["mv"] = self.material_version
+            body["m"] = base64.b64encode(self.material).decode("ascii")
         return json.dumps(body, separators=(",", ":"), allow_nan=False)
 
     @classmethod
@@ -95,6 +103,8 @@ class EncodeBasis:
             weights=tuple(float(w) for w in body["w"]),
             degree=int(body["d"]),
             content_version=int(body["cv"]),
+            material_version=int(body.get("mv", 0)),
+            material=base64.b64decode(body["m"]) if "m" in body else b"",
         )
 
 

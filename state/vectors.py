@@ -66,7 +66,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,6 +107,7 @@ PAYLOAD_KEYS = (
 )
 STATE_VERSION = "state_version"
 BASIS_VERSION = "basis_version"
+MATERIAL_VERSION = "material_version"  # an item's; see VectorRecord
 # A user's (state_version, basis_version) as one integer, so its guard is one flat range per
 # point: the nested "lower state, or the same state and a lower basis" clause made a user upsert
 # about 3x slower on the server (one such clause per point in every request).
@@ -127,8 +128,10 @@ _STORE_ERRORS = (ApiException, OSError, ValueError, RuntimeError, sqlite3.Operat
 class VectorRecord:
     """One re-encoded entity; `state_version` comes from Redis and only ever grows.
 
-    `basis_version`: for a user, the sum of the state versions of the item vectors it was built
-    from (see the module docstring); 0 for an item."""
+    `basis_version`: for a user, the sum of the material versions of the item vectors it was
+    built from (see the module docstring); 0 for an item. `material_version`: for an item, the
+    state version at which its vector last moved enough to rebuild its holders (fan-out); it is
+    what a user's basis counts. None for a user (and for an item, read as its state version)."""
 
     kind: EntityKind
     entity_id: str
@@ -136,6 +139,7 @@ class VectorRecord:
     state_version: int
     event_ts_max: float
     basis_version: int = 0
+    material_version: int | None = None
 
     @property
     def freshness(self) -> tuple[int, int]:
@@ -250,6 +254,12 @@ def packed_guard(record: VectorRecord) -> int | None:
     return (record.state_version << BASIS_BITS) | record.basis_version
 
 
+def material_version(payload: Mapping[str, Any]) -> int:
+    """An item point's material version: what a user built from it counts in its basis (its
+    state version for points stored before the field)."""
+    return int(payload.get(MATERIAL_VERSION, payload[STATE_VERSION]))
+
+
 def make_payload(record: VectorRecord, model_version: str, updated_at: float) -> dict[str, Any]:
     """The payload stored beside each vector; `state_version` is what the guard compares."""
     payload = {
@@ -260,6 +270,8 @@ def make_payload(record: VectorRecord, model_version: str, updated_at: float) ->
         "updated_at": float(updated_at),
         "basis_version": int(record.basis_version),
     }
+    if record.material_version is not None:
+        payload[MATERIAL_VERSION] = int(record.material_version)
     guard = packed_guard(record)
     if guard is not None:
         payload[GUARD_VERSION] = guard
@@ -393,12 +405,17 @@ def _check_fields(record: VectorRecord) -> None:
         raise InvalidBatchError(f"unknown entity kind {record.kind!r}")
     if not isinstance(record.entity_id, str) or not record.entity_id:
         raise InvalidBatchError(f"invalid entity id {record.entity_id!r}")
+    if record.material_version is not None:
+        _check_int(record, MATERIAL_VERSION, record.material_version)
     for name in (STATE_VERSION, BASIS_VERSION):
-        value = getattr(record, name)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise InvalidBatchError(f"{record.entity_id}: {name} must be an int")
-        if not INT64_MIN <= value <= INT64_MAX:  # Qdrant's integer payloads and indexes are i64
-            raise InvalidBatchError(f"{record.entity_id}: {name} {value} does not fit in 64 bits")
+        _check_int(record, name, getattr(record, name))
+
+
+def _check_int(record: VectorRecord, name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidBatchError(f"{record.entity_id}: {name} must be an int")
+    if not INT64_MIN <= value <= INT64_MAX:  # Qdrant's integer payloads and indexes are i64
+        raise InvalidBatchError(f"{record.entity_id}: {name} {value} does not fit in 64 bits")
 
 
 def _check_vector(record: VectorRecord, vector: FloatArray) -> None:

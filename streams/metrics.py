@@ -152,6 +152,13 @@ class IngestMetrics:
             namespace=ns,
             registry=r,
         )
+        self.fanout_still = Counter(
+            "fanout_still_items",
+            "Items re-encoded whose vector moved less than fanout_min_change from the one their "
+            "holders were built from: the holders were not rebuilt",
+            namespace=ns,
+            registry=r,
+        )
         self.users_behind = Gauge(
             "users_behind_items",
             "Users the last pass left built from item vectors older than the current ones "
@@ -210,6 +217,7 @@ class IngestMetrics:
         self.reencode_skips.labels(kind="items").inc(stats.items_skipped)
         self.fanout_users.inc(stats.fanout_users + stats.fanout_marked)
         self.fanout_dropped.labels(reason="pass_bound").inc(stats.fanout_dropped)
+        self.fanout_still.inc(stats.items_still)
 
     def serve_from(self, settings: MetricsSettings) -> int | None:
         """Serve as the settings say; the port bound, or None when the endpoint is off."""

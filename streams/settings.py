@@ -248,6 +248,10 @@ class ReencodeSettings(_Section):
     # Fan-out: users marked per pass because an item they hold was re-encoded (the newest
     # holders first, shards taking turns); those over the bound are dropped and counted. 0: off.
     fanout_per_pass: int = Field(default=10_000, ge=0)
+    # 1 - cosine between an item's new vector and the one its holders were last rebuilt from,
+    # below which they are not rebuilt (their stored vectors stand); 0 rebuilds them on every
+    # re-encode (exact mode, tests). Most neighbour-driven re-encodes move a vector by ~1e-5.
+    fanout_min_change: float = Field(default=1e-3, ge=0, lt=2)
     # Backpressure: consumption pauses while the vector store is failing, or while more marks
     # than this wait (dirty backlog, read every few seconds), and resumes once below half of it.
     max_backlog: int = Field(default=200_000, ge=1)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+import numpy as np
 
 from encoders.data import FloatArray
 from encoders.runtime import EncoderBundle
@@ -28,11 +30,32 @@ class ItemPlan:
     content: CatalogRecord
     basis: EncodeBasis  # becomes the item's basis once the upsert returned
     first_ts: float | None
+    previous: EncodeBasis | None = None  # the basis recorded before (the primary model's)
+
+    def settled(self, vector: FloatArray, moved: bool) -> ItemPlan:
+        """This plan once encoded: its basis carries the material version and vector its
+        holders are built from, the new ones if the vector `moved` (they are rebuilt), else
+        the previous ones (they stand)."""
+        if moved or self.previous is None:
+            row = np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+            material = replace(self.basis, material_version=self.basis.state_version, material=row)
+        else:
+            material = replace(
+                self.basis,
+                material_version=self.previous.material_version,
+                material=self.previous.material,
+            )
+        return replace(self, basis=material)
 
     def record(self, vector: FloatArray) -> VectorRecord:
         known = [t for t in (self.first_ts, self.content.put_ts) if t is not None]
         return VectorRecord(
-            "items", self.content.item_id, vector, self.basis.state_version, max(known, default=0.0)
+            "items",
+            self.content.item_id,
+            vector,
+            self.basis.state_version,
+            max(known, default=0.0),
+            material_version=self.basis.material_version or self.basis.state_version,
         )
 
 
@@ -89,7 +112,9 @@ class ItemPlanner:
                 stats.items_skipped += 1
                 continue
             plan_basis = basis_of(state, content, bundle.version)
-            plans[item_id] = ItemPlan(reason, state, content, plan_basis, first_ts[item_id])
+            plans[item_id] = ItemPlan(
+                reason, state, content, plan_basis, first_ts[item_id], previous=basis
+            )
         return plans
 
     async def cold(self, bundle: EncoderBundle, ids: Iterable[str]) -> dict[str, ItemPlan]:

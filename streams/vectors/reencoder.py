@@ -66,7 +66,7 @@ from encoders.runtime import EncoderBundle
 from state import RedisState, StateConfig, VectorRecord, VectorStore
 from state.catalog import CatalogRecord, CatalogStore
 from state.encode_inputs import EncodeBasis, EncodeInputs, UserInputs
-from state.vectors import STATE_VERSION
+from state.vectors import material_version
 from streams.settings import ReencodeSettings
 from streams.vectors.encoding import ContentCache, content_rows, item_rows, user_rows
 from streams.vectors.fanout import FanOut
@@ -78,6 +78,7 @@ from streams.vectors.rules import (
     PassStats,
     Reason,
     Shard,
+    vector_moved,
 )
 
 __all__ = ["REASONS", "PassStats", "Reason", "Reencoder", "Shard", "Written"]
@@ -270,16 +271,23 @@ class Reencoder:
             self._users(dirty),
             self._fanout.read(items if fan_out else ()),
         )
+        vectors = await self._encode_items(plans, stats)
+        moved = self._settle(plans, vectors, stats, primary=primary)
         elsewhere: dict[Shard, dict[str, float]] = {}
         if fan_out:
-            wanted = self._fanout.choose(holders, plans, users, stats)
+            changed = {i: plans[i] for i in moved}
+            wanted = self._fanout.choose(holders, changed, users, stats)
             mine = marks.drained()
             elsewhere = {s: held for s, held in wanted.items() if s not in mine}
             here = {s: held for s, held in wanted.items() if s in mine}
-            dirty = _earliest(dirty, await self._rebuild(here, plans, users, stats))
-        stored, versions = await self._history_vectors(users, plans)
-        vectors = await self._encode_items(plans, stats)
-        versions.update({i: plan.basis.state_version for i, plan in plans.items()})
+            dirty = _earliest(dirty, await self._rebuild(here, changed, users, stats))
+        stored, versions, cold = await self._history_vectors(users, plans)
+        if cold:  # no vector of this model yet, so no holder was built from one: no fan-out
+            cold_vectors = await self._encode_items(cold, stats)
+            self._settle(cold, cold_vectors, stats, primary=False)
+            plans.update(cold)
+            vectors.update(cold_vectors)
+        versions.update({i: plan.basis.material_version for i, plan in plans.items()})
         records = [plan.record(vectors[i]) for i, plan in plans.items()]
         records += await self._encode_users(users, {**stored, **vectors}, versions, stats)
         await self._upsert(records, stats, insert_only=insert_only, refresh=refresh)
@@ -407,10 +415,10 @@ class Reencoder:
     async def _history_vectors(
         self,
         users: Users,
-        plans: dict[str, ItemPlan],
-    ) -> tuple[dict[str, FloatArray], dict[str, int]]:
-        """Stored vectors and their state versions of history items not encoded in this pass;
-        items with no vector of this model are added to `plans` (step 4 of the module
+        plans: Mapping[str, ItemPlan],
+    ) -> tuple[dict[str, FloatArray], dict[str, int], dict[str, ItemPlan]]:
+        """Stored vectors and their material versions of history items not encoded in this
+        pass, and plans for the items with no vector of this model (step 5 of the module
         docstring)."""
         needed = {
             item_id
@@ -419,14 +427,37 @@ class Reencoder:
             for item_id, _, _ in row.history
         } - set(plans)
         if not needed:
-            return {}, {}
+            return {}, {}, {}
         found = await asyncio.to_thread(
             self._store.get, "items", needed, version=self.bundle.version
         )
-        plans.update(await self._planner.cold(self.bundle, sorted(needed - set(found))))
+        cold = await self._planner.cold(self.bundle, sorted(needed - set(found)))
         vectors = {item_id: point.vector for item_id, point in found.items()}
-        versions = {item_id: int(point.payload[STATE_VERSION]) for item_id, point in found.items()}
-        return vectors, versions
+        versions = {item_id: material_version(point.payload) for item_id, point in found.items()}
+        return vectors, versions, cold
+
+    def _settle(
+        self,
+        plans: dict[str, ItemPlan],
+        vectors: Mapping[str, FloatArray],
+        stats: PassStats,
+        *,
+        primary: bool,
+    ) -> set[str]:
+        """Settle each plan's material version and vector (`ItemPlan.settled`); returns the
+        items whose vector moved by at least `fanout_min_change` from the one their holders
+        were built from. Only the primary model has recorded bases to compare with."""
+        threshold = self._cfg.fanout_min_change if primary else 0.0
+        version = self.bundle.version
+        moved = {
+            item_id
+            for item_id, plan in plans.items()
+            if vector_moved(plan.previous, version, vectors[item_id], threshold)
+        }
+        for item_id, plan in plans.items():
+            plans[item_id] = plan.settled(vectors[item_id], item_id in moved)
+        stats.items_still += len(plans) - len(moved)
+        return moved
 
     async def _encode_users(
         self,

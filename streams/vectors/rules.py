@@ -1,9 +1,9 @@
 """The re-encode scheduler's bookkeeping and decision rules, free of I/O (unit-tested alone).
 
-`material_change` and `item_reason` decide whether a dirty item is encoded again; `fan_out` which
-holders of the re-encoded items are rebuilt; `PassStats` is what a pass reports for the worker's
-metrics; `Marks` keeps the marks a pass read so they are cleared, verbatim, only after the upsert
-returned.
+`material_change` and `item_reason` decide whether a dirty item is encoded again; `vector_moved`
+whether its new vector moved enough to rebuild its holders, and `fan_out` which of them;
+`PassStats` is what a pass reports for the worker's metrics; `Marks` keeps the marks a pass read
+so they are cleared, verbatim, only after the upsert returned.
 """
 
 from __future__ import annotations
@@ -12,6 +12,9 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
+
+from encoders.data import FloatArray
 from state import EntityKind
 from state.encode_inputs import EncodeBasis
 from state.keys import DirtyKind
@@ -36,6 +39,7 @@ class PassStats:
     fanout_users: int = 0  # holders of re-encoded items rebuilt in this pass
     fanout_marked: int = 0  # holders in shards other workers drain, marked dirty for them
     fanout_dropped: int = 0  # holders left out by `fanout_per_pass`
+    items_still: int = 0  # items encoded whose vector moved less than `fanout_min_change`
     reasons: dict[Reason, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
     encode_s: float = 0.0
     upsert_s: float = 0.0
@@ -118,6 +122,24 @@ def material_change(
     if any(_moved(old[n], w, threshold) for n, w in neighbours):
         return True
     return _moved(float(basis.degree), float(degree), threshold)
+
+
+def vector_moved(
+    previous: EncodeBasis | None, model_version: str, vector: FloatArray, threshold: float
+) -> bool:
+    """Whether an item's new vector moved from the one its holders were built from (the
+    basis's material vector) by at least `threshold` in 1 - cosine, so they must be rebuilt;
+    0 makes every new vector a move (exact mode), as does a basis without one."""
+    if threshold <= 0.0 or previous is None or not previous.material:
+        return True
+    if previous.model_version != model_version:
+        return True
+    old = np.frombuffer(previous.material, dtype=np.float32).astype(np.float64)
+    new = np.asarray(vector, dtype=np.float64)
+    if old.shape != new.shape:
+        return True
+    norms = float(np.linalg.norm(old) * np.linalg.norm(new))
+    return norms == 0.0 or 1.0 - float(old @ new) / norms >= threshold
 
 
 def item_reason(

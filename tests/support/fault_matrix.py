@@ -257,7 +257,7 @@ def row_settings(stack: StackConfig, name: str, registry: ModelRegistry) -> Sett
         redis={**clients["redis"], "key_prefix": tag},
         qdrant={**clients.get("qdrant", {}), "collection_prefix": f"{tag}_"},
         models={"registry": str(registry.root), "poll_s": 1.0},
-        reencode={"item_min_change": 0.0, "window_s": 0.05},
+        reencode={"item_min_change": 0.0, "fanout_min_change": 0.0, "window_s": 0.05},
         ingest={"batch_max": 250},
         metrics={"port": 0},
     )

@@ -1,10 +1,11 @@
 """The fan-out figure: stored user vectors built from item vectors older than the stored ones.
 
-A user vector's payload carries `basis_version`, the sum of the state versions of the distinct
-items of its encoder window it was built from (streams/vectors/reencoder.py). After a drain, a
-user is behind when that sum is lower than the same sum over the item vectors stored now: one
-of its items was re-encoded after it and fan-out did not rebuild it (hub cap, per-pass bound, or
-no fan-out at all). Users whose window names an item with no stored vector are counted apart.
+A user vector's payload carries `basis_version`, the sum of the material versions of the
+distinct items of its encoder window it was built from (streams/vectors/reencoder.py). After a
+drain, a user is behind when that sum is lower than the same sum over the item vectors stored
+now: one of its items moved materially (`fanout_min_change`) after it and fan-out did not
+rebuild it (hub cap, per-pass bound, or no fan-out at all). Users whose window names an item
+with no stored vector are counted apart.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from encoders.registry import ModelRegistry
 from state import keys
 from state.encode_inputs import EncodeInputs, UserInputs
 from state.redis_io import text
-from state.vectors import BASIS_VERSION, STATE_VERSION
+from state.vectors import BASIS_VERSION, material_version
 from streams.runtimes.wiring import redis_client
 from streams.settings import Settings
 from streams.vectors.store import vector_store
@@ -62,7 +63,7 @@ async def users_behind(settings: Settings, version: str, user_ids: Iterable[str]
         if not window <= items.keys():
             incomplete += 1
             continue
-        current = sum(int(items[i].payload[STATE_VERSION]) for i in window)
+        current = sum(material_version(items[i].payload) for i in window)
         if int(users[user_id].payload.get(BASIS_VERSION, 0)) < current:
             behind += 1
     return {"users_checked": len(users), "behind": behind, "without_item_vectors": incomplete}

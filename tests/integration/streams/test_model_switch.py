@@ -136,7 +136,7 @@ async def test_switch_under_load_never_shows_readers_a_gap(
     root, first, second = models
     registry = ModelRegistry(root)
     settings = make_settings(
-        reencode={"item_min_change": 0.0, "window_s": 0.05},
+        reencode={"item_min_change": 0.0, "fanout_min_change": 0.0, "window_s": 0.05},
         models={"registry": str(root), "poll_s": 0.2, "backfill_page": 16},
     )
     world = World(redis_client, settings, registry.load(first), store)
@@ -307,7 +307,7 @@ async def test_backfill_command_fills_a_new_version_then_flips(
     registry = ModelRegistry(root)
     settings = make_settings(
         models={"registry": str(root), "backfill_page": 32},
-        reencode={"item_min_change": 0.0},
+        reencode={"item_min_change": 0.0, "fanout_min_change": 0.0},
     )
     with vector_store(settings) as store:
         world = World(redis_client, settings, registry.load(first), store)

@@ -59,7 +59,12 @@ def world(
     store: VectorStore,
 ) -> Callable[..., World]:
     def factory(min_change: float = 0.0, **reencode: object) -> World:
-        knobs = {"item_min_change": min_change, "window_s": 0.01, **reencode}
+        knobs = {
+            "item_min_change": min_change,
+            "fanout_min_change": 0.0,
+            "window_s": 0.01,
+            **reencode,
+        }
         return World(redis_client, make_settings(reencode=knobs), bundle, store)
 
     return factory
@@ -157,6 +162,15 @@ async def visited(w: World) -> int:
     """Drain the stream, then 20 items change: each takes the content of an item of another
     community, and a new user engages with them all. The drained users holding them are behind
     until rebuilt. Returns the passes' fan-out drops."""
+    passes = await twenty_items_change(w)
+    assert sum(p.fanout_users for p in passes) > 0
+    # holders are rebuilt by the pass that re-encoded their item, in its own upsert
+    assert all(p.items_encoded for p in passes if p.fanout_users)
+    return sum(p.fanout_dropped for p in passes)
+
+
+async def twenty_items_change(w: World) -> list[PassStats]:
+    """`visited`'s stream and change; the passes after the change."""
     catalog = catalog_without(0)
     await w.put(catalog)
     await w.apply(stream())
@@ -169,11 +183,7 @@ async def visited(w: World) -> int:
     await w.apply(
         [Engagement(f"v{k}", "u999", item, "click", ts + k) for k, item in enumerate(items)]
     )
-    passes = await w.reencoder.run_until_idle(w.shards)
-    assert sum(p.fanout_users for p in passes) > 0
-    # holders are rebuilt by the pass that re-encoded their item, in its own upsert
-    assert all(p.items_encoded for p in passes if p.fanout_users)
-    return sum(p.fanout_dropped for p in passes)
+    return await w.reencoder.run_until_idle(w.shards)
 
 
 async def test_fan_out_rebuilds_every_holder_of_a_changed_item_exactly(
@@ -183,6 +193,25 @@ async def test_fan_out_rebuilds_every_holder_of_a_changed_item_exactly(
     w = world()
     assert await visited(w) == 0
     assert await assert_matches_oracle(w) == sum(map(len, w.engaged()))
+
+
+async def test_holders_of_an_item_whose_vector_barely_moved_stand(
+    world: Callable[..., World],
+) -> None:
+    """Below `fanout_min_change` the changed items are re-encoded, but their holders are not
+    rebuilt: every drained user keeps its stored vector (only the new user is written)."""
+    w = world(fanout_min_change=1.99)  # 1 - cosine (at most 2) does not reach it: none moves
+    passes = await twenty_items_change(w)
+    assert sum(p.items_still for p in passes) >= 20
+    assert sum(p.fanout_users for p in passes) == 0
+    users = [u for u in w.engaged()[0] if u != "u999"]
+    stored = w.vectors("users", users)
+    changed_at = max(stored[u][2] for u in users)  # updated_at: no drained user written again
+    assert changed_at < min(w.vectors("items", w.engaged()[1][:20]).values(), key=_at)[2]
+
+
+def _at(point: tuple[object, int, float]) -> float:
+    return point[2]
 
 
 async def test_fan_out_over_its_bound_leaves_users_behind_and_counts_them(

@@ -15,7 +15,8 @@ so the stored user vectors describe the leave-one-out test histories. Then:
 
 Logged, not asserted: the store straight after the replay (users rebuilt by the fan-out as their
 items changed, except those past its hub cap on popular items, `state.hold_max`, who keep the item
-vectors of their last event's pass; and items below `item_min_change` do not fan out), and the
+vectors of their last event's pass; and items below `item_min_change`, or whose vector moved less
+than `fanout_min_change`, do not fan out), and the
 offline evaluation on the trainer's own lists, one graph over the fed events (the stream's lists
 are merged over four partitions, each damping hubs by its own degrees), both with `sagestream
 eval`'s lists.

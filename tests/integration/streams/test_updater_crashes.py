@@ -51,7 +51,7 @@ def worker_settings(make_settings: Callable[..., Settings], registry: ModelRegis
     return make_settings(
         ingest={"batch_max": 250},
         models={"registry": str(registry.root)},
-        reencode={"item_min_change": 0.0, "window_s": 0.05},
+        reencode={"item_min_change": 0.0, "fanout_min_change": 0.0, "window_s": 0.05},
     )
 
 

@@ -36,7 +36,7 @@ async def test_generated_events_become_vectors_a_recommender_can_query(
     registry.promote(version)
     settings = make_settings(
         models={"registry": str(tmp_path / "models")},
-        reencode={"item_min_change": 0.0},
+        reencode={"item_min_change": 0.0, "fanout_min_change": 0.0},
     )
     ensure_topics(settings)
     produce_engagements(settings, generate_events(STREAM))

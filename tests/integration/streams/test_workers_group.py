@@ -61,7 +61,7 @@ def group_settings(make_settings: Callable[..., Settings], root: Path) -> Settin
         topics={"partitions": 6},
         kafka={"session_timeout_s": 6.0, "heartbeat_interval_s": 2.0},
         models={"registry": str(root), "poll_s": 0.5, "backfill_page": 32},
-        reencode={"item_min_change": 0.0, "window_s": 0.05},
+        reencode={"item_min_change": 0.0, "fanout_min_change": 0.0, "window_s": 0.05},
     )
     ensure_topics(settings)
     produce_catalog(settings, generate_catalog(STREAM))

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import numpy as np
 import pytest
 
 from state import keys
-from state.encode_inputs import EncodeBasis
-from streams.vectors.rules import Marks, fan_out, item_reason, material_change
+from state.catalog import CatalogRecord
+from state.encode_inputs import EncodeBasis, ItemInputs
+from streams.vectors.plans import ItemPlan
+from streams.vectors.rules import Marks, fan_out, item_reason, material_change, vector_moved
 
 
 def basis(
@@ -104,3 +109,52 @@ def test_fan_out_bound_takes_the_newest_holders_of_each_shard_in_turns() -> None
     }
     assert dropped == 2
     assert fan_out(holders, {"hub": 1.0}, {}, 0) == ({}, 7)
+
+
+def with_material(vector: list[float], version: int = 5, model: str = "v0001") -> EncodeBasis:
+    row = np.asarray(vector, dtype=np.float32).tobytes()
+    return replace(basis(model=model), material_version=version, material=row)
+
+
+@pytest.mark.parametrize(
+    ("new", "threshold", "moved"),
+    [
+        ([1.0, 0.0], 1e-3, False),  # the same vector
+        ([1.0, 0.01], 1e-3, False),  # 1 - cos = 5e-5
+        ([1.0, 0.1], 1e-3, True),  # 1 - cos = 5e-3
+        ([1.0, 0.0], 0.0, True),  # 0: every new vector moves (exact mode)
+        ([2.0, 0.0], 1e-3, False),  # only the direction counts
+    ],
+)
+def test_vector_moved_by_cosine_from_the_holders_vector(
+    new: list[float], threshold: float, moved: bool
+) -> None:
+    vector = np.asarray(new, dtype=np.float32)
+    assert vector_moved(with_material([1.0, 0.0]), "v0001", vector, threshold) is moved
+
+
+def test_a_vector_moves_without_a_recorded_one_of_its_model() -> None:
+    vector = np.asarray([1.0, 0.0], dtype=np.float32)
+    assert vector_moved(None, "v0001", vector, 0.5)
+    assert vector_moved(basis(), "v0001", vector, 0.5)  # recorded before material vectors
+    assert vector_moved(with_material([1.0, 0.0], model="v0002"), "v0001", vector, 0.5)
+
+
+def test_a_settled_plan_keeps_the_holders_version_until_its_vector_moves() -> None:
+    state = ItemInputs("i1", 9, 2, [("a", 1.0)])
+    plan = ItemPlan(
+        "neighbours",
+        state,
+        CatalogRecord.empty("i1"),
+        replace(basis(), state_version=9),
+        1.0,
+        previous=with_material([1.0, 0.0], version=5),
+    )
+    vector = np.asarray([1.0, 0.01], dtype=np.float32)
+    still = plan.settled(vector, moved=False)
+    assert (still.basis.material_version, still.basis.material) == (5, plan.previous.material)
+    assert still.record(vector).material_version == 5  # what a user built now counts
+    moved = plan.settled(vector, moved=True)
+    assert moved.basis.material_version == 9
+    assert np.array_equal(np.frombuffer(moved.basis.material, dtype=np.float32), vector)
+    assert EncodeBasis.from_json(9, "v0001", moved.basis.to_json()) == moved.basis
