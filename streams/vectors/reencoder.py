@@ -13,10 +13,12 @@ Transport-agnostic: a runtime calls `Reencoder.run_pass(shards)` (or `run`, whic
 3. users: read version, newest ts and the encoder's window of the sequence; every dirty user
    re-encodes (``sequence``);
 4. fan-out (streams/vectors/fanout.py): the holders of the dirty items, in every shard, read
-   beside steps 2 and 3; in this worker's shards, those of the items planned in step 2 whose
-   encoder window holds one are read like dirty users and rebuilt in this pass from the new item
-   vectors (at most `fanout_per_pass`, the newest holders first); in other shards they are marked
-   for their worker once every upsert returned (step 8);
+   beside steps 2 and 3; once the items are encoded, those of the items whose vector moved by at
+   least `fanout_min_change` from the one their holders were built from (`rules.vector_moved`):
+   in this worker's shards, the holders whose encoder window holds one are read like dirty users
+   and rebuilt in this pass from the new item vectors (at most `fanout_per_pass`, the newest
+   holders first); in other shards they are marked for their worker once every upsert returned
+   (step 8);
 5. the item vectors a user's history needs come, in this order, from this pass's micro-batch
    (the freshest there is), else from Qdrant in the collection of the model being written (never
    through the alias: during a model switch that could be another model, and a user vector must
