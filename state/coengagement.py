@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import heapq
 import math
-import operator
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -70,6 +69,7 @@ MIN_RELATIVE_WEIGHT = 2.0**-126
 
 Member = TypeVar("Member", str, bytes)  # the hot reader keeps Redis's raw bytes until the top k
 ShardList = tuple[float, Sequence[tuple[Member, float]]]  # (t0, stored scores) of one shard
+ShardColumns = tuple[float, Sequence[Member], Sequence[float]]  # the same as (t0, members, scores)
 
 
 class EventLike(Protocol):
@@ -152,39 +152,54 @@ def merge_relative(
     is missing from the merge although its summed weight could rank it in; with user-partitioned
     traffic an item's strong neighbours are strong in most shards, and the loss is in the tail.
     """
+    columns = [(t0, [m for m, _ in top], [s for _, s in top]) for t0, top in shards]
+    return merge_columns(columns, lam, k)
+
+
+def merge_columns(
+    shards: Iterable[ShardColumns[Member]], lam: float, k: int
+) -> list[tuple[Member, float]]:
+    """`merge_relative` on (t0, members, scores) columns: the same floats, bit for bit, without
+    a tuple per entry. The re-encoder merges every dirty item of a pass, 4 shards x `k_max`
+    entries each, so this is its hottest loop."""
     total: dict[Member, float] = {}
-    for top, peak, scale in _shard_scales(shards, lam):
-        for member, score in top:  # score / peak <= 1 and scale <= 1: nothing overflows
-            total[member] = total.get(member, 0.0) + score / peak * scale
-    # (-weight, member) pairs compare as the order wants (ties by member) without a key function
-    best = heapq.nsmallest(max(k, 0), [(-weight, member) for member, weight in total.items()])
-    if not best:
+    for members, scores, peak, scale in _shard_scales(shards, lam):
+        weights = [score / peak * scale for score in scores]  # <= 1: nothing overflows
+        if not total:  # the first shard: nothing to add to (0.0 + w is w for w >= 0)
+            total = dict(zip(members, weights, strict=True))
+            continue
+        get = total.get
+        for member, weight in zip(members, weights, strict=True):
+            total[member] = get(member, 0.0) + weight
+    if k <= 0 or not total:
         return []
+    # the k smallest (-weight, member) pairs (ties by member), built only for the candidates:
+    # those at least as heavy as the k-th heaviest weight
+    cut = heapq.nlargest(k, total.values())[-1] if len(total) > k else -math.inf
+    best = sorted([(-weight, member) for member, weight in total.items() if weight >= cut])[:k]
     top_weight = -best[0][0]
     return [(member, max(-weight / top_weight, MIN_RELATIVE_WEIGHT)) for weight, member in best]
 
 
-_score = operator.itemgetter(1)
-
-
 def _shard_scales(
-    shards: Iterable[ShardList[Member]], lam: float
-) -> list[tuple[Sequence[tuple[Member, float]], float, float]]:
-    """(scores, peak, scale) per non-empty shard: a score over its shard's peak times `scale`
-    is its weight over the strongest shard's peak at any common reading time. Both factors
-    are at most 1. A shard of zero scores keeps its members at weight 0 (scale 0)."""
-    lists = [(t0, top, max(top, key=_score)[1]) for t0, top in shards if top]
-    live = [(t0, peak) for t0, _, peak in lists if peak > 0.0]
+    shards: Iterable[ShardColumns[Member]], lam: float
+) -> list[tuple[Sequence[Member], Sequence[float], float, float]]:
+    """(members, scores, peak, scale) per non-empty shard: a score over its shard's peak times
+    `scale` is its weight over the strongest shard's peak at any common reading time. Both
+    factors are at most 1. A shard of zero scores keeps its members at weight 0 (scale 0)."""
+    lists = [(t0, members, scores, max(scores)) for t0, members, scores in shards if scores]
+    live = [(t0, peak) for t0, _, _, peak in lists if peak > 0.0]
     if not live:
         return []
     newest = max(t0 for t0, _ in live)
     strongest = max(math.log(peak) - lam * (newest - t0) for t0, peak in live)
     out = []
-    for t0, top, peak in lists:
+    for t0, members, scores, peak in lists:
         if peak > 0.0:
-            out.append((top, peak, math.exp(math.log(peak) - lam * (newest - t0) - strongest)))
+            scale = math.exp(math.log(peak) - lam * (newest - t0) - strongest)
+            out.append((members, scores, peak, scale))
         else:
-            out.append((top, 1.0, 0.0))
+            out.append((members, scores, 1.0, 0.0))
     return out
 
 

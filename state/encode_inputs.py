@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +38,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from state import keys
-from state.coengagement import SeqEntry, ShardList, merge_relative
+from state.coengagement import SeqEntry, ShardColumns, merge_columns
 from state.config import StateConfig
 from state.keys import ItemKeys, ShardKeys
 from state.redis_io import is_cluster, load_lua, redis_errors_as_state, text
@@ -162,7 +163,8 @@ class EncodeInputs:
         }
 
     async def _read_shard(self, shard: ShardKeys, ids: Sequence[str]) -> list[Any]:
-        """Every item's (version, degree, t0, flat list) in one shard, a page per script call."""
+        """Every item's (version, degree, t0, members, packed scores) in one shard, a page per
+        script call."""
         out: list[Any] = []
         with redis_errors_as_state("item inputs"):
             for start in range(0, len(ids), READ_PAGE):
@@ -174,20 +176,19 @@ class EncodeInputs:
 
     def _merge(self, item_id: str, replies: Sequence[Any], k: int) -> ItemInputs:
         """One item over all shards, as `RedisState.item_neighbours` and `item_version` read it:
-        the same `merge_relative` over the shards in the same order, on raw reply bytes (ids are
-        ASCII, so byte order is id order); only the k kept are decoded. This loop is the
-        re-encoder's hottest."""
+        the same merge over the shards in the same order (`merge_columns`), on raw reply bytes
+        (ids are ASCII, so byte order is id order); only the k kept are decoded."""
         version = degree = 0
-        lists: list[ShardList[bytes]] = []
-        for raw_v, raw_deg, raw_t0, flat in replies:  # int() and float() take bytes and str
+        lists: list[ShardColumns[bytes]] = []
+        for raw_v, raw_deg, raw_t0, members, packed in replies:  # int(), float() take bytes
             if raw_v is not None:
                 version += int(raw_v)
             if raw_deg is not None:
                 degree += int(raw_deg)
-            if raw_t0 is not None and flat:
-                pairs = zip(flat[0::2], map(float, flat[1::2]), strict=True)
-                lists.append((float(raw_t0), list(pairs)))
-        best = merge_relative(lists, self._cfg.decay_lambda, k)
+            if raw_t0 is not None and members:
+                scores = struct.unpack(f"<{len(members)}d", packed)  # read_items.lua packs them
+                lists.append((float(raw_t0), members, scores))
+        best = merge_columns(lists, self._cfg.decay_lambda, k)
         return ItemInputs(item_id, version, degree, [(text(m), w) for m, w in best])
 
     async def users(

@@ -9,7 +9,11 @@
 -- ARGV[1]  key layout JSON (state/keys.py: lua_layout)
 -- ARGV[2]  k_max: entries read from each list, as a trim would leave it (coengagement rule 7)
 -- ARGV[3..] item ids
--- Returns one {version|nil, degree|nil, t0|nil, {member, score, member, score, ...}} per item.
+-- Returns one {version|nil, degree|nil, t0|nil, {member, ...}, scores} per item: the list's
+-- members, strongest first, and their scores as one string of little-endian float64s. Packed,
+-- a score costs the reader a slice of one buffer instead of parsing a 17-digit decimal (each
+-- ~350 ns in Python; a pass reads 4 shards x k_max of them per dirty item). tonumber() reads
+-- the %.17g text Redis hands Lua back to the stored double exactly, so nothing is rounded.
 
 local L = cjson.decode(ARGV[1])
 local wm_key = KEYS[1]
@@ -25,6 +29,15 @@ for i = 3, #ARGV do
   local id = ARGV[i]
   local head = redis.call('HMGET', item_head .. id, L.f_version, L.f_degree, L.f_t0)
   local list = redis.call('ZRANGE', nb_head .. id, 0, k_max - 1, 'REV', 'WITHSCORES')
-  out[#out + 1] = {head[1], head[2], head[3], list}
+  local members, scores = {}, {}
+  for j = 1, #list, 2 do
+    members[#members + 1] = list[j]
+    scores[#scores + 1] = tonumber(list[j + 1])
+  end
+  local packed = ''
+  if #scores > 0 then
+    packed = struct.pack('<' .. string.rep('d', #scores), unpack(scores))
+  end
+  out[#out + 1] = {head[1], head[2], head[3], members, packed}
 end
 return out

@@ -138,3 +138,46 @@ def test_shifting_the_whole_log_in_time_changes_no_relative_weight(
         there = merge_neighbours(moved_graphs, item, 100)
         assert [m for m, _ in there] == [m for m, _ in here]
         assert [w for _, w in there] == pytest.approx([w for _, w in here], rel=1e-9)
+
+
+def plain_merge(
+    shards: list[tuple[float, list[tuple[str, float]]]], lam: float, k: int
+) -> list[tuple[str, float]]:
+    """The merge written the obvious way: scale each shard, sum per member in shard order, sort
+    everything by (weight desc, member), keep k. `merge_columns` only prunes before sorting."""
+    scaled = [(t0, top, max(s for _, s in top)) for t0, top in shards if top]
+    live = [(t0, peak) for t0, _, peak in scaled if peak > 0.0]
+    if not live:
+        return []
+    newest = max(t0 for t0, _ in live)
+    strongest = max(math.log(p) - lam * (newest - t0) for t0, p in live)
+    total: dict[str, float] = {}
+    for t0, top, peak in scaled:
+        scale = math.exp(math.log(peak) - lam * (newest - t0) - strongest) if peak > 0 else 0.0
+        for member, score in top:
+            total[member] = total.get(member, 0.0) + score / (peak if peak > 0 else 1.0) * scale
+    ranked = sorted(total.items(), key=lambda mw: (-mw[1], mw[0]))[: max(k, 0)]
+    if not ranked:
+        return []
+    return [(m, max(w / ranked[0][1], MIN_RELATIVE_WEIGHT)) for m, w in ranked]
+
+
+shard_lists = st.lists(
+    st.tuples(
+        st.floats(0.0, 1e6),
+        st.dictionaries(
+            st.sampled_from([f"i{n}" for n in range(12)]),
+            st.sampled_from([0.0, 0.5, 1.0, 2.0]) | st.floats(0.0, 1e12),  # ties are common
+            max_size=12,
+        ).map(lambda scores: sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))),
+    ),
+    max_size=4,
+)
+
+
+@given(shard_lists, st.sampled_from([1e-6, 1e-3, 0.0]), st.integers(0, 15))
+@settings(max_examples=400, deadline=None)
+def test_the_merge_is_the_plain_sort_bit_for_bit(
+    shards: list[tuple[float, list[tuple[str, float]]]], lam: float, k: int
+) -> None:
+    assert merge_relative(shards, lam, k) == plain_merge(shards, lam, k)
