@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
+import math
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 
 from state import keys
@@ -82,7 +83,9 @@ class EncodeBasis:
     material_version: int = 0
     material: bytes = b""
 
-    def to_json(self) -> str:
+    def to_json(self) -> bytes:
+        """orjson, as every basis of a pass is written and every dirty item's read (a pass reads
+        hundreds): about five times the standard library's speed, the same JSON."""
         body: dict[str, object] = {
             "n": list(self.neighbours),
             "w": list(self.weights),
@@ -92,16 +95,18 @@ class EncodeBasis:
         if self.material:
             body["mv"] = self.material_version
             body["m"] = base64.b64encode(self.material).decode("ascii")
-        return json.dumps(body, separators=(",", ":"), allow_nan=False)
+        if not all(math.isfinite(w) for w in self.weights):  # orjson would write null
+            raise ValueError(f"a basis weight is not finite: {self.weights}")
+        return orjson.dumps(body)
 
     @classmethod
-    def from_json(cls, state_version: int, model_version: str, text: str) -> EncodeBasis:
-        body = json.loads(text)
+    def from_json(cls, state_version: int, model_version: str, raw: bytes | str) -> EncodeBasis:
+        body = orjson.loads(raw)
         return cls(
             state_version=state_version,
             model_version=model_version,
-            neighbours=tuple(str(n) for n in body["n"]),
-            weights=tuple(float(w) for w in body["w"]),
+            neighbours=tuple(body["n"]),
+            weights=tuple(body["w"]),
             degree=int(body["d"]),
             content_version=int(body["cv"]),
             material_version=int(body.get("mv", 0)),
@@ -226,7 +231,7 @@ class EncodeInputs:
         out = {}
         for item_id, (raw_v, raw_m, raw_b) in zip(ids, replies, strict=True):
             if raw_v is not None and raw_m is not None and raw_b is not None:
-                out[item_id] = EncodeBasis.from_json(_int(raw_v), text(raw_m), text(raw_b))
+                out[item_id] = EncodeBasis.from_json(_int(raw_v), text(raw_m), raw_b)
         return out
 
     async def put_bases(self, bases: Mapping[str, EncodeBasis]) -> int:
@@ -234,7 +239,7 @@ class EncodeInputs:
         if not bases:
             return 0
         fields = (keys.FIELD_VERSION, keys.FIELD_MODEL, keys.FIELD_BASIS)
-        calls: list[tuple[list[str], list[str | int]]] = [
+        calls: list[tuple[list[str], list[str | int | bytes]]] = [
             (
                 [ItemKeys(self._prefix, item_id).basis()],
                 [basis.state_version, basis.model_version, basis.to_json(), *fields],

@@ -2,11 +2,13 @@
 new item vectors (step 4 of reencoder.py).
 
 A user vector is built from the vectors of the items in its encoder window. When an item's
-vector changes materially (it is in a pass's plans), every user holding it there is behind until
-rebuilt. While the pass plans its dirty items, it reads their holders in every shard at once
-(`RedisState.holders`: one script call per shard and page of items, the shards concurrently;
-coengagement rule 8: per item and shard, the users scored by the offset of their newest action
-on it, capped to `hold_max`). Of the holders of the items it planned, it chooses whom to rebuild
+vector changes materially (it moved by at least `fanout_min_change`), every user holding it there
+is behind until rebuilt. Once the pass has encoded its items, it reads the holders of those that
+moved in every shard at once (`RedisState.holders`: one script call per shard and page of items,
+the shards concurrently; coengagement rule 8: per item and shard, the users scored by the offset
+of their newest action on it, capped to `hold_max`). Only those: at 1,000 events/s about one
+dirty item in ten moved that much, and reading every dirty item's holders beside the planning
+cost more than the round trip it saved. Of those holders it chooses whom to rebuild
 (`rules.fan_out`: at most `fanout_per_pass`, the newest holders first, shards taking turns; the
 pass's own dirty users are left out, they are encoded anyway), reads them like any dirty user,
 and keeps those whose encoder window holds a changed item. The index keeps holders over the
@@ -47,8 +49,7 @@ class FanOut:
         self._state, self._limit, self._clock = state, limit, clock
 
     async def read(self, item_ids: Collection[str]) -> Holders:
-        """The holders of every dirty item of a pass, read while the pass plans which of them
-        changed materially (so the read adds no round trip to the pass)."""
+        """The holders, in every shard, of the items of a pass whose vector moved."""
         if not item_ids or self._limit == 0:
             return {}
         return await self._state.holders(list(item_ids))

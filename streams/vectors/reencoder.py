@@ -12,13 +12,12 @@ Transport-agnostic: a runtime calls `Reencoder.run_pass(shards)` (or `run`, whic
    ``neighbours``; otherwise skipped (the stored vector stands);
 3. users: read version, newest ts and the encoder's window of the sequence; every dirty user
    re-encodes (``sequence``);
-4. fan-out (streams/vectors/fanout.py): the holders of the dirty items, in every shard, read
-   beside steps 2 and 3; once the items are encoded, those of the items whose vector moved by at
-   least `fanout_min_change` from the one their holders were built from (`rules.vector_moved`):
-   in this worker's shards, the holders whose encoder window holds one are read like dirty users
-   and rebuilt in this pass from the new item vectors (at most `fanout_per_pass`, the newest
-   holders first); in other shards they are marked for their worker once every upsert returned
-   (step 8);
+4. fan-out (streams/vectors/fanout.py): once the items are encoded, the holders, in every
+   shard, of the items whose vector moved by at least `fanout_min_change` from the one their
+   holders were built from (`rules.vector_moved`), read in one round trip: in this worker's
+   shards, the holders whose encoder window holds one are read like dirty users and rebuilt in
+   this pass from the new item vectors (at most `fanout_per_pass`, the newest holders first);
+   in other shards they are marked for their worker once every upsert returned (step 8);
 5. the item vectors a user's history needs come, in this order, from this pass's micro-batch
    (the freshest there is), else from Qdrant in the collection of the model being written (never
    through the alias: during a model switch that could be another model, and a user vector must
@@ -268,16 +267,16 @@ class Reencoder:
         await self._prepare()
         arrived = {item_id for item_id, _ in marks.catalog}
         dirty, items = marks.users(), marks.items()
-        plans, users, holders = await asyncio.gather(
+        plans, users = await asyncio.gather(
             self._planner.dirty(self.bundle, items, arrived, stats, skip=primary),
             self._users(dirty),
-            self._fanout.read(items if fan_out else ()),
         )
         vectors = await self._encode_items(plans, stats)
         moved = self._settle(plans, vectors, stats, primary=primary)
         elsewhere: dict[Shard, dict[str, float]] = {}
         if fan_out:
             changed = {i: plans[i] for i in moved}
+            holders = await self._fanout.read(changed)
             wanted = self._fanout.choose(holders, changed, users, stats)
             mine = marks.drained()
             elsewhere = {s: held for s, held in wanted.items() if s not in mine}
