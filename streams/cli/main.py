@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from streams.exceptions import ConfigError
+from streams.runtimes.client_logs import quiet_chatty_loggers
 from streams.seams import NO_SEAMS, Seams
 
 EXIT_CONFIG = 78  # EX_CONFIG
@@ -56,8 +57,7 @@ def main(argv: Sequence[str] | None = None, seams: Seams = NO_SEAMS) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("kafka", "aiokafka", "faust", "mode", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_chatty_loggers()
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:  # the operator's to fix: one line, no traceback

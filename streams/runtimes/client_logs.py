@@ -16,6 +16,15 @@ import time
 from collections.abc import Callable
 
 CLIENT_PREFIXES = ("aiokafka", "kafka")
+# INFO of these is per request or per rebalance step: an httpx line per Qdrant call drowned the
+# naive bench's log in thousands of lines
+CHATTY_LOGGERS = ("kafka", "aiokafka", "faust", "mode", "httpx")
+
+
+def quiet_chatty_loggers() -> None:
+    """Warnings and worse only from the client libraries, in every process of ours that logs."""
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 class RepeatFilter(logging.Filter):

@@ -31,6 +31,7 @@ from state import keys
 from streams.devtools.bench.e2e import IDLE_STOP_S, PassRecorder
 from streams.devtools.bench.naive import spawn
 from streams.runtimes.batch import BatchRuntime
+from streams.runtimes.client_logs import quiet_chatty_loggers
 from streams.runtimes.limits import RunLimits
 from streams.runtimes.wiring import redis_client
 from streams.settings import Settings
@@ -88,8 +89,7 @@ async def _sampled_worker(settings: Settings, run: RssRun) -> dict[str, Any]:
 def _rss_process(env: dict[str, str], run: RssRun) -> None:
     """The worker's own process, with the settings of its parent."""
     os.environ.update(env)
-    for noisy in ("kafka", "aiokafka"):  # as the CLI does
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_chatty_loggers()
     result = asyncio.run(_sampled_worker(Settings.load(), run))
     Path(run.out).write_text(json.dumps(result))
 

@@ -37,6 +37,7 @@ from state import (
     VectorStore,
 )
 from streams.metrics import IngestMetrics
+from streams.runtimes.client_logs import quiet_chatty_loggers
 from streams.runtimes.faust import FaustRuntime
 from streams.runtimes.limits import RunLimits
 from streams.runtimes.wiring import EXIT_FATAL, redis_client
@@ -152,8 +153,7 @@ class NaiveRuntime(FaustRuntime):
 def _naive_process(env: dict[str, str], events: int, stats_file: str) -> None:
     """The naive worker's own process, with the settings of its parent."""
     os.environ.update(env)
-    for noisy in ("kafka", "aiokafka", "faust", "mode"):  # as the CLI does
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_chatty_loggers()
     limits = RunLimits(max_events=events, until_idle_s=IDLE_STOP_S)
     runtime = NaiveRuntime(Settings.load(), IngestMetrics(), limits)
     code = runtime.run()
