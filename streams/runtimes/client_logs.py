@@ -18,7 +18,7 @@ from collections.abc import Callable
 CLIENT_PREFIXES = ("aiokafka", "kafka")
 # INFO of these is per request or per rebalance step: an httpx line per Qdrant call drowned the
 # naive bench's log in thousands of lines
-CHATTY_LOGGERS = ("kafka", "aiokafka", "faust", "mode", "httpx")
+CHATTY_LOGGERS = (*CLIENT_PREFIXES, "faust", "mode", "httpx")
 
 
 def quiet_chatty_loggers() -> None:
