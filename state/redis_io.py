@@ -30,9 +30,22 @@ CLEARING_ERRORS: tuple[type[redis_errors.RedisError], ...] = (
     redis_errors.TryAgainError,
 )
 CLEARING_CODES = ("MISCONF", "BUSY")  # no class of their own: the code leads the message
+# What redis-py's cluster client raises once its own retries during a failover are spent: a slot
+# whose master is gone and not yet replaced, and a topology refresh that found no node, gaps or
+# nodes still disagreeing. Neither class is a RedisError; the client's other
+# RedisClusterExceptions (no target node, cluster mode off, ...) are misuse and stay errors.
+TOPOLOGY_ERRORS = (
+    "Redis Cluster cannot be connected",
+    "All slots are not covered",
+    "startup_nodes could not agree",
+)
 
 
-def clears_by_itself(exc: redis_errors.RedisError) -> bool:
+def clears_by_itself(exc: BaseException) -> bool:
+    if isinstance(exc, redis_errors.SlotNotCoveredError):
+        return True
+    if isinstance(exc, redis_errors.RedisClusterException):
+        return str(exc).startswith(TOPOLOGY_ERRORS)
     return isinstance(exc, CLEARING_ERRORS) or str(exc).startswith(CLEARING_CODES)
 
 
@@ -43,7 +56,7 @@ def redis_errors_as_state(what: str) -> Iterator[None]:
         yield
     except (redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
         raise StateUnavailableError(f"{what}: redis unavailable: {exc}") from exc
-    except redis_errors.RedisError as exc:
+    except (redis_errors.RedisError, redis_errors.RedisClusterException) as exc:
         if clears_by_itself(exc):
             raise StateUnavailableError(f"{what}: redis refuses for now: {exc}") from exc
         raise StateError(f"{what}: {exc}") from exc

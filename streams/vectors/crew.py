@@ -12,6 +12,9 @@ collections behind on its partitions after the flip. So:
   lapses and another worker starts the backfill again (insert-only pages make that harmless);
 * the holder flips after its last page if every live worker is still in; the others notice the
   flip (`serving_version`) and make the new model their primary.
+
+Every call goes through `redis_errors_as_state`, like the state's own: a beat that lands while a
+Redis master fails over is a retry of the updater, not a crash of the worker.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import time
 import uuid
 
 import redis.asyncio as aioredis
+
+from state.redis_io import redis_errors_as_state
 
 LIVE_S = 15.0  # a worker that has not beaten for this long is dead
 BEAT_EVERY_S = 1.0
@@ -54,23 +59,27 @@ class Crew:
             return
         self._beaten = now
         workers = self._key("workers")
-        await self._client.zadd(workers, {self.me: now})
-        await self._client.zremrangebyscore(workers, "-inf", now - 10 * self._live_s)
+        with redis_errors_as_state("worker heartbeat"):
+            await self._client.zadd(workers, {self.me: now})
+            await self._client.zremrangebyscore(workers, "-inf", now - 10 * self._live_s)
 
     async def live(self) -> set[str]:
         since = time.time() - self._live_s
-        found = await self._client.zrangebyscore(self._key("workers"), since, "+inf")
+        with redis_errors_as_state("live workers"):
+            found = await self._client.zrangebyscore(self._key("workers"), since, "+inf")
         return {_text(m) for m in found} | {self.me}
 
     async def join(self, version: str) -> None:
         """Say this worker dual-writes `version` from its next pass on."""
         key = self._key("switch", version)
-        await self._client.sadd(key, self.me)
-        await self._client.expire(key, 7 * 86400)
+        with redis_errors_as_state("switch barrier"):
+            await self._client.sadd(key, self.me)
+            await self._client.expire(key, 7 * 86400)
 
     async def waiting_for(self, version: str) -> set[str]:
         """Live workers that do not dual-write `version` yet (empty: the barrier is passed)."""
-        joined = await self._client.smembers(self._key("switch", version))
+        with redis_errors_as_state("switch barrier"):
+            joined = await self._client.smembers(self._key("switch", version))
         have = {_text(m) for m in joined}
         return await self.live() - have
 
@@ -78,13 +87,15 @@ class Crew:
         """Hold (or renew) the backfill lease of `version`; False while another worker has it."""
         key = self._key("switch", version, "backfill")
         lease_ms = int(LEASE_S * 1000)
-        if await self._client.set(key, self.me, nx=True, px=lease_ms):
-            return True
-        holder = await self._client.get(key)
-        if holder is not None and _text(holder) == self.me:
-            await self._client.pexpire(key, lease_ms)
-            return True
+        with redis_errors_as_state("backfill lease"):
+            if await self._client.set(key, self.me, nx=True, px=lease_ms):
+                return True
+            holder = await self._client.get(key)
+            if holder is not None and _text(holder) == self.me:
+                await self._client.pexpire(key, lease_ms)
+                return True
         return False
 
     async def release(self, version: str) -> None:
-        await self._client.delete(self._key("switch", version, "backfill"))
+        with redis_errors_as_state("backfill lease"):
+            await self._client.delete(self._key("switch", version, "backfill"))
