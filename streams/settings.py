@@ -196,6 +196,8 @@ class QdrantSettings(_Section):
 
 
 class IngestSettings(_Section):
+    # The batch runtime takes up to this many events of each partition into one batch, so a
+    # backlog keeps every shard's script busy at once; Faust's take() counts all partitions.
     batch_max: int = Field(default=2000, ge=1)
     batch_within_s: float = Field(default=0.25, gt=0)
 

@@ -16,7 +16,7 @@ import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, InconsistentGroupProtocolError
 
 from streams.exceptions import ConfigError
@@ -65,6 +65,30 @@ def owned_highwater(kafka: AIOKafkaConsumer, topic: str, partition: int) -> int 
     was in flight (aiokafka asserts on those; the new owner reports that lag)."""
     tp = TopicPartition(topic, partition)
     return kafka.highwater(tp) if tp in kafka.assignment() else None
+
+
+async def fetch_fair(
+    kafka: AIOKafkaConsumer, timeout_ms: int, per_partition: int
+) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+    """One batch: up to `per_partition` records of every readable partition.
+
+    aiokafka's `getmany` drains one partition's buffered fetch (up to 8 MiB here) before it
+    touches the next, so a backlog arrived a partition at a time: every catch-up batch held one
+    shard and the ingest core's concurrent applies, one script per partition (per master on a
+    Redis Cluster), ran one after another. Asking each partition for its records keeps them all
+    in every batch, and each script call as long as before (a share of one total made them
+    shorter, which cost a single Redis more than the overlap gained); a live batch is smaller
+    than any cap and comes whole from the first call."""
+    fetched: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+    fetched = await kafka.getmany(timeout_ms=timeout_ms, max_records=per_partition)
+    for tp in sorted(kafka.assignment() - kafka.paused()):
+        room = per_partition - len(fetched.get(tp, ()))
+        if room <= 0:
+            continue
+        more = (await kafka.getmany(tp, timeout_ms=0, max_records=room)).get(tp)
+        if more:
+            fetched[tp] = [*fetched.get(tp, ()), *more]
+    return fetched
 
 
 class BatchRuntime:
@@ -153,9 +177,7 @@ class BatchRuntime:
         while not self._stopping.is_set():
             if self._hold(kafka, worker):
                 idle_since = time.monotonic()  # a paused worker is waiting, not idle
-            fetched = await kafka.getmany(
-                timeout_ms=within_ms, max_records=self.settings.ingest.batch_max
-            )
+            fetched = await fetch_fair(kafka, within_ms, self.settings.ingest.batch_max)
             records = records_of(fetched)
             if records:
                 self.stats.first_batch_at = self.stats.first_batch_at or time.monotonic()
