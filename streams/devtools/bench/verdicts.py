@@ -4,6 +4,7 @@
 - `backlog_growth`: whether what waits (consumer lag plus dirty marks) grew over a steady window;
 - `step_verdict`: whether one offered rate was sustained;
 - `rss_flatness`: whether the worker's memory stayed flat over a long run;
+- `ceiling_of`: the raw consume ceiling from its samples;
 - `assess` and `format_goals`: each of issue 11's figures beside its goal, `met` or `not met`.
 """
 
@@ -29,6 +30,7 @@ BACKLOG_GROWTH_SHARE = 0.02  # growing: gaining more than 2% of the offered rate
 ACHIEVED_SHARE = 0.95  # a step whose producer offered less than this share is not a pass
 MIN_BACKLOG_SAMPLES = 3
 BISECT_GRAIN_EPS = 50.0
+MIN_CEILING_SAMPLES = 3  # the ceiling is read at least this often, whatever `repeats` says
 
 Status = Literal["met", "not met", "not measured", "reported"]  # reported: a figure, no threshold
 
@@ -70,6 +72,19 @@ class StepSearch:
         low, high = self.best or 0.0, min(failed)
         middle = round((low + high) / 2 / BISECT_GRAIN_EPS) * BISECT_GRAIN_EPS
         return middle if low < middle < high else None
+
+
+# -- the ceiling -------------------------------------------------------------------------------
+
+
+def ceiling_of(samples: Sequence[float]) -> float:
+    """The fastest sample. Nothing makes a consumer read faster than it can, but a stall of this
+    shared machine makes one read slower: 20,000 events take about 0.1 s at the ceiling, so one
+    0.3 s pause read 54k events/s among 190k ones, and its median of one judged the ingest share
+    0.175 `met`. A low ceiling flatters every ratio read against it; the best of several cannot."""
+    if not samples:
+        raise ValueError("no ceiling samples")
+    return max(samples)
 
 
 # -- one step ----------------------------------------------------------------------------------
