@@ -80,8 +80,9 @@ class StepSearch:
 def ceiling_of(samples: Sequence[float]) -> float:
     """The fastest sample. Nothing makes a consumer read faster than it can, but a stall of this
     shared machine makes one read slower: 20,000 events take about 0.1 s at the ceiling, so one
-    0.3 s pause read 54k events/s among 190k ones, and its median of one judged the ingest share
-    0.175 `met`. A low ceiling flatters every ratio read against it; the best of several cannot."""
+    quarter-second pause read 54k events/s among 190k ones, and its median of one judged the
+    ingest share 0.175 `met`. A low ceiling flatters every ratio read against it; the best of
+    several cannot."""
     if not samples:
         raise ValueError("no ceiling samples")
     return max(samples)
