@@ -42,6 +42,7 @@ from state import keys
 from state.coengagement import SeqEntry, ShardColumns, merge_columns
 from state.config import StateConfig
 from state.keys import ItemKeys, ShardKeys
+from state.list_cache import ListCache
 from state.redis_io import is_cluster, load_lua, redis_errors_as_state, text
 
 READ_PAGE = 500  # items or users per read script call: bounds one call's time inside Redis
@@ -140,10 +141,15 @@ def decode_users(page: Sequence[str], flat: Sequence[Any]) -> dict[str, UserInpu
 class EncodeInputs:
     """Batched multi-entity reads of the state, and the items' encode bases."""
 
-    def __init__(self, client: aioredis.Redis, config: StateConfig, prefix: str = "ss") -> None:
+    def __init__(
+        self, client: aioredis.Redis, config: StateConfig, prefix: str = "ss", *, lists: int = 0
+    ) -> None:
+        """`lists`: neighbour lists kept between reads (state/list_cache.py); 0 reads every
+        list every time."""
         self._client = client
         self._cfg = config
         self._prefix = keys.check_prefix(prefix)
+        self.lists = ListCache(lists)
         self._put_basis = client.register_script(load_lua(keys.SCRIPT_PUT_BASIS))
         self._read_items = client.register_script(load_lua(keys.SCRIPT_READ_ITEMS))
         self._read_users = client.register_script(load_lua(keys.SCRIPT_READ_USERS))
@@ -174,9 +180,15 @@ class EncodeInputs:
         with redis_errors_as_state("item inputs"):
             for start in range(0, len(ids), READ_PAGE):
                 page = ids[start : start + READ_PAGE]
-                out += await self._read_items(
-                    keys=[shard.watermark()], args=[self._layout, self._cfg.k_max, *page]
+                held = self.lists.known(shard.tag, page)
+                args = [a for i in page for a in (i, held[i][0] if i in held else "")]
+                replies = await self._read_items(
+                    keys=[shard.watermark()], args=[self._layout, self._cfg.k_max, *args]
                 )
+                out += [
+                    self.lists.settle(shard.tag, i, reply, held.get(i))
+                    for i, reply in zip(page, replies, strict=True)
+                ]
         return out
 
     def _merge(self, item_id: str, replies: Sequence[Any], k: int) -> ItemInputs:

@@ -159,6 +159,16 @@ class IngestMetrics:
             namespace=ns,
             registry=r,
         )
+        self.neighbour_lists = Counter(
+            "neighbour_lists",
+            "Neighbour lists (one item in one shard) the passes read: sent in full, or kept "
+            "from an earlier read because the item's version in that shard had not moved",
+            ["read"],
+            namespace=ns,
+            registry=r,
+        )
+        for read in ("kept", "sent"):
+            self.neighbour_lists.labels(read=read)
         self.users_behind = Gauge(
             "users_behind_items",
             "Users the last pass left built from item vectors older than the current ones "
@@ -218,6 +228,8 @@ class IngestMetrics:
         self.fanout_users.inc(stats.fanout_users + stats.fanout_marked)
         self.fanout_dropped.labels(reason="pass_bound").inc(stats.fanout_dropped)
         self.fanout_still.inc(stats.items_still)
+        self.neighbour_lists.labels(read="kept").inc(stats.lists_kept)
+        self.neighbour_lists.labels(read="sent").inc(stats.lists_sent)
 
     def serve_from(self, settings: MetricsSettings) -> int | None:
         """Serve as the settings say; the port bound, or None when the endpoint is off."""

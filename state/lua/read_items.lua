@@ -8,9 +8,12 @@
 --          carry its hash tag and the call stays in one cluster slot)
 -- ARGV[1]  key layout JSON (state/keys.py: lua_layout)
 -- ARGV[2]  k_max: entries read from each list, as a trim would leave it (coengagement rule 7)
--- ARGV[3..] item ids
+-- ARGV[3..] pairs: an item id, then the stamp of the list the caller holds, "<version>|<t0>"
+--          ('' for none)
 -- Returns one {version|nil, degree|nil, t0|nil, {member, ...}, scores} per item: the list's
--- members, strongest first, and their scores as one string of little-endian float64s. Packed,
+-- members, strongest first, and their scores as one string of little-endian float64s; or only
+-- {version, degree, t0} when the stamp is the one held: a list changes only with its item's
+-- version in this shard (state/list_cache.py says why), so the caller's copy is current. Packed,
 -- a score costs the reader a slice of one buffer instead of parsing a 17-digit decimal (each
 -- ~350 ns in Python; a pass reads 4 shards x k_max of them per dirty item). tonumber() reads
 -- the %.17g text Redis hands Lua back to the stored double exactly, so nothing is rounded.
@@ -24,10 +27,8 @@ local base = string.sub(wm_key, 1, #wm_key - #L.wm)
 local k_max = tonumber(ARGV[2])
 local item_head = base .. L.item .. L.sep
 local nb_head = base .. L.nb .. L.sep
-local out = {}
-for i = 3, #ARGV do
-  local id = ARGV[i]
-  local head = redis.call('HMGET', item_head .. id, L.f_version, L.f_degree, L.f_t0)
+-- The list of one item in this shard: members, strongest first, and their packed scores.
+local function read_list(id)
   local list = redis.call('ZRANGE', nb_head .. id, 0, k_max - 1, 'REV', 'WITHSCORES')
   local members, scores = {}, {}
   for j = 1, #list, 2 do
@@ -38,6 +39,21 @@ for i = 3, #ARGV do
   if #scores > 0 then
     packed = struct.pack('<' .. string.rep('d', #scores), unpack(scores))
   end
-  out[#out + 1] = {head[1], head[2], head[3], members, packed}
+  return members, packed
+end
+
+if #ARGV % 2 ~= 0 then
+  return redis.error_reply('sagestream: read_items takes (item id, version held) pairs')
+end
+local out = {}
+for i = 3, #ARGV, 2 do
+  local id = ARGV[i]
+  local head = redis.call('HMGET', item_head .. id, L.f_version, L.f_degree, L.f_t0)
+  if head[1] and head[1] .. '|' .. (head[3] or '') == ARGV[i + 1] then
+    out[#out + 1] = head
+  else
+    local members, packed = read_list(id)
+    out[#out + 1] = {head[1], head[2], head[3], members, packed}
+  end
 end
 return out

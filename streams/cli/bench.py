@@ -46,8 +46,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument(
         "--png",
         type=Path,
-        help="e2e: freshness histogram; goals: freshness by offered load, and the RSS curve "
-        "beside it as NAME-rss.png (default: beside --json)",
+        help="e2e: freshness histogram; goals: freshness by offered load, and beside it the "
+        "RSS curve as NAME-rss.png and the cores by role as NAME-cpu.png (default: beside --json)",
     )
     parser.add_argument(
         "--load-fraction",
@@ -240,6 +240,8 @@ def run_e2e(args: argparse.Namespace) -> int:
 
 
 def report_e2e(result: dict[str, Any]) -> None:
+    from streams.devtools.bench.cpu import describe as describe_cpu
+
     eps, goals = result["eps"], result["goals"]
     say(
         f"end-to-end benchmark: {result['events']:,} events, {result['partitions']} partitions, "
@@ -262,6 +264,7 @@ def report_e2e(result: dict[str, Any]) -> None:
             f"{vectors['naive']['items']:,} items"
         )
     say(f"  dirty marks left after sagestream's run: {result['marks_left']}")
+    say(f"  sagestream's run, {describe_cpu(result['sagestream_cpu'])}")
     for name, value in result["ratios"].items():
         goal = ""
         if name in goals:

@@ -37,6 +37,7 @@ def run_goals(args: argparse.Namespace) -> int:
 
 
 def report_goals(result: dict[str, Any]) -> None:
+    from streams.devtools.bench.cpu import describe as describe_cpu
     from streams.devtools.bench.verdicts import Goal, format_goals
 
     say(
@@ -44,6 +45,8 @@ def report_goals(result: dict[str, Any]) -> None:
         f"partitions, model {result['model']['version']} ({result['model']['source']}), "
         f"Qdrant {result['qdrant']}, {result['cpus']} CPUs"
     )
+    say(f"drained run {describe_cpu(result['throughput']['sagestream_cpu'])}")
+    say(f"ingest runs {describe_cpu(result['ingest']['cpu'])}")
     _report_steps(result["live"])
     memory = result["memory"]
     rss, redis = memory["rss"], memory["redis"]
@@ -64,9 +67,12 @@ def report_goals(result: dict[str, Any]) -> None:
     if result["png"]:
         say(f"  freshness by offered load: {result['png']['freshness']}")
         say(f"  worker RSS: {result['png']['rss']}")
+        say(f"  cores by role: {result['png']['cpu']}")
 
 
 def _report_steps(live: dict[str, Any]) -> None:
+    from streams.devtools.bench.cpu import describe as describe_cpu
+
     say(
         f"live steps ({live['warmup_s']:g} s warm-up, {live['steady_s']:g} s steady; "
         f"{live['method']}):"
@@ -83,3 +89,5 @@ def _report_steps(live: dict[str, Any]) -> None:
             + ("-" if slope is None else f"{slope:+,.0f}/s")
             + f"  {'sustained' if step['passed'] else 'NOT: ' + '; '.join(step['reasons'])}"
         )
+        if "cpu" in step:
+            say(f"           {describe_cpu(step['cpu'])}")

@@ -153,7 +153,7 @@ class Reencoder:
         """A scheduler over one Redis client (the worker's), with the settings' knobs."""
         return cls(
             RedisState(client, state_config, prefix),
-            EncodeInputs(client, state_config, prefix),
+            EncodeInputs(client, state_config, prefix, lists=settings.list_cache),
             CatalogStore(client, prefix),
             store,
             bundle,
@@ -221,6 +221,8 @@ class Reencoder:
         stats = PassStats()
         began = time.perf_counter()
         read_at = self._clock()
+        lists = self._inputs.lists
+        kept, sent = lists.hits, lists.sent
         marks = await self._marks.drain(shards, self._cfg.marks_per_shard, catalog=catalog)
         stats.marks = marks.count()
         stats.more_waiting = marks.full(self._cfg.marks_per_shard)
@@ -241,6 +243,7 @@ class Reencoder:
         await self._inputs.put_bases({i: p.basis for i, p in written.plans.items()})
         self._after_vector_write()
         await self._marks.clear(marks, read_at)
+        stats.lists_kept, stats.lists_sent = lists.hits - kept, lists.sent - sent
         stats.pass_s = time.perf_counter() - began
         return stats
 

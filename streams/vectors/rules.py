@@ -40,6 +40,8 @@ class PassStats:
     fanout_marked: int = 0  # holders in shards other workers drain, marked dirty for them
     fanout_dropped: int = 0  # holders left out by `fanout_per_pass`
     items_still: int = 0  # items encoded whose vector moved less than `fanout_min_change`
+    lists_kept: int = 0  # neighbour lists (item, shard) read as unchanged: not sent again
+    lists_sent: int = 0  # neighbour lists read in full
     reasons: dict[Reason, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
     encode_s: float = 0.0
     upsert_s: float = 0.0

@@ -50,6 +50,7 @@ from kafka import KafkaAdminClient
 from encoders.contract import MANIFEST_FILE
 from encoders.registry import ModelRegistry
 from state import RedisState
+from streams.devtools.bench.cpu import CpuMeter, budget, service_pids
 from streams.devtools.bench.ingest import bench_settings, consume_ceiling, drop_prefix
 from streams.devtools.bench.naive import run_naive, spawn
 from streams.devtools.bench.verdicts import GOAL_E2E_SHARE, GOAL_SPEEDUP
@@ -203,6 +204,14 @@ async def run_worker(settings: Settings, events: int, label: str) -> tuple[PassR
     if stats.events < events:
         raise RuntimeError(f"{label}: only {stats.events} of {events} events arrived")
     return metrics, stats.first_batch_at
+
+
+def worker_meter(settings: Settings, **others: int) -> CpuMeter:
+    """CPU by role around a worker run in this process: the services it talks to, and others
+    (a producer) by pid."""
+    services, unmeasured = service_pids(settings)
+    roles = {"worker": [os.getpid()], **services, **{name: [pid] for name, pid in others.items()}}
+    return CpuMeter(roles, unmeasured)
 
 
 async def group_joined(settings: Settings, worker: asyncio.Task[Any]) -> None:
@@ -387,7 +396,10 @@ def measure_throughput(
     naive_stats = run_naive(naive, naive_n, work)
     naive_eps = naive_stats["events"] / naive_stats["seconds"]
     log.info("sagestream: the batch runtime with the updater, %d events", cfg.events)
+    cpu = worker_meter(sage)
+    cpu.start()
     metrics, first = asyncio.run(run_worker(sage, cfg.events, "sagestream"))
+    cpu.settle()
     sage_eps = cfg.events / (cast(float, metrics.last_pass_at) - first)
     result = {
         "stage": "e2e",
@@ -418,6 +430,8 @@ def measure_throughput(
         "sagestream_passes": metrics.pass_summary(),
         "fanout_users": metrics.fanout_rebuilt,
         "fanout_dropped": metrics.fanout_left_out,
+        # the whole run (start-up and group join included): CPU per event, not per second
+        "sagestream_cpu": budget(cpu.cores(), cfg.events / cpu.elapsed_s, os.cpu_count() or 1),
     }
     return result, sage_eps
 

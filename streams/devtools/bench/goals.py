@@ -32,12 +32,14 @@ from pathlib import Path
 from typing import Any
 
 from streams.devtools.bench.behind import users_behind
+from streams.devtools.bench.cpu import budget, save_cores_png
 from streams.devtools.bench.e2e import (
     E2EConfig,
     drop_vectors,
     measure_throughput,
     path_settings,
     prepare_model,
+    worker_meter,
 )
 from streams.devtools.bench.ingest import (
     batch_runtime,
@@ -72,7 +74,7 @@ class GoalsConfig:
     naive_events: int | None = None
     model: Path | None = None
     qdrant: str = "server"
-    png: Path | None = None  # freshness by offered load; the RSS curve beside it (-rss.png)
+    png: Path | None = None  # freshness by offered load; the RSS (-rss.png), cores (-cpu.png)
 
     def e2e(self) -> E2EConfig:
         live = self.live
@@ -93,8 +95,8 @@ class GoalsConfig:
         )
 
 
-def rss_png_path(png: Path) -> Path:
-    return png.with_name(f"{png.stem}-rss{png.suffix}")
+def sibling_png(png: Path, what: str) -> Path:
+    return png.with_name(f"{png.stem}-{what}{png.suffix}")
 
 
 def run_goals_bench(base: Settings, cfg: GoalsConfig) -> dict[str, Any]:
@@ -152,14 +154,18 @@ def ingest_figures(base: Settings, topic: str, cfg: GoalsConfig, ceiling: float)
     for _ in range(max(cfg.repeats, MIN_CEILING_SAMPLES) - 1):
         ceilings.append(asyncio.run(consume_ceiling(ingest_only, topic, cfg.events)))
     runs = []
+    cpu = worker_meter(ingest_only)
     for i in range(cfg.repeats):
         fresh = bench_settings(ingest_only, topic)
         try:
+            cpu.start()
             runs.append(asyncio.run(batch_runtime(fresh, cfg.events)))
+            cpu.settle()
         finally:
             asyncio.run(drop_prefix(fresh))
         log.info("ingest run %d/%d: %.0f events/s", i + 1, cfg.repeats, runs[-1])
     ceiling, median = ceiling_of(ceilings), statistics.median(runs)
+    events_per_s = cfg.events * cfg.repeats / cpu.elapsed_s
     return {
         "method": "batch runtime, no updater, fresh prefix per run; median of the runs, "
         "against the fastest ceiling read",
@@ -168,6 +174,7 @@ def ingest_figures(base: Settings, topic: str, cfg: GoalsConfig, ceiling: float)
         "ceiling_eps": round(ceiling),
         "ceiling_runs": [round(c) for c in ceilings],
         "share": round(median / ceiling, 4),
+        "cpu": budget(cpu.cores(), events_per_s, os.cpu_count() or 1),  # the runs together
     }
 
 
@@ -200,8 +207,14 @@ def memory_figures(sage: Settings, cfg: GoalsConfig, work: Path) -> dict[str, An
 def save_pngs(result: Mapping[str, Any], png: Path | None) -> dict[str, str] | None:
     if png is None:
         return None
-    rss = rss_png_path(png)
+    rss, cpu = sibling_png(png, "rss"), sibling_png(png, "cpu")
     save_freshness_png(result["live"], png)
     memory = result["memory"]
     save_rss_png(memory["rss_samples"], memory["rss"], rss)
-    return {"freshness": str(png), "rss": str(rss)}
+    windows = [
+        ("drained", result["throughput"]["sagestream_cpu"]),
+        ("ingest", result["ingest"]["cpu"]),
+        *((f"{step['offered_eps']:,.0f}/s", step["cpu"]) for step in result["live"]["steps"]),
+    ]
+    save_cores_png(windows, cpu)
+    return {"freshness": str(png), "rss": str(rss), "cpu": str(cpu)}

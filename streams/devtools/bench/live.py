@@ -18,6 +18,7 @@ import asyncio
 import logging
 import math
 import multiprocessing
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,7 +28,14 @@ from typing import Any
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from state import RedisState
-from streams.devtools.bench.e2e import PassRecorder, group_joined, paced_producer, summarise
+from streams.devtools.bench.cpu import CpuMeter, budget
+from streams.devtools.bench.e2e import (
+    PassRecorder,
+    group_joined,
+    paced_producer,
+    summarise,
+    worker_meter,
+)
 from streams.devtools.bench.naive import spawn
 from streams.devtools.bench.verdicts import (
     GOAL_AT_RATE_EPS,
@@ -123,10 +131,16 @@ class BacklogProbe:
 
 
 async def _steady_window(
-    cfg: LiveConfig, probe: BacklogProbe, worker: asyncio.Task[Any], metrics: StepRecorder
+    cfg: LiveConfig,
+    probe: BacklogProbe,
+    worker: asyncio.Task[Any],
+    metrics: StepRecorder,
+    cpu: CpuMeter,
 ) -> list[tuple[float, int, int, int]]:
-    """Backlog samples (time, end offsets, lag, marks) once a second through the window."""
+    """Backlog samples (time, end offsets, lag, marks) once a second through the window, and
+    every role's CPU time over it."""
     await asyncio.sleep(max(0.0, metrics.steady_from - time.monotonic()))
+    cpu.start()
     end = metrics.steady_from + cfg.steady_s
     samples = []
     while (now := time.monotonic()) < end:
@@ -135,6 +149,7 @@ async def _steady_window(
             raise RuntimeError("the worker stopped inside the steady window")
         samples.append((now, *await probe.sample()))
         await asyncio.sleep(min(SAMPLE_EVERY_S, max(0.0, end - time.monotonic())))
+    cpu.settle()
     metrics.steady_until = time.monotonic()
     samples.append((metrics.steady_until, *await probe.sample()))
     return samples
@@ -166,18 +181,23 @@ async def offer(settings: Settings, cfg: LiveConfig, rate: float, step: int) -> 
     try:
         await _first_events(probe, ends, producer)
         metrics.steady_from = time.monotonic() + cfg.warmup_s  # warm-up from the first events
-        samples = await _steady_window(cfg, probe, worker, metrics)
+        others = {"producer": producer.pid} if producer.pid is not None else {}
+        cpu = await asyncio.to_thread(worker_meter, settings, **others)
+        samples = await _steady_window(cfg, probe, worker, metrics, cpu)
     finally:
         producer.terminate()
         await asyncio.to_thread(producer.join)
         runtime.stop()
         await worker
         await probe.close()
-    return judge_step(rate, samples, metrics)
+    return judge_step(rate, samples, metrics, cpu.cores())
 
 
 def judge_step(
-    rate: float, samples: Sequence[tuple[float, int, int, int]], metrics: StepRecorder
+    rate: float,
+    samples: Sequence[tuple[float, int, int, int]],
+    metrics: StepRecorder,
+    cores: Mapping[str, float | None],
 ) -> dict[str, Any]:
     (t0, ends0, *_), (t1, ends1, *_) = samples[0], samples[-1]
     achieved = (ends1 - ends0) / (t1 - t0) if t1 > t0 else 0.0
@@ -195,6 +215,7 @@ def judge_step(
         "passed": not reasons,
         "reasons": reasons,
         "passes": metrics.pass_summary(),
+        "cpu": budget(cores, achieved, os.cpu_count() or 1),
     }
 
 

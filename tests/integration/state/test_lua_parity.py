@@ -246,3 +246,80 @@ async def test_batched_reads_equal_per_key_reads(
         assert list(got) == list(want)
     got_holders = await state.holders(items)
     assert got_holders == await per_key_holders(redis_client, prefix, items)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    events=streams(),
+    cfg=configs,
+    chunk=st.integers(1, 15),
+    kept=st.integers(1, 12),
+    page=st.integers(1, 4),
+    k=st.integers(1, 6),
+)
+async def test_kept_lists_read_as_fresh_ones(
+    redis_client: aioredis.Redis,
+    key_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    events: list[Ev],
+    cfg: StateConfig,
+    chunk: int,
+    kept: int,
+    page: int,
+    k: int,
+) -> None:
+    """Applies and reads taking turns: a reader that keeps lists between reads (a cache too
+    small for them all, so some are evicted and read again) returns what a reader that keeps
+    nothing returns, every time; a list whose item did not move in its shard is not re-sent."""
+    monkeypatch.setattr(encode_inputs, "READ_PAGE", page)
+    prefix = f"{key_prefix}c{uuid.uuid4().hex[:8]}"
+    state = RedisState(redis_client, cfg, prefix)
+    keeping = EncodeInputs(redis_client, cfg, prefix, lists=kept)
+    items = ["a", "b", "c", "d", "e", "f", "zz"]
+    offsets = dict.fromkeys(range(PARTITIONS), 0)
+    for start in range(0, len(events), chunk):
+        for ev in events[start : start + chunk]:
+            p = partition_of(ev.user_id)
+            await state.apply(TOPIC, p, [(offsets[p], ev)])
+            offsets[p] += 1
+        fresh = EncodeInputs(redis_client, cfg, prefix)
+        assert await keeping.items(items, k) == await fresh.items(items, k)
+    assert len(keeping.lists) <= kept
+    # with room for every list, and nothing applied between two reads, the second reads none
+    roomy = EncodeInputs(redis_client, cfg, prefix, lists=len(items) * PARTITIONS)
+    first = await roomy.items(items, k)
+    assert roomy.lists.hits == 0
+    assert await roomy.items(items, k) == first
+    assert roomy.lists.hits == len(roomy.lists)
+
+
+async def test_a_state_wiped_and_rebuilt_under_a_keeping_reader_is_read_anew(
+    redis_client: aioredis.Redis, key_prefix: str
+) -> None:
+    """Wiped while a worker runs, then fed from a later offset, an item's shard counts its
+    versions from zero again: the same version now names another list, and the stamp's decay
+    origin tells them apart."""
+    cfg = StateConfig()
+    prefix = f"{key_prefix}w"
+    keeping = EncodeInputs(redis_client, cfg, prefix, lists=100)
+    p = partition_of("u1")
+
+    async def feed(ts: float, other: str) -> None:
+        """A fresh ingest (it registers its shard again) applies two events from offset 0."""
+        events = [Ev("u1", "a", "click", ts, None, None, None), Ev("u1", other, "click", ts + 10)]
+        await RedisState(redis_client, cfg, prefix).apply(TOPIC, p, list(enumerate(events)))
+
+    await feed(1_000.0, "b")
+    before = await keeping.items(["a"], 5)
+    assert [n for n, _ in before["a"].neighbours] == ["b"]
+    async for key in redis_client.scan_iter(match=f"{prefix}*"):
+        await redis_client.delete(key)
+    await feed(2_000.0, "c")
+    after = await keeping.items(["a"], 5)
+    assert after["a"].version == before["a"].version  # the same version, another list
+    assert after == await EncodeInputs(redis_client, cfg, prefix).items(["a"], 5)
+    assert [n for n, _ in after["a"].neighbours] == ["c"]

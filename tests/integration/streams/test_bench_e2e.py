@@ -10,12 +10,14 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from streams.devtools.bench.verdicts import MIN_CEILING_SAMPLES
 from streams.settings import Settings
 from tests.support.harness import REPO
+from tests.support.services import Services
 
 pytestmark = pytest.mark.integration
 
@@ -33,8 +35,20 @@ out.write_text(json.dumps(run_e2e_bench(Settings.load(), cfg)))
 """
 
 
+def assert_cpu_by_role(figures: dict[str, Any], measured: set[str], source: str) -> None:
+    """Every role has a figure or is named unmeasured; on the native stack the services are
+    this host's processes, so they must be measured."""
+    cores = figures["cores"]
+    if source == "native":
+        measured = measured | {"redis", "kafka", "qdrant"}
+    assert all(cores[role] is not None and cores[role] >= 0 for role in measured), figures
+    assert set(figures["not_measured"]) == {role for role, c in cores.items() if c is None}
+    assert cores["worker"] > 0 and cores["machine"] > 0 and figures["system_cores"] > 0
+    assert figures["system_core_ms_per_event"] > 0
+
+
 def test_e2e_bench_reports_consistent_figures(
-    make_settings: Callable[..., Settings], tmp_path: Path
+    make_settings: Callable[..., Settings], services: Services, tmp_path: Path
 ) -> None:
     png, out = tmp_path / "freshness.png", tmp_path / "result.json"
     env = dict(os.environ, **make_settings().to_env())
@@ -56,6 +70,7 @@ def test_e2e_bench_reports_consistent_figures(
         top, bottom = name.split("/")
         assert math.isclose(value, eps[top] / eps[bottom], rel_tol=0.02), (name, value, eps)
     assert result["naive_events"] == 600
+    assert_cpu_by_role(result["sagestream_cpu"], {"worker"}, services.source)
 
     # The bounded run drained: every engaged user and item has a vector, no mark is left.
     assert result["marks_left"] == 0
@@ -92,7 +107,7 @@ out.write_text(json.dumps(result))
 
 
 def test_goals_bench_reports_every_figure_with_a_verdict(
-    make_settings: Callable[..., Settings], tmp_path: Path
+    make_settings: Callable[..., Settings], services: Services, tmp_path: Path
 ) -> None:
     png, out = tmp_path / "goals.png", tmp_path / "goals.json"
     env = dict(os.environ, **make_settings().to_env())
@@ -120,6 +135,7 @@ def test_goals_bench_reports_every_figure_with_a_verdict(
         assert step["achieved_eps"] > 0 and step["backlog"]["samples"] >= 3
         if step["passed"]:
             assert all(step["kinds"][kind]["samples"] > 0 for kind in ("users", "items"))
+        assert_cpu_by_role(step["cpu"], {"worker", "producer"}, services.source)
 
     ingest, drained = result["ingest"], result["drained"]
     # ingest runs follow --repeats; the ceiling is read at least MIN_CEILING_SAMPLES times and
@@ -128,6 +144,8 @@ def test_goals_bench_reports_every_figure_with_a_verdict(
     assert len(ingest["ceiling_runs"]) == max(2, MIN_CEILING_SAMPLES)
     assert ingest["ceiling_eps"] == max(ingest["ceiling_runs"])
     assert ingest["share"] > 0 and drained["share"] > 0
+    assert_cpu_by_role(ingest["cpu"], {"worker"}, services.source)
+    assert_cpu_by_role(result["throughput"]["sagestream_cpu"], {"worker"}, services.source)
     assert math.isclose(drained["speedup"], drained["eps"] / drained["naive_eps"], rel_tol=0.02)
 
     memory = result["memory"]
@@ -146,7 +164,8 @@ def test_goals_bench_reports_every_figure_with_a_verdict(
     fanout = result["fanout"]
     assert fanout["behind"]["users_checked"] > 0 and fanout["behind"]["without_item_vectors"] == 0
     assert figures["users behind their items (drained)"] == "met", fanout
-    for line in ("sustainable live rate", "ingest / raw consume ceiling", "worker RSS"):
+    for line in ("sustainable live rate", "ingest / raw consume ceiling", "worker RSS", "cores:"):
         assert line in done.stdout
     assert png.read_bytes().startswith(b"\x89PNG")
-    assert (tmp_path / "goals-rss.png").read_bytes().startswith(b"\x89PNG")
+    for picture in ("goals-rss.png", "goals-cpu.png"):
+        assert (tmp_path / picture).read_bytes().startswith(b"\x89PNG")

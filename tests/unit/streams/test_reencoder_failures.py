@@ -29,6 +29,7 @@ from state import (
     VectorStore,
     VectorStoreUnavailable,
 )
+from state.list_cache import ListCache
 from streams.settings import ReencodeSettings
 from streams.vectors.reencoder import Reencoder
 
@@ -113,6 +114,7 @@ class FakeInputs:
 
     def __init__(self, log: Log) -> None:
         self.log = log
+        self.lists = ListCache(0)
 
     async def items(self, item_ids: Iterable[str], k: int) -> dict[str, ItemInputs]:
         return {i: ItemInputs(i, 4, 2, [("i9", 1.0)]) for i in item_ids}
