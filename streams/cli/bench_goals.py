@@ -89,5 +89,12 @@ def _report_steps(live: dict[str, Any]) -> None:
             + ("-" if slope is None else f"{slope:+,.0f}/s")
             + f"  {'sustained' if step['passed'] else 'NOT: ' + '; '.join(step['reasons'])}"
         )
-        if "cpu" in step:
-            say(f"           {describe_cpu(step['cpu'])}")
+        say(f"           {describe_cpu(step['cpu'])}; {lists_kept(step['passes'])}")
+
+
+def lists_kept(passes: dict[str, Any]) -> str:
+    """The share of neighbour lists the step's passes did not have to read again."""
+    kept, sent = passes.get("lists_kept", 0), passes.get("lists_sent", 0)
+    if not kept + sent:
+        return "no neighbour lists read"
+    return f"neighbour lists kept {kept / (kept + sent):.0%} of {kept + sent:,}"

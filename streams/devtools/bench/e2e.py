@@ -106,7 +106,13 @@ class PassRecorder(IngestMetrics):
         self.keep_samples = keep_samples
         self.samples: dict[str, list[float]] = {"users": [], "items": []}
         self.encoded = 0
-        self.passes = {"count": 0, "encode_s": 0.0, "upsert_s": 0.0}
+        self.passes = {
+            "count": 0,
+            "encode_s": 0.0,
+            "upsert_s": 0.0,
+            "lists_kept": 0,
+            "lists_sent": 0,
+        }
         self.fanout_rebuilt = 0  # users rebuilt because an item of their window was re-encoded
         self.fanout_left_out = 0  # and those the per-pass bound left out
         self.last_pass_at: float | None = None
@@ -120,6 +126,8 @@ class PassRecorder(IngestMetrics):
         self.passes["count"] += 1
         self.passes["encode_s"] += stats.encode_s
         self.passes["upsert_s"] += stats.upsert_s
+        self.passes["lists_kept"] += stats.lists_kept
+        self.passes["lists_sent"] += stats.lists_sent
         self.fanout_rebuilt += stats.fanout_users + stats.fanout_marked
         self.fanout_left_out += stats.fanout_dropped
         if self.keep_samples:
@@ -127,7 +135,8 @@ class PassRecorder(IngestMetrics):
                 self.samples[kind].extend(samples)
 
     def pass_summary(self) -> dict[str, float]:
-        """Passes that found marks, and their onnxruntime and upsert seconds in total."""
+        """Passes that found marks, their onnxruntime and upsert seconds in total, and the
+        neighbour lists they read: kept (unchanged since an earlier read) or sent in full."""
         return {name: round(value, 3) for name, value in self.passes.items()}
 
     def events_applied(self) -> int:

@@ -136,6 +136,9 @@ def test_goals_bench_reports_every_figure_with_a_verdict(
         if step["passed"]:
             assert all(step["kinds"][kind]["samples"] > 0 for kind in ("users", "items"))
         assert_cpu_by_role(step["cpu"], {"worker", "producer"}, services.source)
+        # the worker keeps lists between passes, so a step's passes read some in full and
+        # count what they kept
+        assert step["passes"]["lists_sent"] > 0 and step["passes"]["lists_kept"] >= 0
 
     ingest, drained = result["ingest"], result["drained"]
     # ingest runs follow --repeats; the ceiling is read at least MIN_CEILING_SAMPLES times and
@@ -164,7 +167,8 @@ def test_goals_bench_reports_every_figure_with_a_verdict(
     fanout = result["fanout"]
     assert fanout["behind"]["users_checked"] > 0 and fanout["behind"]["without_item_vectors"] == 0
     assert figures["users behind their items (drained)"] == "met", fanout
-    for line in ("sustainable live rate", "ingest / raw consume ceiling", "worker RSS", "cores:"):
+    for line in ("sustainable live rate", "ingest / raw consume ceiling", "worker RSS", "cores:",
+                 "neighbour lists"):  # fmt: skip
         assert line in done.stdout
     assert png.read_bytes().startswith(b"\x89PNG")
     for picture in ("goals-rss.png", "goals-cpu.png"):
