@@ -43,7 +43,7 @@ local function read_list(id)
 end
 
 if #ARGV % 2 ~= 0 then
-  return redis.error_reply('sagestream: read_items takes (item id, version held) pairs')
+  return redis.error_reply('sagestream: read_items takes (item id, stamp held) pairs')
 end
 local out = {}
 for i = 3, #ARGV, 2 do

@@ -82,15 +82,21 @@ configs = st.builds(
 )
 
 
+def on_redis(examples: int) -> settings:
+    """Examples share the test's Redis fixture (each takes a prefix of its own); no deadline,
+    a script round trip's time is the machine's."""
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+
+
 def partition_of(user_id: str) -> int:
     return zlib.crc32(user_id.encode()) % PARTITIONS
 
 
-@settings(
-    max_examples=100,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@on_redis(100)
 @given(events=streams(), cfg=configs, batch_size=st.integers(1, 20))
 async def test_lua_equals_reference(
     redis_client: aioredis.Redis,
@@ -204,11 +210,7 @@ async def per_key_holders(
     return out
 
 
-@settings(
-    max_examples=60,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@on_redis(60)
 @given(
     events=streams(),
     cfg=configs,
@@ -248,11 +250,7 @@ async def test_batched_reads_equal_per_key_reads(
     assert got_holders == await per_key_holders(redis_client, prefix, items)
 
 
-@settings(
-    max_examples=60,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@on_redis(60)
 @given(
     events=streams(),
     cfg=configs,
