@@ -51,7 +51,7 @@ class ListCache:
 
     def settle(
         self, tag: str, item_id: str, reply: Sequence[Any], held: Listed | None
-    ) -> list[Any]:
+    ) -> Sequence[Any]:
         """A reply in full: (version, degree, t0, members, packed scores). A head alone says
         the list held is current; a full reply is kept for the next read."""
         if len(reply) == 3:
@@ -65,7 +65,7 @@ class ListCache:
             self.sent += 1
             if self._size:
                 self._keep((tag, item_id), (stamp(version, t0), members, packed))
-        return list(reply)
+        return reply  # as it came: a pass settles thousands, so no copy
 
     def _keep(self, key: tuple[str, str], listed: Listed) -> None:
         self._lists[key] = listed

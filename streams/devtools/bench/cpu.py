@@ -13,7 +13,6 @@ so. `machine` is every busy core of the host over the window, `other` what no ro
 from __future__ import annotations
 
 import ipaddress
-import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,8 +23,6 @@ from urllib.parse import urlsplit
 import psutil
 
 from streams.settings import Settings
-
-log = logging.getLogger(__name__)
 
 LOAD_ROLES = ("producer",)  # the bench's load generator: not part of what is measured
 # A port published from a container is held by a proxy, whose CPU is not the service's.
