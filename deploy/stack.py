@@ -300,8 +300,15 @@ def kafka_java(cfg: StackConfig, libs: Path) -> list[str]:
 
 
 def new_cluster_id() -> str:
-    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding.
+
+    One in 64 such ids starts with "-", which kafka-storage's argument parser reads as an option
+    ("--cluster-id: expected one argument"); Kafka's own `Uuid.randomUuid` draws again then too.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _start_kafka(cfg: StackConfig) -> int:
