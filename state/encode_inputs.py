@@ -6,11 +6,11 @@ by `state.coengagement.merge_relative`; versions summed over shards). The integr
 check they agree with `RedisState.item_neighbours`, `item_version` and `user_sequence`.
 
 Items are read with one script call per shard and page (`lua/read_items.lua`), so each shard's
-version, degree and list of an item are one snapshot. Shards are read concurrently, each on
-its own: an apply that lands on a shard after its read makes the item newer than the label
-read, bumps its version and re-dirties it, so it is encoded again with a higher version; the
-label never claims more than the inputs hold, so the store's guard never refuses a correct
-vector as "not newer".
+version, degree and list of an item are one snapshot. Shards and pages are read concurrently,
+each call on its own: an apply that lands on a shard after its read makes the item newer than
+the label read, bumps its version and re-dirties it, so it is encoded again with a higher
+version; the label never claims more than the inputs hold, so the store's guard never refuses
+a correct vector as "not newer".
 Users are read the same way, one script call per page of one shard's users
 (`lua/read_users.lua`), for the same reason: a user's version, newest ts and sequence are one
 snapshot, so the sequence never lags the version that labels it (the pipelined reads before
@@ -47,6 +47,7 @@ from state.redis_io import is_cluster, load_lua, redis_errors_as_state, text
 
 READ_PAGE = 500  # items or users per read script call: bounds one call's time inside Redis
 CLUSTER_CONCURRENCY = 64  # script calls in flight at once where a pipeline cannot carry them
+READ_CONCURRENCY = 16  # item read calls in flight at once (pages x shards), each a connection
 
 
 @dataclass(frozen=True)
@@ -166,30 +167,40 @@ class EncodeInputs:
         shards = await self._shards()
         if not ids or not shards:
             return {i: ItemInputs(i, 0, 0, []) for i in ids}
-        # Concurrently: Redis runs one shard's script while this process parses another's reply.
-        per_shard = await asyncio.gather(*(self._read_shard(shard, ids) for shard in shards))
+        # Every page of every shard at once (a bounded number of calls in flight): Redis always
+        # has a script queued while this process parses a reply or merges a page whose shards
+        # all answered. One shard's pages one after another left Redis idle half the time.
+        calls = asyncio.Semaphore(READ_CONCURRENCY)
+        pages = [ids[start : start + READ_PAGE] for start in range(0, len(ids), READ_PAGE)]
+        with redis_errors_as_state("item inputs"):
+            merged = await asyncio.gather(*(self._read_page(shards, p, k, calls) for p in pages))
+        return {item_id: inputs for page in merged for item_id, inputs in page.items()}
+
+    async def _read_page(
+        self, shards: Sequence[ShardKeys], page: Sequence[str], k: int, calls: asyncio.Semaphore
+    ) -> dict[str, ItemInputs]:
+        """One page of items read from every shard, then merged."""
+        per_shard = await asyncio.gather(*(self._read_shard(s, page, calls) for s in shards))
         return {
             item_id: self._merge(item_id, [replies[col] for replies in per_shard], k)
-            for col, item_id in enumerate(ids)
+            for col, item_id in enumerate(page)
         }
 
-    async def _read_shard(self, shard: ShardKeys, ids: Sequence[str]) -> list[Any]:
-        """Every item's (version, degree, t0, members, packed scores) in one shard, a page per
-        script call."""
-        out: list[Any] = []
-        with redis_errors_as_state("item inputs"):
-            for start in range(0, len(ids), READ_PAGE):
-                page = ids[start : start + READ_PAGE]
-                held = self.lists.known(shard.tag, page)
-                args = [a for i in page for a in (i, held[i][0] if i in held else "")]
-                replies = await self._read_items(
-                    keys=[shard.watermark()], args=[self._layout, self._cfg.k_max, *args]
-                )
-                out += [
-                    self.lists.settle(shard.tag, i, reply, held.get(i))
-                    for i, reply in zip(page, replies, strict=True)
-                ]
-        return out
+    async def _read_shard(
+        self, shard: ShardKeys, page: Sequence[str], calls: asyncio.Semaphore
+    ) -> list[Any]:
+        """Each item's (version, degree, t0, members, packed scores) in one shard, one script
+        call."""
+        async with calls:
+            held = self.lists.known(shard.tag, page)
+            args = [a for i in page for a in (i, held[i][0] if i in held else "")]
+            replies = await self._read_items(
+                keys=[shard.watermark()], args=[self._layout, self._cfg.k_max, *args]
+            )
+        return [
+            self.lists.settle(shard.tag, i, reply, held.get(i))
+            for i, reply in zip(page, replies, strict=True)
+        ]
 
     def _merge(self, item_id: str, replies: Sequence[Any], k: int) -> ItemInputs:
         """One item over all shards, as `RedisState.item_neighbours` and `item_version` read it:

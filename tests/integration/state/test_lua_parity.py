@@ -257,6 +257,7 @@ async def test_batched_reads_equal_per_key_reads(
     chunk=st.integers(1, 15),
     kept=st.integers(1, 12),
     page=st.integers(1, 4),
+    calls=st.integers(1, 3),
     k=st.integers(1, 6),
 )
 async def test_kept_lists_read_as_fresh_ones(
@@ -268,12 +269,15 @@ async def test_kept_lists_read_as_fresh_ones(
     chunk: int,
     kept: int,
     page: int,
+    calls: int,
     k: int,
 ) -> None:
     """Applies and reads taking turns: a reader that keeps lists between reads (a cache too
     small for them all, so some are evicted and read again) returns what a reader that keeps
-    nothing returns, every time; a list whose item did not move in its shard is not re-sent."""
+    nothing returns, every time; a list whose item did not move in its shard is not re-sent.
+    Pages of a few ids and a few calls in flight: pages wait for a call and answer in any order."""
     monkeypatch.setattr(encode_inputs, "READ_PAGE", page)
+    monkeypatch.setattr(encode_inputs, "READ_CONCURRENCY", calls)
     prefix = f"{key_prefix}c{uuid.uuid4().hex[:8]}"
     state = RedisState(redis_client, cfg, prefix)
     keeping = EncodeInputs(redis_client, cfg, prefix, lists=kept)
