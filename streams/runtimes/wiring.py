@@ -23,6 +23,7 @@ from streams.metrics import IngestMetrics
 from streams.runtimes.backpressure import Backpressure
 from streams.runtimes.checkpoint import Checkpoint, Commit
 from streams.runtimes.client_logs import quiet_client_repeats
+from streams.runtimes.heap import settle_start_up_heap
 from streams.seams import NO_SEAMS, Seams
 from streams.settings import RedisSettings, Settings
 from streams.vectors.updater import Updater, start_updater
@@ -156,4 +157,5 @@ async def wire_worker(
     resources.callback(start_heartbeat(metrics.health))
     metrics.health.started(worker.readiness)
     resources.callback(metrics.health.stopping)  # closes first: unready before anything stops
+    settle_start_up_heap()
     return worker
