@@ -20,8 +20,8 @@ YOUNG_THRESHOLD = 10_000  # allocations between young collections (CPython's def
 def settle_start_up_heap() -> None:
     """Collect once, then exclude every object alive now from later collections.
 
-    Call it when the worker is wired, before the first batch. Idempotent: a later call (a worker
-    restarted in the same process) freezes what was added since. An object frozen here is still
+    Call it when the worker is wired, before the first batch. Safe to call again: a worker
+    restarted in the same process freezes what was added since. An object frozen here is still
     freed by its reference count; only a cycle among frozen objects is never collected.
     """
     gc.collect()
