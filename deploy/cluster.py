@@ -24,6 +24,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from deploy.stack import (
     HERE,
@@ -254,13 +255,31 @@ def _kafka_whole(cfg: StackConfig) -> bool:
         admin.close()
 
 
-def _qdrant_peers_seen(port: int) -> int:
+def _qdrant_cluster(port: int) -> dict[str, Any]:
+    """The peer's `GET /cluster` result; empty while it does not answer."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/cluster", timeout=2) as answer:
             body = json.loads(answer.read())
     except (OSError, ValueError):
-        return 0
-    return len(body.get("result", {}).get("peers", {}))
+        return {}
+    result = body.get("result", {})
+    return result if isinstance(result, dict) else {}
+
+
+def _qdrant_peers_seen(port: int) -> int:
+    return len(_qdrant_cluster(port).get("peers", {}))
+
+
+def _qdrant_leads(cfg: StackConfig) -> bool:
+    """The first peer can take joiners: it answers, leads its one-peer Raft, and its p2p port
+    accepts connections. `/readyz` alone is not enough: the p2p listener binds after the HTTP
+    one, and a joiner that finds it closed panics ("Can't initialize consensus")."""
+    http, _, p2p = cfg.qdrant_peers[0]
+    if not (_qdrant_ready(http) and _port_open(p2p)):
+        return False
+    cluster = _qdrant_cluster(http)
+    leader = cluster.get("raft_info", {}).get("leader")
+    return leader is not None and leader == cluster.get("peer_id")
 
 
 def _qdrant_ready(port: int) -> bool:
@@ -316,6 +335,26 @@ def start_node(cfg: StackConfig, name: str, *, wait: bool = True) -> int:
     return pid
 
 
+def join_qdrant(cfg: StackConfig, name: str, attempts: int = 3) -> int:
+    """Start a peer that joins through the first one; returns its pid.
+
+    A fresh joiner whose bootstrap call fails panics and exits. Its storage then holds no Raft
+    state worth keeping, so it is cleared and the join tried again. A peer that had joined
+    before (it has Raft state) or that still runs is never cleared.
+    """
+    for attempt in range(1, attempts):
+        fresh = not (cfg.run_dir / name / "storage" / "raft_state.json").exists()
+        try:
+            return start_node(cfg, name)
+        except StackError:
+            if not fresh or _read_pid(cfg, name) is not None:
+                raise
+            log.warning("%s could not join the cluster (try %d of %d)", name, attempt, attempts)
+            shutil.rmtree(cfg.run_dir / name, ignore_errors=True)
+            time.sleep(1.0)
+    return start_node(cfg, name)
+
+
 def up(cfg: StackConfig) -> list[ComponentStatus]:
     """Start every node that is not running and wait until each engine's cluster is whole."""
     _check(cfg)
@@ -328,10 +367,8 @@ def up(cfg: StackConfig) -> list[ComponentStatus]:
     qdrant = [n for n in names if n.startswith("qdrant-")]
     if qdrant:  # the first peer makes the cluster; the others join it
         first = start_node(cfg, qdrant[0])
-        _wait_for(
-            cfg, "the first Qdrant peer", lambda: _qdrant_ready(cfg.qdrant_peers[0][0]), [first]
-        )
-        pids = [first, *(start_node(cfg, n) for n in qdrant[1:])]
+        _wait_for(cfg, "the first Qdrant peer", lambda: _qdrant_leads(cfg), [first])
+        pids = [first, *(join_qdrant(cfg, n) for n in qdrant[1:])]
         _wait_for(cfg, "the Qdrant cluster", lambda: _qdrant_whole(cfg), pids)
     return status(cfg)
 
