@@ -353,37 +353,52 @@ local function rebase(item, it, ts)
   it.t0, it.t0_set = ts, true
 end
 
--- Add base, damped by other's degree and forward-decayed, to item's list for other.
-local function add_edge(item, other, pair_base, ts, touched)
-  local damp = damping(other)
-  local it = items[item] or item_state(item)
+-- sqrt(aw(a) * aw(b)) per pair of actions, computed once per call instead of once per pair.
+local ROOT = {}
+for a, wa in pairs(AW) do
+  ROOT[a] = {}
+  for b, wb in pairs(AW) do ROOT[a][b] = sqrt(wa * wb) end
+end
+
+-- Forward-decay growth of item's list at ts, moving its origin first if unset or too far back.
+local function growth_at(item, it, ts)
   if not it.t0 then
     it.t0, it.t0_set = ts, true
   elseif LAM * (ts - it.t0) > REBASE_EXP then
     rebase(item, it, ts)
   end
-  local growth = exp(LAM * (ts - it.t0))
-  add_increment(item, other, pair_base * damp * growth)
-  touched[item] = true
+  return exp(LAM * (ts - it.t0))
 end
 
-local function pair(ev, other, other_action, ev_weight, touched)
-  local pair_base = sqrt(AW[ev.action] * AW[other_action]) * ev_weight
-  add_edge(ev.item, other, pair_base, ev.ts, touched)
-  add_edge(other, ev.item, pair_base, ev.ts, touched)
-  local o = items[other]  -- loaded by add_edge
+-- One pair of an event: base, damped by the other's degree and forward-decayed, added to each
+-- item's list for the other. `src` caches the event's own side, which every pair of one event
+-- shares: its degree moved before the pairs, and its origin can move only on the first pair.
+local function pair(src, other, other_action)
+  local ev = src.ev
+  local pair_base = ROOT[ev.action][other_action] * src.weight
+  local damp_other = damping(other)
+  if src.growth == nil then
+    src.growth = growth_at(ev.item, src.it, ev.ts)
+    src.damp = damping(ev.item)
+    src.touched[ev.item] = true
+  end
+  add_increment(ev.item, other, pair_base * damp_other * src.growth)
+  local o = items[other]  -- loaded by damping
+  add_increment(other, ev.item, pair_base * src.damp * growth_at(other, o, ev.ts))
+  src.touched[other] = true
   o.dv = o.dv + 1
   mark('items', other, ev.ts)
 end
 
-local function context_step(ev, ev_weight, seen, touched)
+local function context_step(src, seen)
+  local ev = src.ev
   local c = context_state(ev.ctx)
   local saves = c.saves
   for idx = #saves, 1, -1 do
     local other = saves[idx]
     if other ~= ev.item and not seen[other] then
       seen[other] = true
-      pair(ev, other, C.ctx_action, ev_weight, touched)
+      pair(src, other, C.ctx_action)
     end
   end
   saves[#saves + 1] = ev.item
@@ -393,17 +408,17 @@ end
 
 -- Pairs of one event that is not too old: its user's previous entries, then its context.
 local function pair_event(ev, prev, touched)
-  local ev_weight = ev.weight or 1.0
-  local seen = {}
+  local src = {ev = ev, it = items[ev.item], weight = ev.weight or 1.0, touched = touched}
+  local seen, ts, horizon = {}, ev.ts, C.horizon
   for idx = #prev, 1, -1 do
     local entry = prev[idx]
     local other = entry[1]
-    if other ~= ev.item and not seen[other] and abs(ev.ts - entry[3]) <= C.horizon then
+    if other ~= ev.item and not seen[other] and abs(ts - entry[3]) <= horizon then
       seen[other] = true
-      pair(ev, other, entry[2], ev_weight, touched)
+      pair(src, other, entry[2])
     end
   end
-  if ev.ctx and ev.action == C.ctx_action then context_step(ev, ev_weight, seen, touched) end
+  if ev.ctx and ev.action == C.ctx_action then context_step(src, seen) end
 end
 
 local function apply_event(ev, touched)

@@ -145,9 +145,8 @@ async def run_state_bench(
     }
 
 
-async def _main(url: str, events: int, repeats: int, max_pairs: int | None) -> dict[str, Any]:
+async def _main(url: str, events: int, repeats: int, cfg: StateConfig) -> dict[str, Any]:
     client = aioredis.Redis.from_url(url)
-    cfg = StateConfig() if max_pairs is None else StateConfig(max_pairs=max_pairs)
     try:
         return await run_state_bench(client, events, repeats, cfg)
     finally:
@@ -161,9 +160,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--max-pairs", type=int, default=None, help="override the default")
+    for name in ("max_pairs", "slice_size", "trim_every"):
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(flag, type=int, default=None, help="override the StateConfig default")
     args = parser.parse_args(argv)
-    result = asyncio.run(_main(args.redis_url, args.events, args.repeats, args.max_pairs))
+    default = StateConfig()
+    cfg = StateConfig(
+        max_pairs=args.max_pairs or default.max_pairs,
+        slice_size=args.slice_size or default.slice_size,
+        trim_every=args.trim_every or default.trim_every,
+    )
+    result = asyncio.run(_main(args.redis_url, args.events, args.repeats, cfg))
     sys.stdout.write(json.dumps(result, indent=2) + "\n")
     return 0
 
