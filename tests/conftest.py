@@ -11,8 +11,11 @@ import redis.asyncio as aioredis
 
 from state import VectorStore, VectorStoreConfig
 from streams.settings import Settings
+from tests.support.kafka_sockets import close_cut_short_connects
 from tests.support.qdrant import drop_prefixed
 from tests.support.services import Services, provide
+
+close_cut_short_connects()
 
 
 @pytest.fixture(scope="session")
