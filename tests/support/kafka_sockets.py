@@ -1,7 +1,7 @@
 """A socket kafka-python 3.0.12 leaves open, closed.
 
-`KafkaNetSocket.sock_connect` creates nothing but awaits a non-blocking connect without a
-`finally`: when a client is closed while one of its connections is still being set up (the
+`KafkaNetSocket.sock_connect` awaits a non-blocking connect of the socket it is handed without
+a `finally`: when a client is closed while one of its connections is still being set up (the
 selector's close cancels the task, `coro.close()`), the socket is dropped unclosed. The
 collector then reports it as a ResourceWarning in whichever test is running, which this suite
 turns into an error (CI: `test_worker.py::test_every_valid_event_once_every_bad_one_dead_lettered`

@@ -1,5 +1,5 @@
-"""kafka-python's cut-short connect (tests/support/kafka_sockets.py), without a broker: a
-listener that accepts nothing, a connect held in progress, and the selector closed under it."""
+"""kafka-python's cut-short connect (tests/support/kafka_sockets.py), without a broker:
+a listening socket nobody accepts from, a connect held in progress, the selector closed under it."""
 
 from __future__ import annotations
 
