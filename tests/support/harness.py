@@ -17,6 +17,7 @@ from pathlib import Path
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import KafkaError
 
 from state import CoEngagementGraph, RedisState, merge_neighbours
 from streams.settings import Settings
@@ -83,13 +84,23 @@ def read_topic(settings: Settings, topic: str, timeout_s: float = 30) -> list[Co
         consumer.close()
 
 
-def committed_offsets(settings: Settings) -> dict[int, int]:
-    admin = KafkaAdminClient(**settings.kafka.client_kwargs())
-    try:
-        group = settings.kafka.group_id
-        found = admin.list_group_offsets({group: None})[group]
-    finally:
-        admin.close()
+def committed_offsets(settings: Settings, timeout_s: float = 30) -> dict[int, int]:
+    """The group's committed offsets of the engagements topic. A broker that answers "no
+    coordinator yet" (a fresh cluster creating __consumer_offsets, or a coordinator moving) is
+    asked again until it has one: that is a state to wait out, not a failure."""
+    group = settings.kafka.group_id
+    deadline = time.monotonic() + timeout_s
+    while True:
+        admin = KafkaAdminClient(**settings.kafka.client_kwargs())
+        try:
+            found = admin.list_group_offsets({group: None})[group]
+            break
+        except KafkaError as err:
+            if not err.retriable or time.monotonic() > deadline:
+                raise
+        finally:
+            admin.close()
+        time.sleep(0.2)
     return {
         tp.partition: meta.offset
         for tp, meta in found.items()

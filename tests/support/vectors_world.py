@@ -8,6 +8,7 @@ model, with none of the scheduler's code (RELIABILITY I2).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import redis.asyncio as aioredis
@@ -136,6 +137,48 @@ def oracle(
     return user_vectors, item_vectors
 
 
+async def _item_inputs(
+    world: World, item_id: str, graphs: dict[int, CoEngagementGraph], bundle: EncoderBundle
+) -> str:
+    """What an item whose vector differs was encoded from (its recorded basis) and what Redis
+    holds now, each against the oracle's inputs: a failure names the input that went wrong."""
+    k = bundle.neighbours
+    want = _Inputs(
+        sum(g.item_degree(item_id) for g in graphs.values()),
+        merge_neighbours(list(graphs.values()), item_id, k),
+    )
+    now = (await world.inputs.items([item_id], k))[item_id]
+    basis = (await world.inputs.bases([item_id])).get(item_id)
+    said = [f"redis: {_Inputs(now.degree, now.neighbours).against(want)}"]
+    if basis is None:
+        said.append("no basis recorded")
+    else:
+        encoded = _Inputs(basis.degree, list(zip(basis.neighbours, basis.weights, strict=True)))
+        said.append(f"basis v{basis.state_version}: {encoded.against(want)}")
+    return "; ".join(said)
+
+
+class _Inputs(NamedTuple):
+    degree: int
+    neighbours: list[tuple[str, float]]
+
+    def against(self, want: _Inputs) -> str:
+        """How these inputs differ from `want` ("as the oracle" when they do not)."""
+        found = []
+        if self.degree != want.degree:
+            found.append(f"degree {self.degree} not {want.degree}")
+        mine, theirs = dict(self.neighbours), dict(want.neighbours)
+        if set(mine) != set(theirs):
+            found.append(
+                f"neighbours +{sorted(set(mine) - set(theirs))} -{sorted(set(theirs) - set(mine))}"
+            )
+        shared = set(mine) & set(theirs)
+        gap = max((abs(mine[n] - theirs[n]) for n in shared), default=0.0)
+        if gap > 1e-9:
+            found.append(f"weights off by up to {gap:.3g}")
+        return ", ".join(found) or "as the oracle"
+
+
 def cosine(got: FloatArray, want: FloatArray) -> float:
     a, b = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
     return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
@@ -169,7 +212,8 @@ async def vector_mismatches(
     (streams/vectors/fanout.py), so after a drain none is left on older item vectors."""
     users, items = world.engaged()
     model = (bundle or world.bundle).version
-    want_users, want_items = oracle(world, bundle)
+    graphs = _graphs(world)
+    want_users, want_items = oracle(world, bundle, graphs)
     stored_users = world.vectors("users", users, model)
     stored_items = world.vectors("items", items, model)
     problems = [f"user {u}: no vector" for u in sorted(set(users) - set(stored_users))]
@@ -180,7 +224,8 @@ async def vector_mismatches(
         if version != await world.state.item_version(item_id) + cv:
             problems.append(f"item {item_id}: state version {version}")
         elif cosine(vector, want_items[item_id]) < CLOSE:
-            problems.append(f"item {item_id}: cosine {cosine(vector, want_items[item_id])}")
+            why = await _item_inputs(world, item_id, graphs, bundle or world.bundle)
+            problems.append(f"item {item_id}: cosine {cosine(vector, want_items[item_id])} ({why})")
     for user_id, (vector, version, _) in stored_users.items():
         p = world.partition(user_id)
         if version != await world.state.user_version(world.topic, p, user_id):

@@ -297,3 +297,20 @@ async def test_run_loop_drains_and_stops(world: Callable[..., World]) -> None:
     await asyncio.wait_for(task, 10)
     assert sum(s.users_encoded for s in seen) == len(w.engaged()[0])
     await assert_matches_oracle(w)
+
+
+async def test_a_wrong_item_vector_is_named_with_what_it_was_encoded_from(
+    world: Callable[..., World],
+) -> None:
+    """The oracle's report says which input differs: here none, so the vector itself is wrong."""
+    w = world()
+    await w.apply(stream())
+    await w.reencoder.run_until_idle(w.shards)
+    stored = w.vectors("items", ["i1", "i2"])
+    (_, version, ts), (vector, _, _) = stored["i1"], stored["i2"]
+    w.store.upsert(
+        w.bundle.version, [VectorRecord("items", "i1", vector, version, ts)], refresh=True
+    )
+    _, problems = await vector_mismatches(w)
+    assert len(problems) == 1 and problems[0].startswith("item i1: cosine"), problems
+    assert f"redis: as the oracle; basis v{version}: as the oracle" in problems[0]
