@@ -81,6 +81,14 @@ class KafkaSettings(_Section):
             )
         return self
 
+    def member_kwargs(self) -> dict[str, int]:
+        """aiokafka's group membership timing, for every group a worker joins: the catalog
+        consumer's partitions must leave a dead worker as fast as its engagement partitions."""
+        return {
+            "session_timeout_ms": int(self.session_timeout_s * 1000),
+            "heartbeat_interval_ms": int(self.heartbeat_interval_s * 1000),
+        }
+
     def client_kwargs(self) -> dict[str, Any]:
         """Connection options shared by kafka-python and aiokafka (their names agree)."""
         kwargs: dict[str, Any] = {

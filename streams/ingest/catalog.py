@@ -6,6 +6,8 @@ when nobody engaged with it yet. It runs beside the engagement loop in every wor
 consumer group (`<group>.catalog`), so each item is stored by one worker; a put is idempotent
 apart from the content version it bumps, which only re-encodes the item once more. Bad records go
 to `<items topic>.dlq` like bad engagements, and offsets are committed after the put returned.
+It joins its group with the engagement consumer's session timeout and heartbeat, so a dead
+worker's catalog partitions move to the others as soon as its engagement partitions do.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class CatalogConsumer:
             self._settings.topics.items,
             **self._settings.kafka.aiokafka_kwargs(),
             group_id=f"{self._settings.kafka.group_id}.catalog",
+            **self._settings.kafka.member_kwargs(),
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=self._settings.ingest.batch_max,

@@ -53,8 +53,7 @@ def consumer(settings: Settings, topic: str) -> AIOKafkaConsumer:
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_poll_records=settings.ingest.batch_max,
-        session_timeout_ms=int(settings.kafka.session_timeout_s * 1000),
-        heartbeat_interval_ms=int(settings.kafka.heartbeat_interval_s * 1000),
+        **settings.kafka.member_kwargs(),
         fetch_max_bytes=64 * 1024 * 1024,
         max_partition_fetch_bytes=8 * 1024 * 1024,
     )

@@ -84,11 +84,15 @@ def read_topic(settings: Settings, topic: str, timeout_s: float = 30) -> list[Co
         consumer.close()
 
 
-def committed_offsets(settings: Settings, timeout_s: float = 30) -> dict[int, int]:
-    """The group's committed offsets of the engagements topic. A broker that answers "no
-    coordinator yet" (a fresh cluster creating __consumer_offsets, or a coordinator moving) is
-    asked again until it has one: that is a state to wait out, not a failure."""
-    group = settings.kafka.group_id
+def committed_offsets(
+    settings: Settings, timeout_s: float = 30, *, catalog: bool = False
+) -> dict[int, int]:
+    """The group's committed offsets of the engagements topic (with `catalog`, the catalog
+    group's of the items topic). A broker that answers "no coordinator yet" (a fresh cluster
+    creating __consumer_offsets, or a coordinator moving) is asked again until it has one: that
+    is a state to wait out, not a failure."""
+    group = settings.kafka.group_id + (".catalog" if catalog else "")
+    topic = settings.topics.items if catalog else settings.topics.engagements
     deadline = time.monotonic() + timeout_s
     while True:
         admin = KafkaAdminClient(**settings.kafka.client_kwargs())
@@ -101,11 +105,7 @@ def committed_offsets(settings: Settings, timeout_s: float = 30) -> dict[int, in
         finally:
             admin.close()
         time.sleep(0.2)
-    return {
-        tp.partition: meta.offset
-        for tp, meta in found.items()
-        if tp.topic == settings.topics.engagements
-    }
+    return {tp.partition: meta.offset for tp, meta in found.items() if tp.topic == topic}
 
 
 def end_offsets(settings: Settings, topic: str) -> dict[int, int]:

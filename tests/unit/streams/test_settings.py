@@ -6,11 +6,17 @@ import stat
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
+from redis.asyncio import Redis
 
 from streams.cli.common import CommandSettings
 from streams.cli.main import EXIT_CONFIG, main
+from streams.ingest import catalog
+from streams.metrics import IngestMetrics
+from streams.runtimes import batch
 from streams.settings import CONFIG_FILE_ENV, Settings
+from tests.unit.streams.fakes import FakeSink
 
 
 def test_environment_beats_file_beats_defaults(
@@ -172,3 +178,31 @@ def test_the_cluster_topology_points_every_client_at_its_nodes(
     monkeypatch.delenv("SAGESTREAM_STACK__QDRANT_BINARY")
     monkeypatch.setenv("PATH", "/nonexistent")
     assert settings_of(Namespace(topology="cluster")).qdrant.url is None  # no peer runs
+
+
+async def test_both_consumer_groups_of_a_worker_time_out_a_dead_member_alike(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The catalog consumer used aiokafka's 10 s default while the engagement consumer used the
+    setting: a killed worker's catalog partitions stayed unread after its engagements moved."""
+    made: dict[str, dict[str, object]] = {}
+
+    class Recorded:
+        def __init__(self, *topics: str, **kwargs: object) -> None:
+            made[topics[0]] = kwargs
+
+        async def start(self) -> None:
+            raise RuntimeError("recorded")
+
+    monkeypatch.setattr(batch, "AIOKafkaConsumer", Recorded)
+    monkeypatch.setattr(catalog, "AIOKafkaConsumer", Recorded)
+    settings = Settings.load(kafka={"session_timeout_s": 6.0, "heartbeat_interval_s": 2.0})
+    batch.consumer(settings, settings.topics.engagements)
+    consumer = catalog.CatalogConsumer(
+        settings, Redis(), FakeSink(), IngestMetrics(CollectorRegistry())
+    )
+    with pytest.raises(RuntimeError, match="recorded"):
+        await consumer.run()
+    timing = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 2000}
+    for topic in (settings.topics.engagements, settings.topics.items):
+        assert {k: made[topic][k] for k in timing} == timing
