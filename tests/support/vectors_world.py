@@ -155,6 +155,8 @@ async def _item_inputs(
     else:
         encoded = _Inputs(basis.degree, list(zip(basis.neighbours, basis.weights, strict=True)))
         said.append(f"basis v{basis.state_version}: {encoded.against(want)}")
+        if basis.content_version == 0 and item_id in world.content:
+            said.append("encoded without its content, which the oracle has")
     return "; ".join(said)
 
 
