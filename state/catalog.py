@@ -6,9 +6,17 @@ whichever worker drains the item's dirty marks. So the content lives beside the 
 per item under the item's own hash tag (see `state.keys.ItemKeys`), plus a "content arrived"
 dirty mark the re-encoder drains like the shards' marks.
 
-Each `put` bumps the item's content version (`cv`). The re-encoder adds it to the item's
-engagement version, so an item's state version grows with either kind of change and never
-decreases (both terms only grow).
+Each `put` bumps the item's content version (`cv`). An item's vector also reads its neighbours'
+content, so a put also bumps `nc` of every item whose recorded basis lists the item put (its
+readers, `add_readers`) and marks them like an arrival: an item encoded while a neighbour had no
+content yet, or older content, is encoded again. The re-encoder adds both counters to the item's
+engagement version, so an item's state version grows with any of the three changes and never
+decreases (all three only grow).
+
+Why the readers index cannot miss one: the re-encoder adds an item to its neighbours' readers
+and only then reads their content; a put stores the content and only then reads the readers.
+Whichever comes second sees the other's write: the encode reads the new content, or the put
+bumps and marks the reader.
 
 An item with no catalog record encodes from `CatalogRecord.empty`: no title or text and the id as
 its one category token, exactly the stand-in the offline trainer uses for items missing from the
@@ -62,11 +70,23 @@ class CatalogRecord:
     features: Mapping[str, tuple[float, ...]] | None = None
     content_version: int = 0
     put_ts: float | None = None
+    # content puts of items its recorded bases listed (see the module docstring)
+    neighbour_content: int = 0
 
     @classmethod
-    def empty(cls, item_id: str) -> CatalogRecord:
+    def empty(cls, item_id: str, neighbour_content: int = 0) -> CatalogRecord:
         """The stand-in for an item without content: its id as its only token (see module doc)."""
-        return cls(item_id=item_id, title="", categories=(f"id:{item_id}",))
+        return cls(
+            item_id=item_id,
+            title="",
+            categories=(f"id:{item_id}",),
+            neighbour_content=neighbour_content,
+        )
+
+    @property
+    def input_version(self) -> int:
+        """What the item's label counts of content: its own puts and its neighbours'."""
+        return self.content_version + self.neighbour_content
 
 
 def _fields(item: ContentItem, now: float) -> dict[str, str]:
@@ -88,8 +108,9 @@ def _fields(item: ContentItem, now: float) -> dict[str, str]:
 
 def _record(item_id: str, raw: Mapping[bytes | str, bytes | str]) -> CatalogRecord | None:
     fields = {text(k): text(v) for k, v in raw.items()}
+    neighbour_content = int(fields.get(keys.FIELD_NEIGHBOUR_CONTENT, "0"))
     if keys.FIELD_TITLE not in fields:
-        return None
+        return CatalogRecord.empty(item_id, neighbour_content) if neighbour_content else None
     features = json.loads(fields.get(keys.FIELD_FEATURES, "{}"))
     return CatalogRecord(
         item_id=item_id,
@@ -99,6 +120,7 @@ def _record(item_id: str, raw: Mapping[bytes | str, bytes | str]) -> CatalogReco
         features={k: tuple(v) for k, v in features.items()} or None,
         content_version=int(fields.get(keys.FIELD_CONTENT_VERSION, "0")),
         put_ts=float(fields[keys.FIELD_PUT_TS]) if keys.FIELD_PUT_TS in fields else None,
+        neighbour_content=neighbour_content,
     )
 
 
@@ -146,9 +168,47 @@ class CatalogStore:
                     pipe.hincrby(key, keys.FIELD_CONTENT_VERSION, 1)
                 pipe.zadd(self._dirty, {i: ts for i, (ts, _) in stamped.items()})
                 await pipe.execute()
+        readers = await self._readers(rows)
         written = [self._dirty, *(keys.ItemKeys(self._prefix, i).catalog() for i in rows)]
+        written += [keys.ItemKeys(self._prefix, i).catalog() for i in readers]
         await wait_for_replicas(self._client, written, *self._wait)
         return len(rows)
+
+    async def _readers(self, put: Iterable[str]) -> list[str]:
+        """Bump `nc` of the items that read the content just put and mark them; returns them.
+
+        Only after the content is stored (the module docstring says why), in its own round trip.
+        """
+        ids = list(put)
+        with redis_errors_as_state("catalog readers"):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for item_id in ids:
+                    pipe.smembers(keys.ItemKeys(self._prefix, item_id).readers())
+                replies = await pipe.execute()
+            readers = sorted({text(m) for members in replies for m in members})
+            if not readers:
+                return []
+            async with self._client.pipeline(transaction=False) as pipe:
+                for reader in readers:
+                    key = keys.ItemKeys(self._prefix, reader).catalog()
+                    pipe.hincrby(key, keys.FIELD_NEIGHBOUR_CONTENT, 1)
+                pipe.zadd(self._dirty, {reader: self._stamp() for reader in readers})
+                await pipe.execute()
+        return readers
+
+    async def add_readers(self, reads: Mapping[str, Iterable[str]]) -> int:
+        """Record that each item of `reads[n]` is about to read item n's content (before it
+        reads it, see the module docstring); one pipelined round trip. Returns the commands."""
+        calls = {n: sorted(set(readers)) for n, readers in reads.items()}
+        calls = {n: readers for n, readers in calls.items() if readers}
+        if not calls:
+            return 0
+        with redis_errors_as_state("catalog add readers"):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for item_id, readers in calls.items():
+                    pipe.sadd(keys.ItemKeys(self._prefix, item_id).readers(), *readers)
+                await pipe.execute()
+        return len(calls)
 
     async def get(self, item_ids: Iterable[str]) -> dict[str, CatalogRecord]:
         """Stored content of the items that have some (one pipelined round trip)."""

@@ -18,7 +18,8 @@ it got this by reading versions first, then sequences). Its reply is one flat ar
 so the client parses one reply, not two commands per user.
 
 The basis (`EncodeBasis`) is what an item's current vector was computed from: neighbour ids,
-their weights relative to the strongest, the degree and the content version. It lives in Redis
+their weights relative to the strongest, the degree and the content version (its own; its
+neighbours' puts reach it through `CatalogStore`'s readers index). It lives in Redis
 (``P:{i:<item>}:enc``) rather than in the Qdrant payload: it is read for every dirty item in one
 pipelined round trip next to the state reads, needs no vector-store read on the hot path, and the
 payload schema stays the downstream readers' contract. It is written only after the vector was
@@ -84,6 +85,9 @@ class EncodeBasis:
     # and that vector (float32 bytes): what the next encode is compared with (fan-out)
     material_version: int = 0
     material: bytes = b""
+    # the item is among every neighbour's readers (`CatalogStore.add_readers`); False for bases
+    # recorded before the readers index existed, whose neighbours are added again once
+    readers_added: bool = False
 
     def to_json(self) -> bytes:
         """orjson, as every basis of a pass is written and every dirty item's read (a pass reads
@@ -94,6 +98,8 @@ class EncodeBasis:
             "d": self.degree,
             "cv": self.content_version,
         }
+        if self.readers_added:
+            body["r"] = 1
         if self.material:
             body["mv"] = self.material_version
             body["m"] = base64.b64encode(self.material).decode("ascii")
@@ -113,6 +119,7 @@ class EncodeBasis:
             content_version=int(body["cv"]),
             material_version=int(body.get("mv", 0)),
             material=base64.b64decode(body["m"]) if "m" in body else b"",
+            readers_added=bool(body.get("r", 0)),
         )
 
 

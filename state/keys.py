@@ -177,7 +177,10 @@ def lua_layout() -> str:
 # -- per-item keys outside the partition shards (catalog content, re-encode basis) ------------
 #
 #     P:{i:<item>}:cat          hash    title, text, cats (JSON), feats (JSON), cv (content
-#                                       version, +1 per put), ts (wall time of the last put)
+#                                       version, +1 per put), ts (wall time of the last put),
+#                                       nc (+1 per content put of an item its basis lists)
+#     P:{i:<item>}:readers      set     items whose encode read this item's content: every
+#                                       neighbour of a recorded basis (never pruned)
 #     P:{i:<item>}:enc          hash    v (state version), m (model version), b (JSON basis:
 #                                       the neighbour ids, weights and degree last encoded)
 #     P:{catalog}:dirty:content zset    items whose content arrived, score = last put's wall time
@@ -198,6 +201,8 @@ FIELD_CATEGORIES = "cats"
 FIELD_FEATURES = "feats"
 FIELD_CONTENT_VERSION = "cv"
 FIELD_PUT_TS = "ts"
+FIELD_NEIGHBOUR_CONTENT = "nc"
+READERS = "readers"
 FIELD_MODEL = "m"
 FIELD_BASIS = "b"
 
@@ -215,6 +220,9 @@ class ItemKeys:
 
     def basis(self) -> str:
         return self.base + BASIS
+
+    def readers(self) -> str:
+        return self.base + READERS
 
 
 def catalog_dirty_key(prefix: str) -> str:

@@ -62,13 +62,26 @@ class ItemPlan:
 def basis_of(state: ItemInputs, content: CatalogRecord, model_version: str) -> EncodeBasis:
     """What the item is encoded from; its weights are already relative (merge_relative)."""
     return EncodeBasis(
-        state_version=state.version + content.content_version,
+        state_version=state.version + content.input_version,
         model_version=model_version,
         neighbours=tuple(n for n, _ in state.neighbours),
         weights=tuple(w for _, w in state.neighbours),
         degree=state.degree,
         content_version=content.content_version,
+        readers_added=True,  # recorded only after `unread_neighbours` were added
     )
+
+
+def unread_neighbours(plans: Mapping[str, ItemPlan]) -> dict[str, set[str]]:
+    """Per neighbour, the planned items not yet among its readers: those whose last recorded
+    basis did not list it (or predates the readers index). A neighbour once listed stays."""
+    reads: dict[str, set[str]] = {}
+    for item_id, plan in plans.items():
+        known = plan.previous
+        added = set(known.neighbours) if known is not None and known.readers_added else set()
+        for neighbour in set(plan.basis.neighbours) - added:
+            reads.setdefault(neighbour, set()).add(item_id)
+    return reads
 
 
 class ItemPlanner:

@@ -7,9 +7,10 @@ Transport-agnostic: a runtime calls `Reencoder.run_pass(shards)` (or `run`, whic
    catalog's "content arrived" marks; entities are deduplicated across shards;
 2. items: read their state (version first, then degree and merged neighbours), their recorded
    basis and their content; decide (`item_reason`): never encoded by this model -> ``cold_start``;
-   content arrived or changed -> ``content``; top-K neighbour ids changed, or a weight (relative
-   to the strongest) or the degree moved by at least `item_min_change` relatively ->
-   ``neighbours``; otherwise skipped (the stored vector stands);
+   content arrived or changed, its own or a neighbour's (state/catalog.py) -> ``content``;
+   top-K neighbour ids changed, or a weight (relative to the strongest) or the degree moved by
+   at least `item_min_change` relatively -> ``neighbours``; otherwise skipped (the stored
+   vector stands);
 3. users: read version, newest ts and the encoder's window of the sequence; every dirty user
    re-encodes (``sequence``);
 4. fan-out (streams/vectors/fanout.py): once the items are encoded, the holders, in every
@@ -28,9 +29,11 @@ Transport-agnostic: a runtime calls `Reencoder.run_pass(shards)` (or `run`, whic
 6. micro-batches: content vectors (cached per (item, content version)), item vectors, user
    vectors, each `encode_batch` rows per onnxruntime call, in a worker thread;
 7. one guarded upsert (`wait=True`) of every record, labelled with the state version read
-   before encoding: users `user_version`; items `item_version + content_version`, a sum of two
-   counters that only grow, so it never decreases. A user also carries its `basis_version`, the
-   sum of the state versions of the item vectors it was built from;
+   before encoding: users `user_version`; items `item_version + content_version +
+   neighbour_content` (state/catalog.py), a sum of three counters that only grow, so it never
+   decreases. Before an item's neighbours' content is read, the item is added to their readers,
+   so a content put that lands meanwhile marks it again. A user also carries its
+   `basis_version`, the sum of the state versions of the item vectors it was built from;
 8. only after the upserts returned (the shadow's too, during a switch): mark the holders of
    other workers' shards, record the encoded items' bases, then clear exactly the marks read in
    step 1 (a mark dirtied again meanwhile stays). A crash anywhere before re-does the pass,
@@ -72,7 +75,7 @@ from streams.settings import ReencodeSettings
 from streams.vectors.encoding import ContentCache, content_rows, item_rows, user_rows
 from streams.vectors.fanout import FanOut
 from streams.vectors.marks import MarkBook
-from streams.vectors.plans import ItemPlan, ItemPlanner
+from streams.vectors.plans import ItemPlan, ItemPlanner, unread_neighbours
 from streams.vectors.rules import (
     REASONS,
     Marks,
@@ -319,6 +322,8 @@ class Reencoder:
         """Item vectors of every plan: own and neighbour content, relative weights, degree."""
         if not plans:
             return {}
+        # first among their neighbours' readers, then their content: a put in between marks them
+        await self._catalog.add_readers(unread_neighbours(plans))
         neighbour_ids = {n for p in plans.values() for n in p.basis.neighbours} - set(plans)
         records = {i: p.content for i, p in plans.items()}
         cached = await self._cached_neighbours(neighbour_ids)

@@ -222,7 +222,7 @@ async def vector_mismatches(
     problems += [f"item {i}: no vector" for i in sorted(set(items) - set(stored_items))]
     contents = await world.catalog.get(items)
     for item_id, (vector, version, _) in stored_items.items():
-        cv = contents[item_id].content_version if item_id in contents else 0
+        cv = contents[item_id].input_version if item_id in contents else 0
         if version != await world.state.item_version(item_id) + cv:
             problems.append(f"item {item_id}: state version {version}")
         elif cosine(vector, want_items[item_id]) < CLOSE:

@@ -46,3 +46,24 @@ async def test_refuses_ids_that_would_break_the_hash_tag(
 ) -> None:
     with pytest.raises(InvalidBatchError):
         await CatalogStore(redis_client, key_prefix).put([CatalogItem("a}b", "t")])
+
+
+async def test_a_put_marks_the_items_that_read_it_and_counts_the_put_in_their_label(
+    redis_client: aioredis.Redis, key_prefix: str
+) -> None:
+    store = CatalogStore(redis_client, key_prefix)
+    await store.put([CatalogItem("i1", "with content")])
+    await store.clear_dirty(await store.dirty(10))
+    # i1 and i3 (no content of its own) read i2; i3 also reads i4
+    assert await store.add_readers({"i2": ["i1", "i3"], "i4": ["i3"], "i5": []}) == 2
+    await store.add_readers({"i2": ["i1"]})  # told again: still once
+    await store.put([CatalogItem("i2", "late"), CatalogItem("i4", "late too")])
+    assert sorted(i for i, _ in await store.dirty(10)) == ["i1", "i2", "i3", "i4"]
+    got = await store.get(["i1", "i3"])
+    assert (got["i1"].content_version, got["i1"].neighbour_content) == (1, 1)
+    assert got["i1"].input_version == 2 and got["i1"].title == "with content"
+    # one put of two of its neighbours counts once; it has no content, so it is the stand-in
+    assert got["i3"] == CatalogRecord.empty("i3", neighbour_content=1)
+    assert await store.versions(["i1", "i3"]) == {"i1": 1}  # own content only (cache key)
+    await store.put([CatalogItem("i2", "later")])
+    assert (await store.get(["i3"]))["i3"].input_version == 2

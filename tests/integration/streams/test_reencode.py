@@ -330,3 +330,60 @@ async def test_an_item_encoded_before_its_content_was_stored_is_named_so(
     assert len(named) == 1 and named[0].endswith(
         "encoded without its content, which the oracle has)"
     )
+
+
+async def test_content_that_arrives_late_re_encodes_the_items_that_read_it(
+    world: Callable[..., World],
+) -> None:
+    """Five items have no content while the stream drains, so the items listing them are
+    encoded from the stand-in; the put of that content marks them (their label grows by one)
+    and they are encoded again from it. The oracle's label counts the put."""
+    w = world()
+    catalog = generate_catalog(STREAM)
+    late, early = catalog[:5], catalog[5:]
+    await w.put(early)
+    await w.apply(stream())
+    await w.reencoder.run_until_idle(w.shards)
+    bases = await w.inputs.bases(w.engaged()[1])
+    late_ids = {c.item_id for c in late}
+    readers = sorted(i for i, b in bases.items() if late_ids & set(b.neighbours))
+    readers = [i for i in readers if i not in late_ids]
+    assert readers
+    before = w.vectors("items", readers)
+    await w.put(late)
+    passes = await w.reencoder.run_until_idle(w.shards)
+    assert sum(p.reasons["content"] for p in passes) >= len(readers) + len(late)
+    after = w.vectors("items", readers)
+    assert {i: after[i][1] - before[i][1] for i in readers} == dict.fromkeys(readers, 1)
+    await assert_matches_oracle(w)
+
+
+async def test_content_put_while_a_pass_encodes_its_readers_marks_them_again(
+    world: Callable[..., World], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The put lands after a pass read the old content and before it upserts: that pass writes
+    vectors of the old content, and the next one the new, with a higher label."""
+    w = world()
+    catalog = generate_catalog(STREAM)
+    await w.put(catalog[1:])
+    await w.apply(stream())
+    await w.reencoder.run_until_idle(w.shards)
+    loop, upsert, done = asyncio.get_running_loop(), w.store.upsert, []
+
+    def put_first(*args: object, **kwargs: object) -> object:
+        if not done:  # in the pass's worker thread: the loop runs the put meanwhile
+            asyncio.run_coroutine_threadsafe(w.put(catalog[:1]), loop).result(10)
+            done.append(True)
+        return upsert(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(w.store, "upsert", put_first)
+    ts = max(e.ts for evs in w.events.values() for e in evs) + 5.0
+    bases = await w.inputs.bases(w.engaged()[1])
+    reader = next(i for i, b in sorted(bases.items()) if catalog[0].item_id in b.neighbours)
+    await w.apply([Engagement("late1", "u998", reader, "click", ts)])
+    first = await w.reencoder.run_pass(w.shards)
+    assert done and first.items_encoded >= 1
+    stale = w.vectors("items", [reader])[reader][1]
+    await w.reencoder.run_until_idle(w.shards)
+    assert w.vectors("items", [reader])[reader][1] == stale + 1
+    await assert_matches_oracle(w)

@@ -10,7 +10,7 @@ import pytest
 from state import keys
 from state.catalog import CatalogRecord
 from state.encode_inputs import EncodeBasis, ItemInputs
-from streams.vectors.plans import ItemPlan
+from streams.vectors.plans import ItemPlan, basis_of, unread_neighbours
 from streams.vectors.rules import Marks, fan_out, item_reason, material_change, vector_moved
 
 
@@ -158,3 +158,34 @@ def test_a_settled_plan_keeps_the_holders_version_until_its_vector_moves() -> No
     assert moved.basis.material_version == 9
     assert np.array_equal(np.frombuffer(moved.basis.material, dtype=np.float32), vector)
     assert EncodeBasis.from_json(9, "v0001", moved.basis.to_json()) == moved.basis
+
+
+def test_an_item_label_counts_its_own_and_its_neighbours_content_puts() -> None:
+    """Engagement version 9, two puts of its own content, three of its neighbours': 14."""
+    content = replace(CatalogRecord.empty("i1"), content_version=2, neighbour_content=3)
+    made = basis_of(ItemInputs("i1", 9, 2, [("a", 1.0)]), content, "v0001")
+    assert (made.state_version, made.content_version, made.readers_added) == (14, 2, True)
+    assert EncodeBasis.from_json(14, "v0001", made.to_json()) == made
+
+
+@pytest.mark.parametrize(
+    ("previous", "added"),
+    [
+        (None, {"a": {"i1"}, "b": {"i1"}}),  # never encoded: both neighbours learn of it
+        (replace(basis(("a",)), readers_added=True), {"b": {"i1"}}),  # a knows it already
+        (replace(basis(("a", "b")), readers_added=True), {}),
+        (basis(("a", "b")), {"a": {"i1"}, "b": {"i1"}}),  # recorded before the readers index
+    ],
+)
+def test_an_item_joins_the_readers_of_only_the_neighbours_not_told_before(
+    previous: EncodeBasis | None, added: dict[str, set[str]]
+) -> None:
+    plan = ItemPlan(
+        "neighbours",
+        ItemInputs("i1", 9, 2, [("a", 1.0), ("b", 0.5)]),
+        CatalogRecord.empty("i1"),
+        basis(("a", "b")),
+        1.0,
+        previous=previous,
+    )
+    assert unread_neighbours({"i1": plan}) == added

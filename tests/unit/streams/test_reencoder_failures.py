@@ -154,7 +154,12 @@ class FakeCatalog:
         return {i: CatalogRecord(i, f"title {i}", content_version=1, put_ts=50.0) for i in item_ids}
 
     async def versions(self, item_ids: Iterable[str]) -> dict[str, int]:
+        self.log.append(("content_versions", sorted(item_ids)))
         return {}
+
+    async def add_readers(self, reads: Mapping[str, Iterable[str]]) -> int:
+        self.log.append(("add_readers", {n: sorted(r) for n, r in reads.items()}))
+        return len(reads)
 
     async def clear_dirty(self, marks: Sequence[tuple[str, float]]) -> int:
         self.log.append(("catalog_clear", list(marks)))
@@ -455,3 +460,13 @@ async def test_with_a_shadow_each_model_rebuilds_the_holders_from_its_own_vector
         assert {r.entity_id for r in records if r.kind == "users"} == {"u1", "u2", "u3"}
     assert upserts[-1] < names.index("mark_dirty") < names.index("put_bases")
     assert names.count("mark_dirty") == 1
+
+
+async def test_items_join_their_neighbours_readers_before_reading_their_content() -> None:
+    """The other half is the put's: content first, then its readers (state/catalog.py)."""
+    world = World()
+    await world.reencoder.run_pass([SHARD])
+    names = world.names()
+    assert names.index("add_readers") < names.index("content_versions")
+    added = next(e[1] for e in world.log if e[0] == "add_readers")
+    assert set(added["i9"]) >= {"i1", "i2"}  # no basis yet: every neighbour is told
