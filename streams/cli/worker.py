@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--until-idle",
         type=float,
         metavar="SECONDS",
-        help="stop when no record arrived for this long (burst mode)",
+        help="stop when no engagement or catalog record arrived for this long (burst mode)",
     )
     parser.add_argument("--stats", type=Path, help="write run statistics (JSON) here on exit")
     parser.add_argument(

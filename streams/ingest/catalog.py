@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack, suppress
 
@@ -50,6 +51,9 @@ class CatalogConsumer:
         )
         self._stop = asyncio.Event()
         self.stored = 0
+        # monotonic time of the last records fetched or stored: a burst-mode worker is idle only
+        # once this consumer is quiet too (see `Worker.quiet_since`)
+        self.active_at: float | None = None
 
     async def run(self) -> None:
         kafka = AIOKafkaConsumer(
@@ -67,7 +71,9 @@ class CatalogConsumer:
                 fetched = await kafka.getmany(timeout_ms=500)
                 records = records_of(fetched)
                 if records:
+                    self.active_at = time.monotonic()
                     await self._handle(records)
+                    self.active_at = time.monotonic()
                     await kafka.commit(
                         {TopicPartition(r.topic, r.partition): r.offset + 1 for r in records}
                     )

@@ -187,7 +187,7 @@ class BatchRuntime:
             if time.monotonic() - ticked_at > TICK_EVERY_S:
                 await worker.tick()
                 ticked_at = time.monotonic()
-            if self._limit_reached(idle_since):
+            if self._limit_reached(worker.quiet_since(idle_since)):
                 break
 
     def _hold(self, kafka: AIOKafkaConsumer, worker: Worker) -> bool:

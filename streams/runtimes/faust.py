@@ -183,7 +183,9 @@ class FaustRuntime:
         """Before the first batch, allow a minute for joining the group and fetching."""
         if self.processed == 0:
             return time.monotonic() - self.started_at - 60.0
-        return time.monotonic() - self.last_batch_at
+        if self._worker is None:
+            return time.monotonic() - self.last_batch_at
+        return time.monotonic() - self._worker.quiet_since(self.last_batch_at)
 
     def _stop(self, why: str, *args: object) -> None:
         """Stop the way an operator would: SIGTERM runs Faust's own shutdown, which commits."""

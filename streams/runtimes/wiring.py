@@ -81,6 +81,14 @@ class Worker:
     backpressure: Backpressure
     updater: Updater | None
     metrics: IngestMetrics
+    catalog: CatalogConsumer | None = None
+
+    def quiet_since(self, last_engagements: float) -> float:
+        """When this worker last read anything (monotonic): its engagements' last batch or the
+        catalog consumer's last records. Burst mode (`--until-idle`) stops only once both went
+        quiet, so a catalog share that reaches a worker late is still stored by it."""
+        catalog = self.catalog.active_at if self.catalog is not None else None
+        return last_engagements if catalog is None else max(last_engagements, catalog)
 
     async def tick(self) -> None:
         """Count the dirty backlog: the gauges, and the backlog reason of backpressure.
@@ -153,7 +161,7 @@ async def wire_worker(
     catalog = CatalogConsumer(settings, client, sink, metrics)
     start_catalog_consumer(catalog, resources, on_fatal)
     checkpoint = Checkpoint(core, commit, seams)
-    worker = Worker(checkpoint, state, client, backpressure, updater, metrics)
+    worker = Worker(checkpoint, state, client, backpressure, updater, metrics, catalog)
     resources.callback(start_heartbeat(metrics.health))
     metrics.health.started(worker.readiness)
     resources.callback(metrics.health.stopping)  # closes first: unready before anything stops

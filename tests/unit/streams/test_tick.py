@@ -54,3 +54,18 @@ async def test_an_error_that_will_not_clear_still_stops_the_worker() -> None:
     metrics = IngestMetrics(CollectorRegistry())
     with pytest.raises(StateError, match="NOPERM"):
         await worker(Backlog(StateError("dirty_backlog: NOPERM")), metrics).tick()
+
+
+class Catalog:
+    active_at: float | None = None
+
+
+def test_burst_mode_counts_catalog_records_as_activity() -> None:
+    """`--until-idle` measures quiet from the later of the two consumers' last records."""
+    quiet = worker(Backlog(), IngestMetrics(CollectorRegistry()))
+    assert quiet.quiet_since(100.0) == 100.0  # no catalog consumer (tests, tools)
+    quiet.catalog = cast(Any, Catalog())
+    assert quiet.quiet_since(100.0) == 100.0  # the catalog read nothing yet
+    quiet.catalog.active_at = 250.0  # type: ignore[union-attr]
+    assert quiet.quiet_since(100.0) == 250.0  # a late catalog share keeps the worker up
+    assert quiet.quiet_since(300.0) == 300.0
