@@ -9,7 +9,8 @@ event) in the measured process would be growth of the bench's own.
 
 Redis: `MEMORY USAGE ... SAMPLES 0` (exact) of every key under the run's prefix, grouped by the
 key schema of `state/keys.py`: a user's keys (sequence, user hash, recent event ids) and an
-item's (item hash, neighbour zset, one of each per partition that saw the item); what is shared
+item's (item hash, neighbour zset, one of each per partition that saw the item, and under the
+item's own tag its content, encode basis and readers); what is shared
 (contexts, dirty marks, watermarks, the trim queue) is reported apart. Per user and per item are
 those sums over the distinct users and items that have keys.
 """
@@ -42,6 +43,7 @@ SAMPLE_POLL_S = 0.25
 SCAN_BATCH = 1000
 USER_KEYS = {keys.SEQUENCE: "users", keys.USER: "users", keys.EVENT_IDS: "users"}
 ITEM_KEYS = {keys.ITEM: "items", keys.NEIGHBOURS: "items"}
+ITEM_OWN_KEYS = frozenset({keys.CATALOG, keys.BASIS, keys.READERS})
 
 
 @dataclass(frozen=True)
@@ -108,9 +110,12 @@ def rss_run(settings: Settings, events: int, every: int, work: Path) -> dict[str
 
 def classify(key: str) -> tuple[str, str]:
     """(users|items|shared, entity id) of a key under the schema of state/keys.py."""
-    _, tagged, rest = key.partition("}" + keys.SEP)
+    head, tagged, rest = key.partition("}" + keys.SEP)
     if not tagged:
         return "shared", ""
+    own = head.partition("{" + keys.ITEM_TAG + keys.SEP)[2]
+    if own and rest in ITEM_OWN_KEYS:  # an item's content, basis and readers: its own tag
+        return "items", own
     name, _, entity = rest.partition(keys.SEP)
     kind = USER_KEYS.get(name) or ITEM_KEYS.get(name)
     return (kind, entity) if kind and entity else ("shared", "")

@@ -193,6 +193,9 @@ def test_redis_keys_group_by_the_key_schema() -> None:
     assert classify("bench1:{t.0}:eid:u7") == ("users", "u7")
     assert classify("bench1:{t.3}:i:i9") == ("items", "i9")
     assert classify("bench1:{t.3}:nb:i9") == ("items", "i9")
+    for own in ("cat", "enc", "readers"):  # under the item's own hash tag
+        assert classify(f"bench1:{{i:i9}}:{own}") == ("items", "i9")
+    assert classify("bench1:{catalog}:dirty:content") == ("shared", "")
     for shared in ("bench1:{t.3}:ctx:c1", "bench1:{t.3}:dirty:users", "bench1:{t.0}:wm"):
         assert classify(shared) == ("shared", "")
     assert classify("bench1:shards") == ("shared", "")
