@@ -7,14 +7,16 @@ per item under the item's own hash tag (see `state.keys.ItemKeys`), plus a "cont
 dirty mark the re-encoder drains like the shards' marks.
 
 Each `put` bumps the item's content version (`cv`). An item's vector also reads its neighbours'
-content, so a put also bumps `nc` of every item whose recorded basis lists the item put (its
-readers, `add_readers`) and marks them like an arrival: an item encoded while a neighbour had no
+content, so a put also bumps `nc` of every item whose encode listed the item put (its readers,
+joined in `versions`) and marks them like an arrival: an item encoded while a neighbour had no
 content yet, or older content, is encoded again. The re-encoder adds both counters to the item's
 engagement version, so an item's state version grows with any of the three changes and never
 decreases (all three only grow).
 
 Why the readers index cannot miss one: the re-encoder adds an item to its neighbours' readers
-and only then reads their content; a put stores the content and only then reads the readers.
+and only then reads their content (every read of a neighbour's content for that encode, of a
+neighbour encoded in the same pass too); a put stores the content and only then reads the
+readers.
 Whichever comes second sees the other's write: the encode reads the new content, or the put
 bumps and marks the reader.
 
@@ -196,20 +198,6 @@ class CatalogStore:
                 await pipe.execute()
         return readers
 
-    async def add_readers(self, reads: Mapping[str, Iterable[str]]) -> int:
-        """Record that each item of `reads[n]` is about to read item n's content (before it
-        reads it, see the module docstring); one pipelined round trip. Returns the commands."""
-        calls = {n: sorted(set(readers)) for n, readers in reads.items()}
-        calls = {n: readers for n, readers in calls.items() if readers}
-        if not calls:
-            return 0
-        with redis_errors_as_state("catalog add readers"):
-            async with self._client.pipeline(transaction=False) as pipe:
-                for item_id, readers in calls.items():
-                    pipe.sadd(keys.ItemKeys(self._prefix, item_id).readers(), *readers)
-                await pipe.execute()
-        return len(calls)
-
     async def get(self, item_ids: Iterable[str]) -> dict[str, CatalogRecord]:
         """Stored content of the items that have some (one pipelined round trip)."""
         ids = list(dict.fromkeys(item_ids))
@@ -227,18 +215,29 @@ class CatalogStore:
                 found[item_id] = record
         return found
 
-    async def versions(self, item_ids: Iterable[str]) -> dict[str, int]:
-        """Content versions of the items that have content (one pipelined round trip)."""
+    async def versions(
+        self, item_ids: Iterable[str], *, readers: Mapping[str, Iterable[str]] | None = None
+    ) -> dict[str, int]:
+        """Content versions of the items that have content, one pipelined round trip.
+
+        `readers[n]`: items about to read n's content, added to n's readers first, in the same
+        pipeline. The set and the content share n's hash tag, so one node runs the add before
+        the read, on a cluster too; the module docstring says why that order matters.
+        """
         ids = list(dict.fromkeys(item_ids))
-        if not ids:
+        joins = {n: sorted(set(r)) for n, r in (readers or {}).items()}
+        joins = {n: r for n, r in joins.items() if r}
+        if not ids and not joins:
             return {}
         with redis_errors_as_state("catalog versions"):
             async with self._client.pipeline(transaction=False) as pipe:
+                for item_id, joining in joins.items():
+                    pipe.sadd(keys.ItemKeys(self._prefix, item_id).readers(), *joining)
                 for item_id in ids:
                     pipe.hget(
                         keys.ItemKeys(self._prefix, item_id).catalog(), keys.FIELD_CONTENT_VERSION
                     )
-                replies = await pipe.execute()
+                replies = (await pipe.execute())[len(joins) :]
         return {i: int(text(raw)) for i, raw in zip(ids, replies, strict=True) if raw is not None}
 
     async def dirty(self, limit: int) -> list[tuple[str, float]]:

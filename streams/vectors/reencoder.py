@@ -322,22 +322,15 @@ class Reencoder:
         """Item vectors of every plan: own and neighbour content, relative weights, degree."""
         if not plans:
             return {}
-        # first among their neighbours' readers, then their content: a put in between marks them
-        await self._catalog.add_readers(unread_neighbours(plans))
-        neighbour_ids = {n for p in plans.values() for n in p.basis.neighbours} - set(plans)
-        records = {i: p.content for i, p in plans.items()}
-        cached = await self._cached_neighbours(neighbour_ids)
-        missing = neighbour_ids - set(cached)
-        found = await self._catalog.get(missing)
-        records.update({n: found.get(n) or CatalogRecord.empty(n) for n in missing})
-        content = {**cached, **await self._content_vectors(records, stats)}
         ids = list(plans)
-        own = np.stack([content[i] for i in ids])
+        own = await self._content_vectors({i: plans[i].content for i in ids}, stats)
+        content = await self._neighbour_content(plans, stats)
+        own_rows = np.stack([own[i] for i in ids])
         nbr = [self._neighbour_rows(plans[i].basis, content) for i in ids]
         weights = [np.asarray(plans[i].basis.weights, dtype=np.float32) for i in ids]
         degrees = np.asarray([plans[i].state.degree for i in ids], dtype=np.float32)
         out = await self._timed(
-            stats, item_rows, self.bundle, own, nbr, weights, degrees, self._cfg.encode_batch
+            stats, item_rows, self.bundle, own_rows, nbr, weights, degrees, self._cfg.encode_batch
         )
         for plan in plans.values():
             stats.items_encoded += 1
@@ -349,13 +342,22 @@ class Reencoder:
             return np.zeros((0, self.bundle.content_dim), dtype=np.float32)
         return np.stack([content[n] for n in basis.neighbours])
 
-    async def _cached_neighbours(self, ids: set[str]) -> dict[str, FloatArray]:
-        """Content vectors of neighbours whose content version is cached: one small read of
-        their versions instead of their whole records (a neighbour list names ten or so items
-        per dirty item, and most of them are cached)."""
-        versions = await self._catalog.versions(ids)
+    async def _neighbour_content(
+        self, plans: Mapping[str, ItemPlan], stats: PassStats
+    ) -> dict[str, FloatArray]:
+        """Content vectors of every neighbour the plans list (planned ones too: their plan's
+        content was read before this join), read only once the plans joined the neighbours'
+        readers (state/catalog.py says why). The join and the versions are one round trip, and
+        most versions are cached (a list names ten or so items per dirty item); the records of
+        the others are read after."""
+        ids = {n for plan in plans.values() for n in plan.basis.neighbours}
+        versions = await self._catalog.versions(ids, readers=unread_neighbours(plans))
         found = {i: self._content.get(i, versions.get(i, 0)) for i in ids}
-        return {i: vector for i, vector in found.items() if vector is not None}
+        cached = {i: vector for i, vector in found.items() if vector is not None}
+        missing = ids - set(cached)
+        records = await self._catalog.get(missing)
+        stand_ins = {n: records.get(n) or CatalogRecord.empty(n) for n in missing}
+        return {**cached, **await self._content_vectors(stand_ins, stats)}
 
     async def _content_vectors(
         self, records: Mapping[str, CatalogRecord], stats: PassStats

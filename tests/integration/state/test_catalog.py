@@ -54,9 +54,11 @@ async def test_a_put_marks_the_items_that_read_it_and_counts_the_put_in_their_la
     store = CatalogStore(redis_client, key_prefix)
     await store.put([CatalogItem("i1", "with content")])
     await store.clear_dirty(await store.dirty(10))
-    # i1 and i3 (no content of its own) read i2; i3 also reads i4
-    assert await store.add_readers({"i2": ["i1", "i3"], "i4": ["i3"], "i5": []}) == 2
-    await store.add_readers({"i2": ["i1"]})  # told again: still once
+    # i1 and i3 (no content of its own) read i2; i3 also reads i4; they join, then read
+    joins = {"i2": ["i1", "i3"], "i4": ["i3"], "i5": []}
+    assert await store.versions(["i1", "i2", "i4"], readers=joins) == {"i1": 1}
+    assert await store.versions([], readers={"i2": ["i1"]}) == {}  # joined again: still once
+    assert await redis_client.scard(f"{key_prefix}:{{i:i2}}:readers") == 2
     await store.put([CatalogItem("i2", "late"), CatalogItem("i4", "late too")])
     assert sorted(i for i, _ in await store.dirty(10)) == ["i1", "i2", "i3", "i4"]
     got = await store.get(["i1", "i3"])

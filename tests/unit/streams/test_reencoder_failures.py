@@ -115,9 +115,10 @@ class FakeInputs:
     def __init__(self, log: Log) -> None:
         self.log = log
         self.lists = ListCache(0)
+        self.neighbour: dict[str, str] = {}  # item -> its one neighbour, when not i9
 
     async def items(self, item_ids: Iterable[str], k: int) -> dict[str, ItemInputs]:
-        return {i: ItemInputs(i, 4, 2, [("i9", 1.0)]) for i in item_ids}
+        return {i: ItemInputs(i, 4, 2, [(self.neighbour.get(i, "i9"), 1.0)]) for i in item_ids}
 
     async def bases(self, item_ids: Iterable[str]) -> dict[str, EncodeBasis]:
         return {}
@@ -146,20 +147,21 @@ class FakeCatalog:
     def __init__(self, log: Log) -> None:
         self.log = log
         self.marks = list(CATALOG_MARKS)
+        self.version_now = 1  # what `versions` reads: another put landed if above `get`'s 1
 
     async def dirty(self, limit: int) -> list[tuple[str, float]]:
         return list(self.marks)[:limit]
 
     async def get(self, item_ids: Iterable[str]) -> dict[str, CatalogRecord]:
+        self.log.append(("catalog_get", sorted(item_ids)))
         return {i: CatalogRecord(i, f"title {i}", content_version=1, put_ts=50.0) for i in item_ids}
 
-    async def versions(self, item_ids: Iterable[str]) -> dict[str, int]:
-        self.log.append(("content_versions", sorted(item_ids)))
-        return {}
-
-    async def add_readers(self, reads: Mapping[str, Iterable[str]]) -> int:
-        self.log.append(("add_readers", {n: sorted(r) for n, r in reads.items()}))
-        return len(reads)
+    async def versions(
+        self, item_ids: Iterable[str], *, readers: Mapping[str, Iterable[str]] | None = None
+    ) -> dict[str, int]:
+        joins = {n: sorted(r) for n, r in (readers or {}).items()}
+        self.log.append(("content_versions", sorted(item_ids), joins))
+        return dict.fromkeys(item_ids, self.version_now)
 
     async def clear_dirty(self, marks: Sequence[tuple[str, float]]) -> int:
         self.log.append(("catalog_clear", list(marks)))
@@ -462,11 +464,22 @@ async def test_with_a_shadow_each_model_rebuilds_the_holders_from_its_own_vector
     assert names.count("mark_dirty") == 1
 
 
-async def test_items_join_their_neighbours_readers_before_reading_their_content() -> None:
+async def test_items_join_their_neighbours_readers_as_they_read_the_content_versions() -> None:
     """The other half is the put's: content first, then its readers (state/catalog.py)."""
     world = World()
     await world.reencoder.run_pass([SHARD])
-    names = world.names()
-    assert names.index("add_readers") < names.index("content_versions")
-    added = next(e[1] for e in world.log if e[0] == "add_readers")
-    assert set(added["i9"]) >= {"i1", "i2"}  # no basis yet: every neighbour is told
+    _, asked, joins = next(e for e in world.log if e[0] == "content_versions")
+    assert asked == ["i9"] and set(joins["i9"]) >= {"i1", "i2"}  # no basis yet: all join
+
+
+async def test_a_neighbour_encoded_in_the_same_pass_is_read_again_after_the_join() -> None:
+    """i1 and i2 list each other. Their own content was read with their plans, before the
+    join; a put that landed in between (version 2 now) is what each reads of the other."""
+    world = World()
+    world.inputs.neighbour = {"i1": "i2", "i2": "i1"}
+    world.catalog.version_now = 2
+    await world.reencoder.run_pass([SHARD])
+    reads = [e for e in world.log if e[0] in ("content_versions", "catalog_get")]
+    assert reads[0] == ("catalog_get", ["i1", "i2"])  # the plans' own content
+    assert reads[1] == ("content_versions", ["i1", "i2"], {"i1": ["i2"], "i2": ["i1"]})
+    assert reads[2] == ("catalog_get", ["i1", "i2"])  # version 2 is not cached: read again
