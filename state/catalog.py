@@ -16,9 +16,8 @@ decreases (all three only grow).
 Why the readers index cannot miss one: the re-encoder adds an item to its neighbours' readers
 and only then reads their content (every read of a neighbour's content for that encode, of a
 neighbour encoded in the same pass too); a put stores the content and only then reads the
-readers.
-Whichever comes second sees the other's write: the encode reads the new content, or the put
-bumps and marks the reader.
+readers. Whichever comes second sees the other's write: the encode reads the new content, or
+the put bumps and marks the reader.
 
 An item with no catalog record encodes from `CatalogRecord.empty`: no title or text and the id as
 its one category token, exactly the stand-in the offline trainer uses for items missing from the
@@ -72,7 +71,7 @@ class CatalogRecord:
     features: Mapping[str, tuple[float, ...]] | None = None
     content_version: int = 0
     put_ts: float | None = None
-    # content puts of items its recorded bases listed (see the module docstring)
+    # content puts of the items its encodes listed as neighbours (see the module docstring)
     neighbour_content: int = 0
 
     @classmethod

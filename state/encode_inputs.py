@@ -85,7 +85,7 @@ class EncodeBasis:
     # and that vector (float32 bytes): what the next encode is compared with (fan-out)
     material_version: int = 0
     material: bytes = b""
-    # the item is among every neighbour's readers (`CatalogStore.add_readers`); False for bases
+    # the item is among every neighbour's readers (`CatalogStore.versions`); False for bases
     # recorded before the readers index existed, whose neighbours are added again once
     readers_added: bool = False
 

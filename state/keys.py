@@ -178,9 +178,9 @@ def lua_layout() -> str:
 #
 #     P:{i:<item>}:cat          hash    title, text, cats (JSON), feats (JSON), cv (content
 #                                       version, +1 per put), ts (wall time of the last put),
-#                                       nc (+1 per content put of an item its basis lists)
-#     P:{i:<item>}:readers      set     items whose encode read this item's content: every
-#                                       neighbour of a recorded basis (never pruned)
+#                                       nc (+1 per content put of an item it read)
+#     P:{i:<item>}:readers      set     items whose encode listed this item as a neighbour, so
+#                                       read its content (never pruned)
 #     P:{i:<item>}:enc          hash    v (state version), m (model version), b (JSON basis:
 #                                       the neighbour ids, weights and degree last encoded)
 #     P:{catalog}:dirty:content zset    items whose content arrived, score = last put's wall time

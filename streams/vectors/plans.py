@@ -68,7 +68,7 @@ def basis_of(state: ItemInputs, content: CatalogRecord, model_version: str) -> E
         weights=tuple(w for _, w in state.neighbours),
         degree=state.degree,
         content_version=content.content_version,
-        readers_added=True,  # recorded only after `unread_neighbours` were added
+        readers_added=True,  # recorded only after the encode joined `unread_neighbours`
     )
 
 
