@@ -85,6 +85,8 @@ class EncodeBasis:
     # and that vector (float32 bytes): what the next encode is compared with (fan-out)
     material_version: int = 0
     material: bytes = b""
+    # content puts of its neighbours counted when it was encoded (`CatalogRecord`)
+    neighbour_content: int = 0
     # the item is among every neighbour's readers (`CatalogStore.versions`); False for bases
     # recorded before the readers index existed, whose neighbours are added again once
     readers_added: bool = False
@@ -98,6 +100,8 @@ class EncodeBasis:
             "d": self.degree,
             "cv": self.content_version,
         }
+        if self.neighbour_content:
+            body["nc"] = self.neighbour_content
         if self.readers_added:
             body["r"] = 1
         if self.material:
@@ -119,6 +123,7 @@ class EncodeBasis:
             content_version=int(body["cv"]),
             material_version=int(body.get("mv", 0)),
             material=base64.b64decode(body["m"]) if "m" in body else b"",
+            neighbour_content=int(body.get("nc", 0)),
             readers_added=bool(body.get("r", 0)),
         )
 

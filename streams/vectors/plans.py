@@ -68,6 +68,7 @@ def basis_of(state: ItemInputs, content: CatalogRecord, model_version: str) -> E
         weights=tuple(w for _, w in state.neighbours),
         degree=state.degree,
         content_version=content.content_version,
+        neighbour_content=content.neighbour_content,
         readers_added=True,  # recorded only after the encode joined `unread_neighbours`
     )
 
@@ -117,7 +118,12 @@ class ItemPlanner:
                 basis, state.neighbours, state.degree, self._min_change
             )
             reason = item_reason(
-                basis, bundle.version, item_id in arrived, content.content_version, changed
+                basis,
+                bundle.version,
+                item_id in arrived,
+                content.content_version,
+                changed,
+                content.neighbour_content,
             )
             if reason is None and not skip:
                 reason = "neighbours"

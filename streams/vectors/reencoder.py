@@ -7,7 +7,8 @@ Transport-agnostic: a runtime calls `Reencoder.run_pass(shards)` (or `run`, whic
    catalog's "content arrived" marks; entities are deduplicated across shards;
 2. items: read their state (version first, then degree and merged neighbours), their recorded
    basis and their content; decide (`item_reason`): never encoded by this model -> ``cold_start``;
-   content arrived or changed, its own or a neighbour's (state/catalog.py) -> ``content``;
+   content arrived or changed -> ``content``; a neighbour's content put (state/catalog.py) ->
+   ``neighbour_content``;
    top-K neighbour ids changed, or a weight (relative to the strongest) or the degree moved by
    at least `item_min_change` relatively -> ``neighbours``; otherwise skipped (the stored
    vector stands);

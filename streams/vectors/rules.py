@@ -19,8 +19,14 @@ from state import EntityKind
 from state.encode_inputs import EncodeBasis
 from state.keys import DirtyKind
 
-Reason = Literal["neighbours", "content", "sequence", "cold_start"]
-REASONS: tuple[Reason, ...] = ("neighbours", "content", "sequence", "cold_start")
+Reason = Literal["neighbours", "content", "neighbour_content", "sequence", "cold_start"]
+REASONS: tuple[Reason, ...] = (
+    "neighbours",
+    "content",
+    "neighbour_content",
+    "sequence",
+    "cold_start",
+)
 Shard = tuple[str, int]
 Holders = Mapping[Shard, Mapping[str, Mapping[str, int]]]  # shard -> item -> user -> offset
 
@@ -150,11 +156,18 @@ def item_reason(
     content_arrived: bool,
     content_version: int,
     changed: bool,
+    neighbour_content: int = 0,
 ) -> Reason | None:
-    """Why an item must be encoded now, or None when its stored vector still stands."""
+    """Why an item must be encoded now, or None when its stored vector still stands: its own
+    content before a neighbour's (state/catalog.py), and a "content arrived" mark with neither
+    changed (a mark read again after a crash) as its own."""
     if basis is None or basis.model_version != model_version:
         return "cold_start"
-    if content_arrived or basis.content_version != content_version:
+    if basis.content_version != content_version:
+        return "content"
+    if basis.neighbour_content != neighbour_content:
+        return "neighbour_content"
+    if content_arrived:
         return "content"
     return "neighbours" if changed else None
 

@@ -55,6 +55,10 @@ def test_reasons_in_order_of_precedence() -> None:
     assert item_reason(basis(model="v0002"), "v0001", False, 1, False) == "cold_start"
     assert item_reason(basis(), "v0001", True, 1, True) == "content"
     assert item_reason(basis(cv=1), "v0001", False, 2, False) == "content"
+    # a neighbour's content put marks it like an arrival; its own put counts first
+    assert item_reason(basis(), "v0001", True, 1, True, 1) == "neighbour_content"
+    assert item_reason(basis(), "v0001", False, 1, False, 1) == "neighbour_content"
+    assert item_reason(basis(cv=1), "v0001", True, 2, False, 1) == "content"
     assert item_reason(basis(), "v0001", False, 1, True) == "neighbours"
     assert item_reason(basis(), "v0001", False, 1, False) is None
 
@@ -164,7 +168,8 @@ def test_an_item_label_counts_its_own_and_its_neighbours_content_puts() -> None:
     """Engagement version 9, two puts of its own content, three of its neighbours': 14."""
     content = replace(CatalogRecord.empty("i1"), content_version=2, neighbour_content=3)
     made = basis_of(ItemInputs("i1", 9, 2, [("a", 1.0)]), content, "v0001")
-    assert (made.state_version, made.content_version, made.readers_added) == (14, 2, True)
+    assert (made.state_version, made.content_version, made.neighbour_content) == (14, 2, 3)
+    assert made.readers_added
     assert EncodeBasis.from_json(14, "v0001", made.to_json()) == made
 
 
