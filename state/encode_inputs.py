@@ -49,6 +49,7 @@ from state.redis_io import is_cluster, load_lua, redis_errors_as_state, text
 READ_PAGE = 500  # items or users per read script call: bounds one call's time inside Redis
 CLUSTER_CONCURRENCY = 64  # script calls in flight at once where a pipeline cannot carry them
 READ_CONCURRENCY = 16  # item read calls in flight at once (pages x shards), each a connection
+_SEP = keys.ENTRY_SEP.encode()  # between the members of a list read_items.lua returns
 
 
 @dataclass(frozen=True)
@@ -226,8 +227,8 @@ class EncodeInputs:
             if raw_deg is not None:
                 degree += int(raw_deg)
             if raw_t0 is not None and members:
-                scores = struct.unpack(f"<{len(members)}d", packed)  # read_items.lua packs them
-                lists.append((float(raw_t0), members, scores))
+                ids = members.split(_SEP)  # read_items.lua joins them, and packs the scores
+                lists.append((float(raw_t0), ids, struct.unpack(f"<{len(ids)}d", packed)))
         best = merge_columns(lists, self._cfg.decay_lambda, k)
         return ItemInputs(item_id, version, degree, [(text(m), w) for m, w in best])
 

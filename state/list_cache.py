@@ -14,6 +14,11 @@ from zero again, and t0 tells its lists from the old ones.
 
 In a live stream about half of a dirty item's per-shard lists are unchanged since the pass
 before: an item is dirtied through one shard while the others stay as they were.
+
+A list is held as two byte strings, its members joined (read_items.lua joins them) and its packed
+scores: about 1 KB for k_max = 50 short ids, where a tuple of k_max bytes objects cost about
+3 KB. Capacity is what keeps a pass short: once the lists a live stream dirties no longer fit,
+every pass reads more of them in full, takes longer, and so finds more items dirty.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-Listed = tuple[bytes, list[bytes], bytes]  # stamp, members, packed scores
+Listed = tuple[bytes, bytes, bytes]  # stamp, joined members, packed scores
 
 
 def stamp(version: bytes, t0: bytes | None) -> bytes:

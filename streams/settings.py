@@ -256,8 +256,10 @@ class ReencodeSettings(_Section):
     item_min_change: float = Field(default=0.1, ge=0)
     content_cache: int = Field(default=50_000, ge=0)  # content vectors kept between passes
     # Neighbour lists (one per item and shard, up to k_max entries) kept between passes and
-    # re-read only when their version moved (state/list_cache.py); about 3 KB each. 0: off.
-    list_cache: int = Field(default=20_000, ge=0)
+    # re-read only when their version moved (state/list_cache.py); about 0.5-1 KB each. Size it
+    # to the lists a live stream dirties (items x partitions, for the items engaged within a
+    # few minutes): once those no longer fit, every pass reads more lists in full. 0: off.
+    list_cache: int = Field(default=100_000, ge=0)
     # Fan-out: users marked per pass because an item they hold was re-encoded (the newest
     # holders first, shards taking turns); those over the bound are dropped and counted. 0: off.
     fanout_per_pass: int = Field(default=10_000, ge=0)

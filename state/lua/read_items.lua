@@ -10,13 +10,16 @@
 -- ARGV[2]  k_max: entries read from each list, as a trim would leave it (coengagement rule 7)
 -- ARGV[3..] pairs: an item id, then the stamp of the list the caller holds, "<version>|<t0>"
 --          ('' for none)
--- Returns one {version|nil, degree|nil, t0|nil, {member, ...}, scores} per item: the list's
--- members, strongest first, and their scores as one string of little-endian float64s; or only
+-- Returns one {version|nil, degree|nil, t0|nil, members, scores} per item: the list's members,
+-- strongest first, as one string joined by the entry separator (ids never contain it), and their
+-- scores as one string of little-endian float64s; or only
 -- {version, degree, t0} when the stamp is the one held: a list changes only with its item's
 -- version in this shard (state/list_cache.py says why), so the caller's copy is current. Packed,
 -- a score costs the reader a slice of one buffer instead of parsing a 17-digit decimal (each
 -- ~350 ns in Python; a pass reads 4 shards x k_max of them per dirty item). tonumber() reads
--- the %.17g text Redis hands Lua back to the stored double exactly, so nothing is rounded.
+-- the %.17g text Redis hands Lua back to the stored double exactly, so nothing is rounded. Joined,
+-- the members are one reply string, not k_max: Redis writes one, the client parses one, and the
+-- reader's cache (state/list_cache.py) holds one object per list instead of k_max.
 
 local L = cjson.decode(ARGV[1])
 local wm_key = KEYS[1]
@@ -27,7 +30,7 @@ local base = string.sub(wm_key, 1, #wm_key - #L.wm)
 local k_max = tonumber(ARGV[2])
 local item_head = base .. L.item .. L.sep
 local nb_head = base .. L.nb .. L.sep
--- The list of one item in this shard: members, strongest first, and their packed scores.
+-- The list of one item in this shard: joined members, strongest first, and packed scores.
 local function read_list(id)
   local list = redis.call('ZRANGE', nb_head .. id, 0, k_max - 1, 'REV', 'WITHSCORES')
   local members, scores = {}, {}
@@ -39,7 +42,7 @@ local function read_list(id)
   if #scores > 0 then
     packed = struct.pack('<' .. string.rep('d', #scores), unpack(scores))
   end
-  return members, packed
+  return table.concat(members, L.entry_sep), packed
 end
 
 if #ARGV % 2 ~= 0 then

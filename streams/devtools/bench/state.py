@@ -8,6 +8,13 @@ view/click/save mix and board contexts. Each repeat writes under a fresh key pre
 run starts from an empty state, and deletes its keys after. The figure is events per second over
 the whole stream, median of the repeats; the Redis-side script time (``INFO commandstats``) is
 reported too, to tell script cost from client overhead.
+
+After each apply, before its keys go, every item the stream engaged is read the way a re-encode
+pass reads dirty items (`EncodeInputs.items`: each shard's head and list, merged to the model's
+top K): once with no kept lists, every list sent in full (a cold pass, or lists that all moved),
+then twice with a cache that holds them all, whose second read finds every list unchanged and
+gets heads alone. Items per second and Redis CPU per item of the full and the kept read show
+what a pass pays for a list that moved and what keeping one saves.
 """
 
 from __future__ import annotations
@@ -21,12 +28,14 @@ import time
 import uuid
 import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from state.coengagement import Event
 from state.config import StateConfig
+from state.encode_inputs import EncodeInputs
 from state.redis_state import RedisState
 from streams.devtools.generate import GeneratorConfig, generate_events
 
@@ -36,7 +45,7 @@ BATCH = 2_000
 USERS = 5_000
 ITEMS = 10_000
 COMMUNITIES = 50
-COMMUNITIES = 50
+READ_K = 10  # neighbours an encoder reads per item (the merge's top K)
 # Commands the bench or the client sends itself; the rest of commandstats is the script's work.
 _CLIENT_COMMANDS = frozenset(
     {"evalsha", "eval", "script|load", "info", "config|resetstat", "scan", "unlink", "get"}
@@ -89,13 +98,45 @@ async def _delete_prefix(client: aioredis.Redis, prefix: str) -> None:
         await client.unlink(*keys)
 
 
+@dataclass(frozen=True)
+class Run:
+    """Seconds of one run: the apply (wall, scripts, Redis CPU), then the item reads."""
+
+    wall: float
+    script: float
+    cpu: float
+    items: int
+    reads: dict[str, tuple[float, float]]  # "full" | "kept" -> (wall, Redis CPU) of one read
+
+
+async def _timed_read(
+    client: aioredis.Redis, inputs: EncodeInputs, items: list[str]
+) -> tuple[float, float]:
+    cpu_before = await _server_cpu_s(client)
+    started = time.perf_counter()
+    await inputs.items(items, READ_K)
+    wall = time.perf_counter() - started
+    return wall, await _server_cpu_s(client) - cpu_before
+
+
+async def _reads(
+    client: aioredis.Redis, config: StateConfig, prefix: str, items: list[str]
+) -> dict[str, tuple[float, float]]:
+    """The full read (nothing kept), and the kept read (every list held and unchanged)."""
+    full = await _timed_read(client, EncodeInputs(client, config, prefix, lists=0), items)
+    keeping = EncodeInputs(client, config, prefix, lists=len(items) * PARTITIONS)
+    await keeping.items(items, READ_K)  # fills the cache
+    return {"full": full, "kept": await _timed_read(client, keeping, items)}
+
+
 async def _one_run(
     client: aioredis.Redis, parts: dict[int, list[tuple[int, Event]]], config: StateConfig
-) -> tuple[float, float, float]:
-    """Wall, script and Redis CPU seconds of applying the stream once, on a fresh prefix."""
+) -> Run:
+    """Applying the stream once on a fresh prefix, then reading its items."""
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     state = RedisState(client, config, prefix)
     longest = max(len(batch) for batch in parts.values())
+    items = sorted({event.item_id for batch in parts.values() for _, event in batch})
     try:
         usec_before = await _script_usec(client)
         cpu_before = await _server_cpu_s(client)
@@ -107,9 +148,23 @@ async def _one_run(
         wall = time.perf_counter() - started
         script = (await _script_usec(client) - usec_before) / 1e6
         cpu = await _server_cpu_s(client) - cpu_before
+        reads = await _reads(client, config, prefix, items)
     finally:
         await _delete_prefix(client, prefix)
-    return wall, script, cpu
+    return Run(wall, script, cpu, len(items), reads)
+
+
+def _read_figures(runs: Sequence[Run]) -> dict[str, Any]:
+    """Items per second and Redis CPU microseconds per item of each read, medians."""
+    out: dict[str, Any] = {"items": runs[0].items, "k": READ_K}
+    for kind in ("full", "kept"):
+        walls = [run.reads[kind][0] for run in runs]
+        cpus = [run.reads[kind][1] for run in runs]
+        out[kind] = {
+            "items_per_s": round(runs[0].items / statistics.median(walls), 1),
+            "redis_cpu_us_per_item": round(statistics.median(cpus) / runs[0].items * 1e6, 2),
+        }
+    return out
 
 
 async def run_state_bench(
@@ -119,12 +174,10 @@ async def run_state_bench(
     cfg = config if config is not None else StateConfig()
     parts = partitioned(generate(events))
     await client.config_resetstat()
-    walls, scripts, cpus = [], [], []
-    for _ in range(repeats):
-        wall, script, cpu = await _one_run(client, parts, cfg)
-        walls.append(wall)
-        scripts.append(script)
-        cpus.append(cpu)
+    runs = [await _one_run(client, parts, cfg) for _ in range(repeats)]
+    walls = [run.wall for run in runs]
+    scripts = [run.script for run in runs]
+    cpus = [run.cpu for run in runs]
     stats = await client.info("commandstats")
     calls = {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
     wall_s = statistics.median(walls)
@@ -142,6 +195,7 @@ async def run_state_bench(
             2,
         ),
         "commandstats": {k: n for k, n in sorted(calls.items(), key=lambda kv: -kv[1])},
+        "read": _read_figures(runs),
     }
 
 

@@ -8,7 +8,8 @@ from state.list_cache import ListCache
 
 
 def full(version: bytes, member: bytes) -> list[object]:
-    return [version, b"1", b"0", [member], b"\x00" * 8]
+    """A full reply of read_items.lua: head, then the joined members and packed scores."""
+    return [version, b"1", b"0", member, b"\x00" * 8]
 
 
 def test_a_head_alone_is_completed_from_the_list_held() -> None:
@@ -49,5 +50,5 @@ def test_off_keeps_nothing_and_an_absent_item_is_not_kept() -> None:
     off.settle("p0", "a", full(b"1", b"x"), None)
     assert len(off) == 0 and off.known("p0", ["a"]) == {}
     on = ListCache(4)
-    on.settle("p0", "gone", [None, None, None, [], b""], None)
+    on.settle("p0", "gone", [None, None, None, b"", b""], None)
     assert len(on) == 0
