@@ -54,4 +54,6 @@ async def test_bench_runs_and_cleans_up(redis_client: aioredis.Redis) -> None:
     result = await run_state_bench(redis_client, 3000, 1)
     assert result["events"] == 3000
     assert result["events_per_s"] > 0
+    read = result["read"]  # every engaged item, read in full and then from kept lists
+    assert read["items"] > 0 and read["full"]["items_per_s"] > 0 and read["kept"]["items_per_s"] > 0
     assert {k async for k in redis_client.scan_iter(match="bench*:*")} == before

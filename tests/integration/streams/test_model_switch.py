@@ -76,7 +76,7 @@ class Reader(threading.Thread):
             except StateError as err:
                 self.errors.append(f"read failed: {err}")
             self.rounds += 1
-            time.sleep(0.005)  # a steady reader, not a busy loop on the embedded store's lock
+            self.stop.wait(0.005)  # a steady reader, not a busy loop; a stop ends the pause
 
     def _round(self, user: str) -> None:
         self.errors += read_round(self.store, user, self.versions)
