@@ -90,6 +90,7 @@ def _report_steps(live: dict[str, Any]) -> None:
             + f"  {'sustained' if step['passed'] else 'NOT: ' + '; '.join(step['reasons'])}"
         )
         say(f"           {describe_cpu(step['cpu'])}; {lists_kept(step['passes'])}")
+        say(f"           {reencoder_busy(step['load'])}")
 
 
 def lists_kept(passes: dict[str, Any]) -> str:
@@ -98,3 +99,13 @@ def lists_kept(passes: dict[str, Any]) -> str:
     if not kept + sent:
         return "no neighbour lists read"
     return f"neighbour lists kept {kept / (kept + sent):.0%} of {kept + sent:,}"
+
+
+def reencoder_busy(load: dict[str, Any]) -> str:
+    """How much of the steady window the passes took, and what a mark cost them."""
+    if not load["passes"]:
+        return "re-encoder: no pass ended in the window"
+    return (
+        f"re-encoder busy {load['busy']:.0%} of the window: {load['passes']:,} passes, "
+        f"{load['marks_per_s']:,.0f} marks/s at {load['ms_per_mark']:.2f} ms a mark"
+    )

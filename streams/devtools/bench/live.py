@@ -43,6 +43,7 @@ from streams.devtools.bench.verdicts import (
     GOAL_SUSTAINED_P99_S,
     StepSearch,
     backlog_growth,
+    reencoder_load,
     step_verdict,
 )
 from streams.devtools.generate import GeneratorConfig
@@ -78,13 +79,16 @@ class LiveConfig:
 
 
 class StepRecorder(PassRecorder):
-    """The worker's metrics, keeping apart the freshness of passes that end in the window."""
+    """The worker's metrics, keeping apart the freshness, marks and time of passes that end
+    in the window."""
 
     def __init__(self) -> None:
         super().__init__()
         self.steady: dict[str, list[float]] = {"users": [], "items": []}
         self.steady_from = math.inf
         self.steady_until = math.inf
+        self.steady_passes = self.steady_marks = 0
+        self.steady_pass_s = 0.0
 
     def observe_pass(self, stats: PassStats) -> None:
         super().observe_pass(stats)
@@ -92,6 +96,14 @@ class StepRecorder(PassRecorder):
             return
         for kind, samples in stats.freshness_s.items():
             self.steady[kind].extend(samples)
+        self.steady_passes += 1
+        self.steady_marks += stats.marks
+        self.steady_pass_s += stats.pass_s
+
+    def load(self) -> dict[str, Any]:
+        """The steady window's passes against its length (`verdicts.reencoder_load`)."""
+        window = self.steady_until - self.steady_from
+        return reencoder_load(self.steady_passes, self.steady_marks, self.steady_pass_s, window)
 
 
 class BacklogProbe:
@@ -215,6 +227,7 @@ def judge_step(
         "passed": not reasons,
         "reasons": reasons,
         "passes": metrics.pass_summary(),
+        "load": metrics.load(),
         "cpu": budget(cores, achieved, os.cpu_count() or 1),
     }
 

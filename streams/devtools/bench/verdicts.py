@@ -3,6 +3,7 @@
 - `StepSearch`: which offered rate to try next, and the highest that passed;
 - `backlog_growth`: whether what waits (consumer lag plus dirty marks) grew over a steady window;
 - `step_verdict`: whether one offered rate was sustained;
+- `reencoder_load`: how busy the re-encoder's passes kept it over a window, and their cost a mark;
 - `rss_flatness`: whether the worker's memory stayed flat over a long run;
 - `ceiling_of`: the raw consume ceiling from its samples;
 - `assess` and `format_goals`: each of issue 11's figures beside its goal, `met` or `not met`.
@@ -143,6 +144,22 @@ def step_verdict(
     elif growing:
         reasons.append("the backlog grew")
     return reasons
+
+
+def reencoder_load(passes: int, marks: int, pass_s: float, window_s: float) -> dict[str, Any]:
+    """What a step's passes (those ending in its window) cost: the share of the window they
+    took, the marks they read a second and their seconds a mark. A pass costs about the same
+    per mark whatever its size, so a share near 1 is the step's edge, a steadier sign of it
+    than the freshness p99, which a few slow passes move a lot."""
+    return {
+        "passes": passes,
+        "marks": marks,
+        "pass_s": round(pass_s, 3),
+        "window_s": round(window_s, 3),
+        "busy": round(pass_s / window_s, 3) if window_s > 0 else None,
+        "marks_per_s": round(marks / window_s, 1) if window_s > 0 else None,
+        "ms_per_mark": round(1000 * pass_s / marks, 3) if marks else None,
+    }
 
 
 # -- memory ------------------------------------------------------------------------------------

@@ -139,6 +139,13 @@ def test_goals_bench_reports_every_figure_with_a_verdict(
         # the worker keeps lists between passes, so a step's passes read some in full and
         # count what they kept
         assert step["passes"]["lists_sent"] > 0 and step["passes"]["lists_kept"] >= 0
+        # the passes ending in the window are some of the step's, and a pass that gave
+        # freshness samples read marks and took time
+        load = step["load"]
+        assert 0 <= load["passes"] <= step["passes"]["count"]
+        if step["passed"]:
+            assert load["passes"] > 0 and load["marks"] >= load["passes"]
+            assert load["busy"] > 0 and load["ms_per_mark"] > 0
 
     ingest, drained = result["ingest"], result["drained"]
     # ingest runs follow --repeats; the ceiling is read at least MIN_CEILING_SAMPLES times and
@@ -168,7 +175,7 @@ def test_goals_bench_reports_every_figure_with_a_verdict(
     assert fanout["behind"]["users_checked"] > 0 and fanout["behind"]["without_item_vectors"] == 0
     assert figures["users behind their items (drained)"] == "met", fanout
     for line in ("sustainable live rate", "ingest / raw consume ceiling", "worker RSS", "cores:",
-                 "neighbour lists"):  # fmt: skip
+                 "neighbour lists", "re-encoder"):  # fmt: skip
         assert line in done.stdout
     assert png.read_bytes().startswith(b"\x89PNG")
     for picture in ("goals-rss.png", "goals-cpu.png"):

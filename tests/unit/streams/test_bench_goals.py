@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from streams.cli.bench_goals import reencoder_busy
 from streams.devtools.bench.live import at_rate
 from streams.devtools.bench.memory import classify
 from streams.devtools.bench.verdicts import (
@@ -15,6 +16,7 @@ from streams.devtools.bench.verdicts import (
     backlog_growth,
     ceiling_of,
     format_goals,
+    reencoder_load,
     rss_flatness,
     step_verdict,
 )
@@ -92,6 +94,22 @@ def test_a_step_passes_only_with_both_kinds_fresh_a_level_backlog_and_the_load_o
     assert step_verdict(1000.0, 990.0, fresh, growing=None)
     assert step_verdict(1000.0, 900.0, fresh, growing=False)  # the producer fell short
     assert step_verdict(1000.0, 990.0, {"users": None, "items": 1.0}, False)
+
+
+def test_reencoder_load_is_the_windows_share_in_passes_and_their_cost_a_mark() -> None:
+    # 120 passes took 58.5 s of a 60 s window and read 90,000 marks
+    load = reencoder_load(passes=120, marks=90_000, pass_s=58.5, window_s=60.0)
+    assert load["busy"] == 0.975
+    assert load["marks_per_s"] == 1500.0
+    assert load["ms_per_mark"] == 0.65
+    line = reencoder_busy(load)
+    assert line == "re-encoder busy 98% of the window: 120 passes, 1,500 marks/s at 0.65 ms a mark"
+
+
+def test_a_window_without_passes_has_no_cost_a_mark() -> None:
+    load = reencoder_load(passes=0, marks=0, pass_s=0.0, window_s=60.0)
+    assert load["busy"] == 0.0 and load["marks_per_s"] == 0.0 and load["ms_per_mark"] is None
+    assert reencoder_busy(load) == "re-encoder: no pass ended in the window"
 
 
 def test_a_stalled_ceiling_read_does_not_lower_the_ceiling() -> None:
