@@ -7,11 +7,11 @@
 Kafka brokers, a Redis Cluster of three masters with a replica each, three Qdrant peers) with
 its own rows: one node of each engine killed and brought back, and a model switch mid-stream.
 
-One native stack of its own (ports chosen by the kernel, so the test stack and a demo are
-untouched; `appendfsync always`), and per row its own topics, key prefix and collections. The
-worker runs with a promoted tiny model, so every row also writes vectors. A third of the way into
-the stream the row's fault is injected; the worker (restarted where the fault killed it) runs
-until the stream has been idle for `IDLE_S`.
+One native stack of its own (random free ports below the ephemeral range, so the test stack and
+a demo are untouched; `appendfsync always`), and per row its own topics, key prefix and
+collections. The worker runs with a promoted tiny model, so every row also writes vectors. A
+third of the way into the stream the row's fault is injected; the worker (restarted where the
+fault killed it) runs until the stream has been idle for `IDLE_S`.
 
 Columns: `sent` valid events (the from-scratch count: duplicates excluded), `applied` events in
 Redis (users' versions), `dup` duplicates skipped, `dead` dead letters (distinct sources) and

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -42,17 +43,25 @@ def qdrant_binary() -> Path:
     )
 
 
-def free_ports(count: int) -> tuple[int, ...]:
-    """Ports nothing listens on now, chosen by the kernel: no fixed number can collide with
-    another stack, a demo or a parallel run on the same host."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return tuple(sock.getsockname()[1] for sock in sockets)
-    finally:
-        for sock in sockets:
-            sock.close()
+# Ports are drawn below the kernel's ephemeral range (32768-60999 on Linux): a port the kernel
+# hands out with bind(0) can be taken as the source port of any outgoing connection between the
+# draw and the server's bind. A CI run lost a Qdrant peer that way ("Address already in use" on
+# its p2p port, 20 s after the draw, while the stack's clients made hundreds of connections).
+# 10,000-15,999 also stays clear of the dev stack (16xxx, 19xxx), the test stack (26xxx,
+# 29xxx) and, 10,000 above, a Redis Cluster node's bus.
+PORT_WINDOW = range(10_000, 16_000)
+EPHEMERAL_LOW = 32_768
+
+
+def free_ports(count: int, rng: random.Random | None = None) -> tuple[int, ...]:
+    """`count` distinct ports nothing listens on now, drawn at random from `PORT_WINDOW`: no
+    fixed number can collide with another stack, a demo or a parallel run on the same host, and
+    no outgoing connection can take one before its server binds it."""
+    rng = rng or random.Random()
+    while True:
+        ports = tuple(rng.sample(PORT_WINDOW, count))
+        if all(map(_free, ports)):
+            return ports
 
 
 TEST_STACK = StackConfig(
@@ -66,8 +75,8 @@ TEST_STACK = StackConfig(
 
 
 def own_stack(**overrides: Any) -> StackConfig:
-    """A stack of its own beside the session's, on ports the kernel picks (the test stack and a
-    running demo stay untouched), with the jar cache and the Qdrant binary the tests use.
+    """A stack of its own beside the session's, on ports drawn by `free_ports` (the test stack
+    and a running demo stay untouched), with the jar cache and the Qdrant binary the tests use.
 
     A cluster's nodes listen at fixed offsets from those ports, so the draw is repeated until
     every port of every node is distinct and free (a Redis Cluster node's bus too, 10,000 above
@@ -87,7 +96,7 @@ def own_stack(**overrides: Any) -> StackConfig:
         ports += [p for peer in cfg.qdrant_peers for p in peer if p]
         if cfg.topology == "cluster":
             ports += [p + 10_000 for p in cfg.redis_ports]  # the cluster bus
-        if len(set(ports)) == len(ports) and max(ports) < 65_536 and all(map(_free, ports)):
+        if len(set(ports)) == len(ports) and max(ports) < EPHEMERAL_LOW and all(map(_free, ports)):
             return cfg
 
 
