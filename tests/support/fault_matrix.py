@@ -43,7 +43,7 @@ from kafka import KafkaProducer
 from redis.crc import key_slot
 
 from deploy import cluster
-from deploy.stack import StackConfig, purge, stop, up
+from deploy.stack import StackConfig, down, purge, stop, up
 from encoders.registry import ModelRegistry
 from state import RedisState
 from state.vectors import canonical_version
@@ -419,7 +419,11 @@ def main(argv: list[str] | None = None) -> int:
         if "model switch" in names:  # the version the row promotes mid-stream
             publish_tiny_model(folder / "registry", STREAM, seed=4)
         registry.promote(version)
-        up(stack)
+        try:
+            up(stack)
+        except Exception:
+            down(stack)  # its processes stopped; its run dir, with the logs the error names, kept
+            raise
         try:
             for name in names:
                 registry.promote(version)
