@@ -270,10 +270,6 @@ class ReencodeSettings(_Section):
     # Backpressure: consumption pauses while the vector store is failing, or while more marks
     # than this wait (dirty backlog, read every few seconds), and resumes once below half of it.
     max_backlog: int = Field(default=200_000, ge=1)
-    # Passes in flight at once, each on its own share of this worker's shards, as if that many
-    # workers split them (a holder in another lane's shard is marked for that lane, like one in
-    # another worker's). One pass waits on Redis about half its time; a second lane fills it.
-    lanes: int = Field(default=1, ge=1)
 
 
 class Settings(BaseSettings):

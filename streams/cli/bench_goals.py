@@ -105,9 +105,7 @@ def reencoder_busy(load: dict[str, Any]) -> str:
     """How much of the steady window the passes took, and what a mark cost them."""
     if not load["passes"]:
         return "re-encoder: no pass ended in the window"
-    lanes = load.get("lanes", 1)
-    each = f" in each of {lanes} lanes" if lanes > 1 else ""
     return (
-        f"re-encoder busy {load['busy']:.0%} of the window{each}: {load['passes']:,} passes, "
+        f"re-encoder busy {load['busy']:.0%} of the window: {load['passes']:,} passes, "
         f"{load['marks_per_s']:,.0f} marks/s at {load['ms_per_mark']:.2f} ms a mark"
     )

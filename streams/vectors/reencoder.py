@@ -1,10 +1,7 @@
 """The re-encode scheduler: dirty marks in, fresh vectors in Qdrant out, marks cleared last.
 
 Transport-agnostic: a runtime calls `Reencoder.run_pass(shards)` (or `run`, which repeats it every
-`window_s`, so marks written meanwhile coalesce into one encode per entity). With `lanes` > 1,
-`run_round` runs that many passes at once on disjoint shares of the shards, each exactly as one
-worker's pass among several (a pass waits on Redis about half its time; another fills it). One
-pass:
+`window_s`, so marks written meanwhile coalesce into one encode per entity). One pass:
 
 1. drain up to `marks_per_shard` user and item marks from each given shard and, when asked, the
    catalog's "content arrived" marks; entities are deduplicated across shards;
@@ -123,26 +120,6 @@ def _earliest(
     return out
 
 
-def lanes_of(shards: Sequence[Shard], lanes: int) -> list[list[Shard]]:
-    """`shards` dealt in turn to at most `lanes` lanes, none empty; one lane, perhaps with no
-    shard (a pass that drains only the catalog's marks), when there is nothing to deal."""
-    dealt = [list(shards[k :: max(1, lanes)]) for k in range(max(1, lanes))]
-    return [lane for lane in dealt if lane] or [[]]
-
-
-async def _together(passes: Sequence[Awaitable[PassStats]]) -> list[PassStats]:
-    """Await every pass; when one fails, cancel the others and raise its error as it is (the
-    updater retries on its type, so no exception group)."""
-    tasks = [asyncio.ensure_future(one) for one in passes]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
-
-
 class Reencoder:
     """Drains dirty marks, encodes what changed materially, upserts, then clears the marks."""
 
@@ -163,7 +140,6 @@ class Reencoder:
         self._planner = ItemPlanner(inputs, catalog, settings.item_min_change)
         self._content = ContentCache(settings.content_cache)
         self._prepared: str | None = None
-        self._preparing = asyncio.Lock()
         self.bundle = bundle
         self._shadow: Reencoder | None = None  # the next model while a switch dual-writes
         self._after_vector_write: Callable[[], None] = lambda: None
@@ -219,13 +195,12 @@ class Reencoder:
         runs after each pass (model lifecycle steps), never while a pass is in flight."""
         while not stop.is_set():
             began = time.monotonic()
-            done = await self.run_round(shards(), catalog=catalog)
+            stats = await self.run_pass(shards(), catalog=catalog)
             if on_pass is not None:
-                for stats in done:
-                    on_pass(stats)
+                on_pass(stats)
             if between is not None:
                 await between()
-            if any(stats.more_waiting for stats in done):
+            if stats.more_waiting:
                 continue
             wait = self._cfg.window_s - (time.monotonic() - began)
             if wait > 0:
@@ -235,33 +210,13 @@ class Reencoder:
     async def run_until_idle(
         self, shards: Sequence[Shard], *, catalog: bool = True, max_passes: int = 1000
     ) -> list[PassStats]:
-        """Rounds until one finds no marks (burst mode, tests); the idle passes are included."""
+        """Passes until one finds no marks (burst mode, tests); the idle pass is included."""
         done: list[PassStats] = []
         for _ in range(max_passes):
-            found = await self.run_round(shards, catalog=catalog)
-            done += found
-            if all(stats.idle for stats in found):
+            done.append(await self.run_pass(shards, catalog=catalog))
+            if done[-1].idle:
                 return done
-        raise RuntimeError(f"marks still pending after {max_passes} rounds")
-
-    async def run_round(self, shards: Sequence[Shard], *, catalog: bool = True) -> list[PassStats]:
-        """One pass per lane (`ReencodeSettings.lanes`), in flight together; the first lane also
-        drains the catalog's marks. Lanes split the shards as workers do, so a pass of one
-        fans out to another's users through marks, for that lane's next round; an item marked
-        in two lanes' shards may be encoded by both, which the store's guard and the basis
-        script settle as between workers. A round ends when its last pass does."""
-        lanes = lanes_of(shards, self._cfg.lanes)
-        if len(lanes) == 1:
-            return [await self.run_pass(lanes[0], catalog=catalog)]
-        lists = self._inputs.lists
-        kept, sent = lists.hits, lists.sent
-        done = await _together(
-            [self.run_pass(lane, catalog=catalog and k == 0) for k, lane in enumerate(lanes)]
-        )
-        for stats in done:  # the lanes' reads overlap in time: the round's count, on its first
-            stats.lists_kept = stats.lists_sent = 0
-        done[0].lists_kept, done[0].lists_sent = lists.hits - kept, lists.sent - sent
-        return done
+        raise RuntimeError(f"marks still pending after {max_passes} passes")
 
     # -- one pass --------------------------------------------------------------------------------
 
@@ -356,10 +311,9 @@ class Reencoder:
 
     async def _prepare(self) -> None:
         """Create this model's collections once per bundle (idempotent on the store's side)."""
-        async with self._preparing:  # lanes start their passes together
-            if self._prepared != self.bundle.version:
-                await asyncio.to_thread(self._store.prepare, self.bundle.version, self.bundle.dim)
-                self._prepared = self.bundle.version
+        if self._prepared != self.bundle.version:
+            await asyncio.to_thread(self._store.prepare, self.bundle.version, self.bundle.dim)
+            self._prepared = self.bundle.version
 
     # -- items -----------------------------------------------------------------------------------
 

@@ -82,9 +82,8 @@ class StepRecorder(PassRecorder):
     """The worker's metrics, keeping apart the freshness, marks and time of passes that end
     in the window."""
 
-    def __init__(self, lanes: int = 1) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.lanes = lanes
         self.steady: dict[str, list[float]] = {"users": [], "items": []}
         self.steady_from = math.inf
         self.steady_until = math.inf
@@ -104,8 +103,7 @@ class StepRecorder(PassRecorder):
     def load(self) -> dict[str, Any]:
         """The steady window's passes against its length (`verdicts.reencoder_load`)."""
         window = self.steady_until - self.steady_from
-        passes, marks, pass_s = self.steady_passes, self.steady_marks, self.steady_pass_s
-        return reencoder_load(passes, marks, pass_s, window, self.lanes)
+        return reencoder_load(self.steady_passes, self.steady_marks, self.steady_pass_s, window)
 
 
 class BacklogProbe:
@@ -182,7 +180,7 @@ async def _first_events(
 
 async def offer(settings: Settings, cfg: LiveConfig, rate: float, step: int) -> dict[str, Any]:
     """One step: the worker under `rate` events/s offered; its freshness and backlog."""
-    metrics = StepRecorder(settings.reencode.lanes)
+    metrics = StepRecorder()
     runtime = BatchRuntime(settings, metrics, RunLimits())
     worker = asyncio.create_task(runtime.run())
     await group_joined(settings, worker)

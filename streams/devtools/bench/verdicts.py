@@ -146,21 +146,17 @@ def step_verdict(
     return reasons
 
 
-def reencoder_load(
-    passes: int, marks: int, pass_s: float, window_s: float, lanes: int = 1
-) -> dict[str, Any]:
+def reencoder_load(passes: int, marks: int, pass_s: float, window_s: float) -> dict[str, Any]:
     """What a step's passes (those ending in its window) cost: the share of the window they
-    took (of each lane's, with passes in flight together), the marks they read a second and
-    their seconds a mark (in one lane). A pass costs about the same per mark whatever its size,
-    so a share near 1 is the step's edge, a steadier sign of it than the freshness p99, which a
-    few slow passes move a lot."""
+    took, the marks they read a second and their seconds a mark. A pass costs about the same
+    per mark whatever its size, so a share near 1 is the step's edge, a steadier sign of it
+    than the freshness p99, which a few slow passes move a lot."""
     return {
         "passes": passes,
         "marks": marks,
-        "lanes": lanes,
         "pass_s": round(pass_s, 3),
         "window_s": round(window_s, 3),
-        "busy": round(pass_s / (window_s * lanes), 3) if window_s > 0 else None,
+        "busy": round(pass_s / window_s, 3) if window_s > 0 else None,
         "marks_per_s": round(marks / window_s, 1) if window_s > 0 else None,
         "ms_per_mark": round(1000 * pass_s / marks, 3) if marks else None,
     }

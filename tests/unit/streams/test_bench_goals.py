@@ -106,14 +106,6 @@ def test_reencoder_load_is_the_windows_share_in_passes_and_their_cost_a_mark() -
     assert line == "re-encoder busy 98% of the window: 120 passes, 1,500 marks/s at 0.65 ms a mark"
 
 
-def test_with_lanes_the_busy_share_is_each_lanes() -> None:
-    # two lanes: 200 passes took 90 s of lane time in a 60 s window
-    load = reencoder_load(passes=200, marks=150_000, pass_s=90.0, window_s=60.0, lanes=2)
-    assert load["busy"] == 0.75 and load["marks_per_s"] == 2500.0 and load["ms_per_mark"] == 0.6
-    line = reencoder_busy(load)
-    assert line.startswith("re-encoder busy 75% of the window in each of 2 lanes: 200 passes")
-
-
 def test_a_window_without_passes_has_no_cost_a_mark() -> None:
     load = reencoder_load(passes=0, marks=0, pass_s=0.0, window_s=60.0)
     assert load["busy"] == 0.0 and load["marks_per_s"] == 0.0 and load["ms_per_mark"] is None
