@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 from pathlib import Path
@@ -13,6 +12,7 @@ from streams.exceptions import ConfigError
 from streams.health import Health
 from streams.metrics import IngestMetrics
 from streams.runtimes.limits import RunLimits
+from streams.runtimes.loop import run_loop
 from streams.runtimes.preflight import clients_quiet, preflight
 from streams.runtimes.wiring import EXIT_FATAL
 from streams.settings import Settings
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
         metrics.serve_from(settings.metrics)
         try:
-            stats = asyncio.run(BatchRuntime(settings, metrics, limits, args.seams).run())
+            stats = run_loop(BatchRuntime(settings, metrics, limits, args.seams).run())
         except ConfigError:  # the operator's to fix, said in one line by the entry point
             raise
         except Exception:  # nothing was committed past the failed batch; say so and stop

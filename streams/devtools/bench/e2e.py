@@ -59,6 +59,7 @@ from streams.devtools.produce import produce_engagements
 from streams.metrics import IngestMetrics
 from streams.runtimes.batch import BatchRuntime
 from streams.runtimes.limits import RunLimits
+from streams.runtimes.loop import run_loop
 from streams.runtimes.wiring import redis_client
 from streams.settings import Settings
 from streams.vectors.rules import PassStats
@@ -364,7 +365,7 @@ def run_e2e_bench(base: Settings, cfg: E2EConfig) -> dict[str, Any]:
             result["freshness"] = _freshness(cfg, sage, rate, work)
         finally:
             for settings in (naive, sage):
-                asyncio.run(drop_prefix(settings))
+                run_loop(drop_prefix(settings))
                 drop_vectors(settings)
     result["goals"] = _goals(result)
     result["model"] = {"version": version, "source": str(cfg.model or "tiny, trained here")}
@@ -400,14 +401,14 @@ def measure_throughput(
     log.info("producing %d events to %s", len(events), topic)
     produce_engagements(sage, events)
     log.info("raw consume ceiling")
-    ceiling = asyncio.run(consume_ceiling(sage, topic, cfg.events))
+    ceiling = run_loop(consume_ceiling(sage, topic, cfg.events))
     naive_n = min(cfg.events, cfg.naive_events or NAIVE_EVENTS_MAX)
     naive_stats = run_naive(naive, naive_n, work)
     naive_eps = naive_stats["events"] / naive_stats["seconds"]
     log.info("sagestream: the batch runtime with the updater, %d events", cfg.events)
     cpu = worker_meter(sage)
     cpu.start()
-    metrics, first = asyncio.run(run_worker(sage, cfg.events, "sagestream"))
+    metrics, first = run_loop(run_worker(sage, cfg.events, "sagestream"))
     cpu.settle()
     sage_eps = cfg.events / (cast(float, metrics.last_pass_at) - first)
     result = {
@@ -435,7 +436,7 @@ def measure_throughput(
             "naive": count_vectors(naive, version),
             "sagestream": count_vectors(sage, version),
         },
-        "marks_left": asyncio.run(marks_left(sage)),
+        "marks_left": run_loop(marks_left(sage)),
         "sagestream_passes": metrics.pass_summary(),
         "fanout_users": metrics.fanout_rebuilt,
         "fanout_dropped": metrics.fanout_left_out,
@@ -449,7 +450,7 @@ def _freshness(cfg: E2EConfig, sage: Settings, rate: float, work: Path) -> dict[
     """Freshness per entity kind while `rate` events/s are offered for `cfg.load_seconds`."""
     stream = cfg.stream(max(1, round(rate * cfg.load_seconds)), seed_offset=1)
     log.info("freshness: %.0f events/s offered for %.0fs", rate, cfg.load_seconds)
-    loaded, load = asyncio.run(under_load(sage, stream, rate, work))
+    loaded, load = run_loop(under_load(sage, stream, rate, work))
     if cfg.png is not None:
         title = f"freshness at {rate:,.0f} events/s offered, window {sage.reencode.window_s} s"
         save_png(loaded.samples, cfg.png, title)

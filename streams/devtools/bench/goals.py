@@ -20,7 +20,6 @@ The run's Redis keys and Qdrant collections are dropped after; the topic stays, 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import statistics
@@ -57,6 +56,7 @@ from streams.devtools.bench.verdicts import (
 )
 from streams.devtools.generate import GeneratorConfig, generate_events
 from streams.devtools.produce import produce_engagements
+from streams.runtimes.loop import run_loop
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -113,13 +113,13 @@ def run_goals_bench(base: Settings, cfg: GoalsConfig) -> dict[str, Any]:
         try:
             throughput, _ = measure_throughput(e2e, naive, sage, work, version)
             run_users = {e.user_id for e in generate_events(e2e.stream(cfg.events))}
-            behind = asyncio.run(users_behind(sage, version, run_users))
+            behind = run_loop(users_behind(sage, version, run_users))
             ingest = ingest_figures(base, topic, cfg, throughput["eps"]["ceiling"])
             live = live_search(sage, cfg.live)
             memory = memory_figures(sage, cfg, work)
         finally:
             for settings in (naive, sage):
-                asyncio.run(drop_prefix(settings))
+                run_loop(drop_prefix(settings))
                 drop_vectors(settings)
     result = {
         "stage": "goals",
@@ -152,17 +152,17 @@ def ingest_figures(base: Settings, topic: str, cfg: GoalsConfig, ceiling: float)
         update={"models": base.models.model_copy(update={"registry": None})}
     )
     for _ in range(max(cfg.repeats, MIN_CEILING_SAMPLES) - 1):
-        ceilings.append(asyncio.run(consume_ceiling(ingest_only, topic, cfg.events)))
+        ceilings.append(run_loop(consume_ceiling(ingest_only, topic, cfg.events)))
     runs = []
     cpu = worker_meter(ingest_only)
     for i in range(cfg.repeats):
         fresh = bench_settings(ingest_only, topic)
         try:
             cpu.start()
-            runs.append(asyncio.run(batch_runtime(fresh, cfg.events)))
+            runs.append(run_loop(batch_runtime(fresh, cfg.events)))
             cpu.settle()
         finally:
-            asyncio.run(drop_prefix(fresh))
+            run_loop(drop_prefix(fresh))
         log.info("ingest run %d/%d: %.0f events/s", i + 1, cfg.repeats, runs[-1])
     ceiling, median = ceiling_of(ceilings), statistics.median(runs)
     events_per_s = cfg.events * cfg.repeats / cpu.elapsed_s
@@ -200,7 +200,7 @@ def memory_figures(sage: Settings, cfg: GoalsConfig, work: Path) -> dict[str, An
         "rss_every": every,
         "rss": rss_flatness(samples),
         "rss_samples": samples,
-        "redis": asyncio.run(redis_footprint(sage)),
+        "redis": run_loop(redis_footprint(sage)),
     }
 
 

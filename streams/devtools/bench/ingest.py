@@ -8,7 +8,6 @@ a fresh Redis key prefix, so each run applies the whole stream to empty state.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -30,6 +29,7 @@ from streams.devtools.produce import produce_engagements
 from streams.metrics import IngestMetrics
 from streams.runtimes.batch import BatchRuntime
 from streams.runtimes.limits import RunLimits
+from streams.runtimes.loop import run_loop
 from streams.runtimes.wiring import redis_client
 from streams.settings import Settings
 from streams.wire.events import decode_engagements
@@ -150,16 +150,16 @@ def run_ingest_bench(base: Settings, events: int, repeats: int) -> dict[str, Any
     )
     produce_eps = events / (time.perf_counter() - started)
     ceiling, batch, faust = Series("ceiling"), Series("batch"), Series("faust")
-    _repeat(ceiling, repeats, lambda: asyncio.run(consume_ceiling(settings, topic, events)))
+    _repeat(ceiling, repeats, lambda: run_loop(consume_ceiling(settings, topic, events)))
 
     def one(path: Callable[[Settings, int], float]) -> float:
         fresh = bench_settings(base, topic)
         try:
             return path(fresh, events)
         finally:
-            asyncio.run(drop_prefix(fresh))
+            run_loop(drop_prefix(fresh))
 
-    _repeat(batch, repeats, lambda: one(lambda s, n: asyncio.run(batch_runtime(s, n))))
+    _repeat(batch, repeats, lambda: one(lambda s, n: run_loop(batch_runtime(s, n))))
     _repeat(faust, repeats, lambda: one(faust_runtime))
     return {
         "stage": "ingest",

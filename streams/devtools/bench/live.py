@@ -49,6 +49,7 @@ from streams.devtools.bench.verdicts import (
 from streams.devtools.generate import GeneratorConfig
 from streams.runtimes.batch import BatchRuntime
 from streams.runtimes.limits import RunLimits
+from streams.runtimes.loop import run_loop
 from streams.runtimes.wiring import redis_client
 from streams.settings import Settings
 from streams.vectors.rules import PassStats
@@ -237,7 +238,7 @@ def live_search(settings: Settings, cfg: LiveConfig) -> dict[str, Any]:
     search = StepSearch(cfg.rates, cfg.bisect)
     steps: list[dict[str, Any]] = []
     while (rate := search.next_rate()) is not None:
-        step = asyncio.run(offer(settings, cfg, rate, len(steps)))
+        step = run_loop(offer(settings, cfg, rate, len(steps)))
         search.record(rate, step["passed"])
         steps.append(step)
     return {

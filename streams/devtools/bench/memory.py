@@ -34,6 +34,7 @@ from streams.devtools.bench.naive import spawn
 from streams.runtimes.batch import BatchRuntime
 from streams.runtimes.client_logs import quiet_chatty_loggers
 from streams.runtimes.limits import RunLimits
+from streams.runtimes.loop import run_loop
 from streams.runtimes.wiring import redis_client
 from streams.settings import Settings
 
@@ -92,7 +93,7 @@ def _rss_process(env: dict[str, str], run: RssRun) -> None:
     """The worker's own process, with the settings of its parent."""
     os.environ.update(env)
     quiet_chatty_loggers()
-    result = asyncio.run(_sampled_worker(Settings.load(), run))
+    result = run_loop(_sampled_worker(Settings.load(), run))
     Path(run.out).write_text(json.dumps(result))
 
 
