@@ -2,9 +2,9 @@
 
 A pass is thousands of Redis round trips on one thread, and asyncio's pure-Python transports
 and callbacks are a good part of what each costs the worker; uvloop's are C (libuv). Measured
-in alternating goals-bench runs (README, "Where it stands"), it saves about a tenth of the
-re-encoder's time a mark. The benches run the worker, and the consume ceiling it is judged
-against, on the same loop.
+in alternating goals-bench runs (README, "Two levers tried"), it saved about a tenth of the
+re-encoder's time a mark, within the day's drift. The benches run the worker, and the consume
+ceiling it is judged against, on the same loop.
 """
 
 from __future__ import annotations

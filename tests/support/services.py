@@ -46,7 +46,7 @@ def qdrant_binary() -> Path:
 # Ports are drawn below the kernel's ephemeral range (32768-60999 on Linux): a port the kernel
 # hands out with bind(0) can be taken as the source port of any outgoing connection between the
 # draw and the server's bind. A CI run lost a Qdrant peer that way ("Address already in use" on
-# its p2p port, 20 s after the draw, while the stack's clients made hundreds of connections).
+# one of its gRPC ports, 20 s after the draw, while the stack's clients made many connections).
 # 10,000-15,999 also stays clear of the dev stack (16xxx, 19xxx), the test stack (26xxx,
 # 29xxx) and, 10,000 above, a Redis Cluster node's bus.
 PORT_WINDOW = range(10_000, 16_000)
