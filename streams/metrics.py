@@ -7,7 +7,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from streams import health as probes
 from streams.health import Health
 from streams.settings import MetricsSettings
-from streams.vectors.rules import PassStats
+from streams.vectors.rules import STAGES, PassStats
 from streams.wire.events import REASONS
 
 NAMESPACE = "sagestream"
@@ -169,6 +169,17 @@ class IngestMetrics:
         )
         for read in ("kept", "sent"):
             self.neighbour_lists.labels(read=read)
+        self.pass_stage_seconds = Counter(
+            "pass_stage_seconds",
+            "Seconds the re-encode passes spent in each step (drain the marks, read the state, "
+            "encode items, fan out, read history vectors, encode users, upsert, a switch's "
+            "shadow write, record bases and clear the marks): where a mark's cost sits",
+            ["stage"],
+            namespace=ns,
+            registry=r,
+        )
+        for stage in STAGES:
+            self.pass_stage_seconds.labels(stage=stage)
         self.users_behind = Gauge(
             "users_behind_items",
             "Users the last pass left built from item vectors older than the current ones "
@@ -230,6 +241,8 @@ class IngestMetrics:
         self.fanout_still.inc(stats.items_still)
         self.neighbour_lists.labels(read="kept").inc(stats.lists_kept)
         self.neighbour_lists.labels(read="sent").inc(stats.lists_sent)
+        for stage, seconds in stats.stages_s.items():
+            self.pass_stage_seconds.labels(stage=stage).inc(seconds)
 
     def serve_from(self, settings: MetricsSettings) -> int | None:
         """Serve as the settings say; the port bound, or None when the endpoint is off."""

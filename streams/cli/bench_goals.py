@@ -91,6 +91,8 @@ def _report_steps(live: dict[str, Any]) -> None:
         )
         say(f"           {describe_cpu(step['cpu'])}; {lists_kept(step['passes'])}")
         say(f"           {reencoder_busy(step['load'])}")
+        if split := stage_split(step["load"]):
+            say(f"           {split}")
 
 
 def lists_kept(passes: dict[str, Any]) -> str:
@@ -99,6 +101,14 @@ def lists_kept(passes: dict[str, Any]) -> str:
     if not kept + sent:
         return "no neighbour lists read"
     return f"neighbour lists kept {kept / (kept + sent):.0%} of {kept + sent:,}"
+
+
+def stage_split(load: dict[str, Any]) -> str:
+    """A mark's cost by step of a pass, in the order a pass runs them ('' when none ran)."""
+    by_stage = load.get("ms_per_mark_by_stage") or {}
+    if not by_stage:
+        return ""
+    return "a mark by step (ms): " + ", ".join(f"{s} {ms:.3f}" for s, ms in by_stage.items())
 
 
 def reencoder_busy(load: dict[str, Any]) -> str:

@@ -227,7 +227,8 @@ class Reencoder:
         read_at = self._clock()
         lists = self._inputs.lists
         kept, sent = lists.hits, lists.sent
-        marks = await self._marks.drain(shards, self._cfg.marks_per_shard, catalog=catalog)
+        with stats.stage("drain"):
+            marks = await self._marks.drain(shards, self._cfg.marks_per_shard, catalog=catalog)
         stats.marks = marks.count()
         stats.more_waiting = marks.full(self._cfg.marks_per_shard)
         if stats.idle:
@@ -236,17 +237,19 @@ class Reencoder:
         elsewhere = written.elsewhere
         if self._shadow is not None:  # a model switch is under way: dual writes
             shadow = PassStats()
-            also = await self._shadow.write(marks, shadow, primary=False, fan_out=True)
+            with stats.stage("shadow"):
+                also = await self._shadow.write(marks, shadow, primary=False, fan_out=True)
             elsewhere = _earliest(elsewhere, also.elsewhere)
             stats.encode_s += shadow.encode_s
             stats.upsert_s += shadow.upsert_s
         # after every model's upsert: another worker's holders must find the new item vectors in
         # each collection; then the bases, since a re-done pass skips an item whose basis is
         # recorded and would then not fan out
-        await self._fanout.mark(elsewhere, stats)
-        await self._inputs.put_bases({i: p.basis for i, p in written.plans.items()})
-        self._after_vector_write()
-        await self._marks.clear(marks, read_at)
+        with stats.stage("record"):
+            await self._fanout.mark(elsewhere, stats)
+            await self._inputs.put_bases({i: p.basis for i, p in written.plans.items()})
+            self._after_vector_write()
+            await self._marks.clear(marks, read_at)
         stats.lists_kept, stats.lists_sent = lists.hits - kept, lists.sent - sent
         stats.pass_s = time.perf_counter() - began
         return stats
@@ -274,31 +277,37 @@ class Reencoder:
         await self._prepare()
         arrived = {item_id for item_id, _ in marks.catalog}
         dirty, items = marks.users(), marks.items()
-        plans, users = await asyncio.gather(
-            self._planner.dirty(self.bundle, items, arrived, stats, skip=primary),
-            self._users(dirty),
-        )
-        vectors = await self._encode_items(plans, stats)
-        moved = self._settle(plans, vectors, stats, primary=primary)
-        elsewhere: dict[Shard, dict[str, float]] = {}
-        if fan_out:
-            changed = {i: plans[i] for i in moved}
-            holders = await self._fanout.read(changed)
-            wanted = self._fanout.choose(holders, changed, users, stats)
-            mine = marks.drained()
-            elsewhere = {s: held for s, held in wanted.items() if s not in mine}
-            here = {s: held for s, held in wanted.items() if s in mine}
-            dirty = _earliest(dirty, await self._rebuild(here, changed, users, stats))
-        stored, versions, cold = await self._history_vectors(users, plans)
-        if cold:  # no vector of this model yet, so no holder was built from one: no fan-out
-            cold_vectors = await self._encode_items(cold, stats)
-            self._settle(cold, cold_vectors, stats, primary=False)
-            plans.update(cold)
-            vectors.update(cold_vectors)
+        with stats.stage("read"):
+            plans, users = await asyncio.gather(
+                self._planner.dirty(self.bundle, items, arrived, stats, skip=primary),
+                self._users(dirty),
+            )
+        with stats.stage("items"):
+            vectors = await self._encode_items(plans, stats)
+        with stats.stage("fan_out"):
+            moved = self._settle(plans, vectors, stats, primary=primary)
+            elsewhere: dict[Shard, dict[str, float]] = {}
+            if fan_out:
+                changed = {i: plans[i] for i in moved}
+                holders = await self._fanout.read(changed)
+                wanted = self._fanout.choose(holders, changed, users, stats)
+                mine = marks.drained()
+                elsewhere = {s: held for s, held in wanted.items() if s not in mine}
+                here = {s: held for s, held in wanted.items() if s in mine}
+                dirty = _earliest(dirty, await self._rebuild(here, changed, users, stats))
+        with stats.stage("history"):
+            stored, versions, cold = await self._history_vectors(users, plans)
+            if cold:  # no vector of this model yet, so no holder was built from one: no fan-out
+                cold_vectors = await self._encode_items(cold, stats)
+                self._settle(cold, cold_vectors, stats, primary=False)
+                plans.update(cold)
+                vectors.update(cold_vectors)
         versions.update({i: plan.basis.material_version for i, plan in plans.items()})
         records = [plan.record(vectors[i]) for i, plan in plans.items()]
-        records += await self._encode_users(users, {**stored, **vectors}, versions, stats)
-        await self._upsert(records, stats, insert_only=insert_only, refresh=refresh)
+        with stats.stage("users"):
+            records += await self._encode_users(users, {**stored, **vectors}, versions, stats)
+        with stats.stage("upsert"):
+            await self._upsert(records, stats, insert_only=insert_only, refresh=refresh)
         if primary:
             self._freshness(stats, plans, dirty)
         return Written(plans, elsewhere)

@@ -8,7 +8,9 @@ so they are cleared, verbatim, only after the upsert returned.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+import time
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -26,6 +28,22 @@ REASONS: tuple[Reason, ...] = (
     "neighbour_content",
     "sequence",
     "cold_start",
+)
+# A pass's steps in order (the re-encoder's module docstring numbers them), each timed on its own
+# so a bench can say which one a mark's cost sits in: "shadow" is a model switch's second write.
+Stage = Literal[
+    "drain", "read", "items", "fan_out", "history", "users", "upsert", "shadow", "record"
+]
+STAGES: tuple[Stage, ...] = (
+    "drain",
+    "read",
+    "items",
+    "fan_out",
+    "history",
+    "users",
+    "upsert",
+    "shadow",
+    "record",
 )
 Shard = tuple[str, int]
 Holders = Mapping[Shard, Mapping[str, Mapping[str, int]]]  # shard -> item -> user -> offset
@@ -52,9 +70,20 @@ class PassStats:
     encode_s: float = 0.0
     upsert_s: float = 0.0
     pass_s: float = 0.0  # the whole pass; what encode and upsert leave is Redis (read_s)
+    stages_s: dict[Stage, float] = field(default_factory=dict)  # wall time of each step run
     freshness_s: dict[EntityKind, list[float]] = field(
         default_factory=lambda: {"users": [], "items": []}
     )
+
+    @contextmanager
+    def stage(self, name: Stage) -> Iterator[None]:
+        """Add the wall time of the block to `name`'s (encode and upsert calls inside it count
+        in it too: `encode_s` and `upsert_s` cut across the steps)."""
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stages_s[name] = self.stages_s.get(name, 0.0) + time.perf_counter() - began
 
     @property
     def idle(self) -> bool:

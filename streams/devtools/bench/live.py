@@ -52,7 +52,7 @@ from streams.runtimes.limits import RunLimits
 from streams.runtimes.loop import run_loop
 from streams.runtimes.wiring import redis_client
 from streams.settings import Settings
-from streams.vectors.rules import PassStats
+from streams.vectors.rules import STAGES, PassStats
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,7 @@ class StepRecorder(PassRecorder):
         self.steady_until = math.inf
         self.steady_passes = self.steady_marks = 0
         self.steady_pass_s = 0.0
+        self.steady_stages_s: dict[str, float] = {}
 
     def observe_pass(self, stats: PassStats) -> None:
         super().observe_pass(stats)
@@ -100,11 +101,18 @@ class StepRecorder(PassRecorder):
         self.steady_passes += 1
         self.steady_marks += stats.marks
         self.steady_pass_s += stats.pass_s
+        for stage, seconds in stats.stages_s.items():
+            self.steady_stages_s[stage] = self.steady_stages_s.get(stage, 0.0) + seconds
 
     def load(self) -> dict[str, Any]:
         """The steady window's passes against its length (`verdicts.reencoder_load`)."""
         window = self.steady_until - self.steady_from
-        return reencoder_load(self.steady_passes, self.steady_marks, self.steady_pass_s, window)
+        stages: dict[str, float] = {
+            s: self.steady_stages_s[s] for s in STAGES if s in self.steady_stages_s
+        }
+        return reencoder_load(
+            self.steady_passes, self.steady_marks, self.steady_pass_s, window, stages
+        )
 
 
 class BacklogProbe:

@@ -146,11 +146,18 @@ def step_verdict(
     return reasons
 
 
-def reencoder_load(passes: int, marks: int, pass_s: float, window_s: float) -> dict[str, Any]:
+def reencoder_load(
+    passes: int,
+    marks: int,
+    pass_s: float,
+    window_s: float,
+    stages_s: Mapping[str, float] | None = None,
+) -> dict[str, Any]:
     """What a step's passes (those ending in its window) cost: the share of the window they
-    took, the marks they read a second and their seconds a mark. A pass costs about the same
-    per mark whatever its size, so a share near 1 is the step's edge, a steadier sign of it
-    than the freshness p99, which a few slow passes move a lot."""
+    took, the marks they read a second and their seconds a mark, in all and in each step of a
+    pass (`stages_s`: the passes' seconds per step). A pass costs about the same per mark
+    whatever its size, so a share near 1 is the step's edge, a steadier sign of it than the
+    freshness p99, which a few slow passes move a lot; the split says where to cut."""
     return {
         "passes": passes,
         "marks": marks,
@@ -159,6 +166,11 @@ def reencoder_load(passes: int, marks: int, pass_s: float, window_s: float) -> d
         "busy": round(pass_s / window_s, 3) if window_s > 0 else None,
         "marks_per_s": round(marks / window_s, 1) if window_s > 0 else None,
         "ms_per_mark": round(1000 * pass_s / marks, 3) if marks else None,
+        "ms_per_mark_by_stage": {
+            stage: round(1000 * seconds / marks, 3) for stage, seconds in (stages_s or {}).items()
+        }
+        if marks
+        else {},
     }
 
 

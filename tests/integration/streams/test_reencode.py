@@ -23,6 +23,7 @@ from streams.devtools.generate import GeneratorConfig, generate_catalog, generat
 from streams.devtools.tiny_model import publish_tiny_model
 from streams.settings import Settings
 from streams.vectors.reencoder import PassStats
+from streams.vectors.rules import STAGES
 from streams.wire.events import CatalogItem, Engagement
 from tests.support.vectors_world import (
     PARTITIONS,
@@ -92,6 +93,9 @@ async def test_drain_equals_oracle_then_nothing_to_do(world: Callable[..., World
     assert sum(p.users_encoded for p in passes) == len(users)
     assert passes[0].reasons["cold_start"] >= len(items)
     assert passes[0].freshness_s["users"] and passes[0].freshness_s["items"]
+    # every step of a first pass ran (no switch: no shadow) and none overlaps another
+    assert set(passes[0].stages_s) == set(STAGES) - {"shadow"}
+    assert sum(passes[0].stages_s.values()) <= passes[0].pass_s
     await assert_matches_oracle(w)
     again = await w.reencoder.run_pass(w.shards)
     assert again.idle and again.items_encoded == again.users_encoded == 0

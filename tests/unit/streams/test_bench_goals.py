@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from streams.cli.bench_goals import reencoder_busy
+from streams.cli.bench_goals import reencoder_busy, stage_split
 from streams.devtools.bench.live import at_rate
 from streams.devtools.bench.memory import classify
 from streams.devtools.bench.verdicts import (
@@ -104,6 +104,14 @@ def test_reencoder_load_is_the_windows_share_in_passes_and_their_cost_a_mark() -
     assert load["ms_per_mark"] == 0.65
     line = reencoder_busy(load)
     assert line == "re-encoder busy 98% of the window: 120 passes, 1,500 marks/s at 0.65 ms a mark"
+
+
+def test_a_marks_cost_is_split_by_the_step_of_a_pass_it_was_spent_in() -> None:
+    stages = {"drain": 0.9, "read": 27.0, "upsert": 9.0}
+    load = reencoder_load(passes=120, marks=90_000, pass_s=58.5, window_s=60.0, stages_s=stages)
+    assert load["ms_per_mark_by_stage"] == {"drain": 0.01, "read": 0.3, "upsert": 0.1}
+    assert stage_split(load) == "a mark by step (ms): drain 0.010, read 0.300, upsert 0.100"
+    assert stage_split(reencoder_load(0, 0, 0.0, 60.0, stages)) == ""
 
 
 def test_a_window_without_passes_has_no_cost_a_mark() -> None:

@@ -12,7 +12,7 @@ from streams.cli.main import EXIT_CONFIG, main
 from streams.exceptions import ConfigError
 from streams.metrics import IngestMetrics
 from streams.settings import MetricsSettings
-from streams.vectors.rules import PassStats
+from streams.vectors.rules import STAGES, PassStats
 
 
 def test_port_zero_serves_on_a_free_port_and_says_which() -> None:
@@ -53,6 +53,18 @@ def test_a_pass_is_split_into_redis_encode_and_upsert_seconds() -> None:
     assert value("sagestream_read_seconds_sum") == 0.25
     assert value("sagestream_encode_seconds_sum") == 0.25
     assert value("sagestream_upsert_seconds_sum") == 0.5
+
+
+def test_a_passs_steps_add_up_per_step_and_every_step_is_exported_from_the_start() -> None:
+    metrics = IngestMetrics(CollectorRegistry())
+    value = metrics.registry.get_sample_value
+    for stage in STAGES:
+        assert value("sagestream_pass_stage_seconds_total", {"stage": stage}) == 0.0
+    metrics.observe_pass(PassStats(marks=3, stages_s={"read": 0.5, "upsert": 0.25}))
+    metrics.observe_pass(PassStats(marks=1, stages_s={"read": 0.25}))
+    assert value("sagestream_pass_stage_seconds_total", {"stage": "read"}) == 0.75
+    assert value("sagestream_pass_stage_seconds_total", {"stage": "upsert"}) == 0.25
+    assert value("sagestream_pass_stage_seconds_total", {"stage": "drain"}) == 0.0
 
 
 def test_fan_out_counts_rebuilt_and_dropped_users_and_what_the_last_pass_left_behind() -> None:

@@ -10,8 +10,16 @@ import pytest
 from state import keys
 from state.catalog import CatalogRecord
 from state.encode_inputs import EncodeBasis, ItemInputs
+from streams.vectors import rules
 from streams.vectors.plans import ItemPlan, basis_of, unread_neighbours
-from streams.vectors.rules import Marks, fan_out, item_reason, material_change, vector_moved
+from streams.vectors.rules import (
+    Marks,
+    PassStats,
+    fan_out,
+    item_reason,
+    material_change,
+    vector_moved,
+)
 
 
 def basis(
@@ -194,3 +202,18 @@ def test_an_item_joins_the_readers_of_only_the_neighbours_not_told_before(
         previous=previous,
     )
     assert unread_neighbours({"i1": plan}) == added
+
+
+def test_a_pass_adds_each_steps_time_to_its_own_even_when_it_raises(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ticks = iter([10.0, 10.5, 11.0, 11.25, 20.0, 22.0])
+    monkeypatch.setattr(rules.time, "perf_counter", lambda: next(ticks))
+    stats = PassStats()
+    with stats.stage("read"):
+        pass
+    with stats.stage("read"):  # a second run of a step adds to the first
+        pass
+    with pytest.raises(RuntimeError), stats.stage("upsert"):
+        raise RuntimeError("the store went away")
+    assert stats.stages_s == {"read": 0.75, "upsert": 2.0}
