@@ -13,7 +13,11 @@ On one fresh topic and one model (`e2e.prepare_model`), in this order:
 4. fan-out: the users the drained run's fan-out marked, and the users left behind their items
    after the drain (streams/devtools/bench/behind.py);
 5. memory (`memory`): `memory_events` more events through the worker in a process of its own,
-   its RSS sampled; then the Redis bytes per user and per item of everything the run applied.
+   its RSS sampled; then the Redis bytes per user and per item of those events' state. The
+   worker reads on in the live steps' consumer group but applies to a key prefix (and writes to
+   collections) of its own, empty before: the bytes are then those of the million alone, the
+   same for every run, where the state of the steps before would add as many events as the
+   search took steps (one run's four steps against another's three moved them by a tenth).
 
 The run's Redis keys and Qdrant collections are dropped after; the topic stays, as every bench's.
 """
@@ -110,15 +114,17 @@ def run_goals_bench(base: Settings, cfg: GoalsConfig) -> dict[str, Any]:
         registry, version = prepare_model(cfg.model, work / "models", e2e.stream(cfg.events))
         naive = path_settings(base, topic, registry, cfg.qdrant, work)
         sage = path_settings(base, topic, registry, cfg.qdrant, work)
+        fresh = path_settings(base, topic, registry, cfg.qdrant, work)
+        fresh = fresh.model_copy(update={"kafka": sage.kafka})  # reads on after the live steps
         try:
             throughput, _ = measure_throughput(e2e, naive, sage, work, version)
             run_users = {e.user_id for e in generate_events(e2e.stream(cfg.events))}
             behind = run_loop(users_behind(sage, version, run_users))
             ingest = ingest_figures(base, topic, cfg, throughput["eps"]["ceiling"])
             live = live_search(sage, cfg.live)
-            memory = memory_figures(sage, cfg, work)
+            memory = memory_figures(fresh, cfg, work)
         finally:
-            for settings in (naive, sage):
+            for settings in (naive, sage, fresh):
                 run_loop(drop_prefix(settings))
                 drop_vectors(settings)
     result = {

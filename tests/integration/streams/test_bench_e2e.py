@@ -16,6 +16,7 @@ import pytest
 
 from streams.devtools.bench.verdicts import MIN_CEILING_SAMPLES
 from streams.settings import Settings
+from streams.vectors.rules import STAGES
 from tests.support.harness import REPO
 from tests.support.services import Services
 
@@ -146,6 +147,11 @@ def test_goals_bench_reports_every_figure_with_a_verdict(
         if step["passed"]:
             assert load["passes"] > 0 and load["marks"] >= load["passes"]
             assert load["busy"] > 0 and load["ms_per_mark"] > 0
+            # a mark's cost split by the steps of a pass, in their order; a pass with users
+            # and items read, encoded and upserted them, and the steps never overlap
+            by_stage = load["ms_per_mark_by_stage"]
+            assert list(by_stage) == [s for s in STAGES if s != "shadow"]  # no switch here
+            assert sum(by_stage.values()) <= load["ms_per_mark"] + 0.005  # each rounded to 0.001
 
     ingest, drained = result["ingest"], result["drained"]
     # ingest runs follow --repeats; the ceiling is read at least MIN_CEILING_SAMPLES times and
@@ -175,7 +181,7 @@ def test_goals_bench_reports_every_figure_with_a_verdict(
     assert fanout["behind"]["users_checked"] > 0 and fanout["behind"]["without_item_vectors"] == 0
     assert figures["users behind their items (drained)"] == "met", fanout
     for line in ("sustainable live rate", "ingest / raw consume ceiling", "worker RSS", "cores:",
-                 "neighbour lists", "re-encoder"):  # fmt: skip
+                 "neighbour lists", "re-encoder", "a mark by step (ms)"):  # fmt: skip
         assert line in done.stdout
     assert png.read_bytes().startswith(b"\x89PNG")
     for picture in ("goals-rss.png", "goals-cpu.png"):
