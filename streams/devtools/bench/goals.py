@@ -15,9 +15,10 @@ On one fresh topic and one model (`e2e.prepare_model`), in this order:
 5. memory (`memory`): `memory_events` more events through the worker in a process of its own,
    its RSS sampled; then the Redis bytes per user and per item of those events' state. The
    worker reads on in the live steps' consumer group but applies to a key prefix (and writes to
-   collections) of its own, empty before: the bytes are then those of the million alone, the
-   same for every run, where the state of the steps before would add as many events as the
-   search took steps (one run's four steps against another's three moved them by a tenth).
+   collections) of its own, empty before, so the bytes are the million's alone, whichever steps
+   the search took. On the live steps' state they were not: those steps' events carry the wall
+   clock and the million's the generator's times, months older, so a user that had acted live
+   paired none of its million's events (older than `max_event_age_s` behind its newest).
 
 The run's Redis keys and Qdrant collections are dropped after; the topic stays, as every bench's.
 """
