@@ -15,6 +15,15 @@ top K): once with no kept lists, every list sent in full (a cold pass, or lists 
 then twice with a cache that holds them all, whose second read finds every list unchanged and
 gets heads alone. Items per second and Redis CPU per item of the full and the kept read show
 what a pass pays for a list that moved and what keeping one saves.
+
+Beside them, the same stream applied in this process to the pure-Python reference
+(`state/coengagement.py`, one `CoEngagementGraph` per partition), and every engaged item read
+from it (`merge_neighbours` over the partitions, as the Redis read merges its shards): what the
+rules cost with each partition's state held by its worker, no round trip and no script (the
+redesign the README's throughput section points to). The reference is written to be read, not
+to be fast, and a worker holding its state would also write a changelog, which this leaves out;
+so the ratios say how far the rules themselves are from the Redis figures, not what such a
+worker would reach.
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from state.coengagement import Event
+from state.coengagement import CoEngagementGraph, Event, merge_neighbours
 from state.config import StateConfig
 from state.encode_inputs import EncodeInputs
 from state.redis_state import RedisState
@@ -154,6 +163,53 @@ async def _one_run(
     return Run(wall, script, cpu, len(items), reads)
 
 
+@dataclass(frozen=True)
+class InProcess:
+    """Seconds of one run on the in-process reference: the apply, then reading every item."""
+
+    apply_s: float
+    read_s: float
+    applied: int  # the graphs' user versions summed: every event of the stream, once
+    items: int
+
+
+def in_process_run(parts: dict[int, list[tuple[int, Event]]], config: StateConfig) -> InProcess:
+    """The stream applied to one reference graph per partition, then every engaged item read."""
+    graphs = {partition: CoEngagementGraph(config) for partition in sorted(parts)}
+    started = time.perf_counter()
+    for partition, batch in parts.items():
+        graph = graphs[partition]
+        for offset, event in batch:
+            graph.add(event, offset)
+    apply_s = time.perf_counter() - started
+    items = sorted({event.item_id for batch in parts.values() for _, event in batch})
+    started = time.perf_counter()
+    for item in items:
+        merge_neighbours(graphs.values(), item, READ_K)
+    read_s = time.perf_counter() - started
+    applied = sum(
+        graph.user_version(user)
+        for partition, graph in graphs.items()
+        for user in {event.user_id for _, event in parts[partition]}
+    )
+    return InProcess(apply_s, read_s, applied, len(items))
+
+
+def _in_process_figures(
+    runs: Sequence[InProcess], events: int, redis_events_per_s: float, redis_full_read: float
+) -> dict[str, Any]:
+    """Events and items per second of the reference, medians, and each over its Redis figure."""
+    events_per_s = events / statistics.median(run.apply_s for run in runs)
+    items_per_s = runs[0].items / statistics.median(run.read_s for run in runs)
+    return {
+        "events_per_s": round(events_per_s, 1),
+        "runs_events_per_s": [round(events / run.apply_s, 1) for run in runs],
+        "x_redis_apply": round(events_per_s / redis_events_per_s, 2),
+        "read_items_per_s": round(items_per_s, 1),
+        "x_redis_full_read": round(items_per_s / redis_full_read, 2),
+    }
+
+
 def _read_figures(runs: Sequence[Run]) -> dict[str, Any]:
     """Items per second and Redis CPU microseconds per item of each read, medians."""
     out: dict[str, Any] = {"items": runs[0].items, "k": READ_K}
@@ -181,6 +237,8 @@ async def run_state_bench(
     stats = await client.info("commandstats")
     calls = {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
     wall_s = statistics.median(walls)
+    read = _read_figures(runs)
+    reference = [in_process_run(parts, cfg) for _ in range(repeats)]
     return {
         "events": events,
         "repeats": repeats,
@@ -195,7 +253,10 @@ async def run_state_bench(
             2,
         ),
         "commandstats": {k: n for k, n in sorted(calls.items(), key=lambda kv: -kv[1])},
-        "read": _read_figures(runs),
+        "read": read,
+        "in_process": _in_process_figures(
+            reference, events, events / wall_s, read["full"]["items_per_s"]
+        ),
     }
 
 

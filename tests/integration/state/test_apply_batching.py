@@ -56,4 +56,9 @@ async def test_bench_runs_and_cleans_up(redis_client: aioredis.Redis) -> None:
     assert result["events_per_s"] > 0
     read = result["read"]  # every engaged item, read in full and then from kept lists
     assert read["items"] > 0 and read["full"]["items_per_s"] > 0 and read["kept"]["items_per_s"] > 0
+    reference = result["in_process"]  # the same stream on state/coengagement.py, in process
+    assert reference["events_per_s"] > 0 and reference["read_items_per_s"] > 0
+    assert reference["x_redis_apply"] == pytest.approx(
+        reference["events_per_s"] / result["events_per_s"], rel=0.01
+    )
     assert {k async for k in redis_client.scan_iter(match="bench*:*")} == before

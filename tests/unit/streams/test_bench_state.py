@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from streams.devtools.bench.state import PARTITIONS, generate, partitioned
+from state.config import StateConfig
+from streams.devtools.bench.state import PARTITIONS, generate, in_process_run, partitioned
 
 
 def test_generated_stream_has_the_documented_shape() -> None:
@@ -25,3 +26,12 @@ def test_partitions_number_their_events_from_zero() -> None:
             for other in parts.values()
             if other is not batch
         )
+
+
+def test_in_process_reference_applies_every_event_and_reads_every_item() -> None:
+    events = generate(3_000)
+    parts = partitioned(events)
+    run = in_process_run(parts, StateConfig())
+    assert run.applied == len(events)
+    assert run.items == len({e.item_id for e in events})
+    assert run.apply_s > 0 and run.read_s > 0
