@@ -83,6 +83,11 @@ def partitioned(events: Sequence[Event]) -> dict[int, list[tuple[int, Event]]]:
     return out
 
 
+def engaged_items(parts: dict[int, list[tuple[int, Event]]]) -> list[str]:
+    """Every item the stream engaged, in id order: what both reads read back."""
+    return sorted({event.item_id for batch in parts.values() for _, event in batch})
+
+
 async def _script_usec(client: aioredis.Redis) -> float:
     stats = await client.info("commandstats")
     return sum(
@@ -145,7 +150,7 @@ async def _one_run(
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     state = RedisState(client, config, prefix)
     longest = max(len(batch) for batch in parts.values())
-    items = sorted({event.item_id for batch in parts.values() for _, event in batch})
+    items = engaged_items(parts)
     try:
         usec_before = await _script_usec(client)
         cpu_before = await _server_cpu_s(client)
@@ -182,7 +187,7 @@ def in_process_run(parts: dict[int, list[tuple[int, Event]]], config: StateConfi
         for offset, event in batch:
             graph.add(event, offset)
     apply_s = time.perf_counter() - started
-    items = sorted({event.item_id for batch in parts.values() for _, event in batch})
+    items = engaged_items(parts)
     started = time.perf_counter()
     for item in items:
         merge_neighbours(graphs.values(), item, READ_K)
