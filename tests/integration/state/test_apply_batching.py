@@ -7,12 +7,25 @@ marks, the holders of one item) and must still equal the reference.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+
 import pytest
 import redis.asyncio as aioredis
+from kafka import KafkaAdminClient
 
 from state import CoEngagementGraph, RedisState, StateConfig
 from state.coengagement import Event as Ev
-from streams.devtools.bench.state import run_state_bench
+from streams.devtools.bench.state import (
+    changelog_run,
+    changelog_topic,
+    generate,
+    partitioned,
+    run_state_bench,
+)
+from streams.settings import Settings
+from tests.support.harness import read_topic
+from tests.support.services import Services
 
 pytestmark = pytest.mark.integration
 
@@ -48,10 +61,19 @@ async def test_one_call_over_many_chunks_equals_reference(
     assert holders["h7"] == {"heavy": dict(ref.holders("h7"))["heavy"]}
 
 
-async def test_bench_runs_and_cleans_up(redis_client: aioredis.Redis) -> None:
+def _changelogs(bootstrap: str) -> set[str]:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        return {t for t in admin.list_topics() if t.startswith("bench-changelog-")}
+    finally:
+        admin.close()
+
+
+async def test_bench_runs_and_cleans_up(redis_client: aioredis.Redis, services: Services) -> None:
     # other benches' keys may share this Redis (its data outlives a session): compare, not count
     before = {k async for k in redis_client.scan_iter(match="bench*:*")}
-    result = await run_state_bench(redis_client, 3000, 1)
+    topics = _changelogs(services.bootstrap_servers)
+    result = await run_state_bench(redis_client, 3000, 1, kafka=services.bootstrap_servers)
     assert result["events"] == 3000
     assert result["events_per_s"] > 0
     read = result["read"]  # every engaged item, read in full and then from kept lists
@@ -61,4 +83,36 @@ async def test_bench_runs_and_cleans_up(redis_client: aioredis.Redis) -> None:
     assert reference["x_redis_apply"] == pytest.approx(
         reference["events_per_s"] / result["events_per_s"], rel=0.01
     )
+    for size, run in result["changelog"].items():  # the reference again, writing its changelog
+        assert int(size) > 0 and run["events_per_s"] > 0 and run["bytes_per_event"] > 0
+        assert run["records_per_event"] > 0
+        assert run["x_in_process"] == pytest.approx(
+            run["events_per_s"] / reference["events_per_s"], rel=0.01
+        )
     assert {k async for k in redis_client.scan_iter(match="bench*:*")} == before
+    assert _changelogs(services.bootstrap_servers) == topics
+
+
+async def test_the_bench_changelog_restores_each_partitions_state(
+    services: Services, make_settings: Callable[..., Settings]
+) -> None:
+    cfg = StateConfig(hold_max=8)  # a small cap: holders are dropped, and must stay dropped
+    parts = partitioned(generate(3000))
+    run = await changelog_run(parts, cfg, services.bootstrap_servers, 100, drop=False)
+    try:
+        records = await asyncio.to_thread(read_topic, make_settings(), run.topic)
+    finally:
+        await asyncio.to_thread(changelog_topic, services.bootstrap_servers, False, run.topic)
+    assert len(records) == run.records
+    for partition, batch in parts.items():
+        log = [(r.key.decode(), r.value) for r in records if r.partition == partition]
+        restored = CoEngagementGraph.from_records(cfg, log)
+        ref = CoEngagementGraph(cfg)
+        ref.add_many((e for _, e in batch), (o for o, _ in batch))
+        for user in {e.user_id for _, e in batch}:
+            assert restored.sequence(user) == ref.sequence(user)
+            assert restored.user_version(user) == ref.user_version(user)
+        for item in {e.item_id for _, e in batch}:
+            assert restored.shard_list(item) == ref.shard_list(item)
+            assert restored.holders(item) == ref.holders(item)
+            assert restored.item_degree(item) == ref.item_degree(item)

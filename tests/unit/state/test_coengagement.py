@@ -260,3 +260,69 @@ def test_without_hub_damping_links_are_symmetric(events: list[Ev]) -> None:
         for b, _ in g.neighbours(a, 100):
             want = weight(g, a, b, now)
             assert weight(g, b, a, now) == pytest.approx(want, rel=1e-9, abs=1e-300)
+
+
+# -- changelog -------------------------------------------------------------------------------
+
+
+def test_take_changed_names_what_the_events_wrote_and_then_starts_over() -> None:
+    g = graph()
+    g.add_many([Ev("u1", "a", "save", 1.0, None, "b1"), Ev("u1", "b", "click", 2.0)])
+    changed = g.take_changed()
+    assert (changed.users, changed.items, changed.contexts) == ({"u1"}, {"a", "b"}, {"b1"})
+    g.add(Ev("u2", "c", "view", 3.0))  # no pair: u2 has no earlier action
+    assert (g.take_changed().items, g.take_changed().items) == ({"c"}, set())
+
+
+def test_a_block_boundary_changes_the_lists_it_trims() -> None:
+    g = graph(k_max=1, trim_every=8)
+    g.add_many([Ev("u1", "a", "save", 1.0), Ev("u1", "b", "save", 2.0)])  # one neighbour each
+    g.add_many([Ev("u2", item, "save", 3.0) for item in "cde"])  # two each: over k_max
+    g.take_changed()
+    g.add(Ev("u9", "z", "view", 4.0), offset=8)  # a new block of offsets: the trim runs
+    assert g.take_changed().items == {"c", "d", "e", "z"}
+
+
+EVENT_IDS = st.sampled_from([None, "e1", "e2", "e3"])
+
+
+@given(event_lists(), st.data())
+@settings(max_examples=150, deadline=None)
+def test_a_graph_rebuilt_from_its_changelog_goes_on_exactly_like_the_original(
+    events: list[Ev], data: st.DataObject
+) -> None:
+    events = [
+        Ev(e.user_id, e.item_id, e.action, e.ts, e.weight, e.context_id, data.draw(EVENT_IDS))
+        for e in events
+    ]
+    cut = data.draw(st.integers(0, len(events)))
+    step = data.draw(st.integers(1, 5))
+    # small bounds, so trims, holder caps and duplicates happen; a short half-life rebases
+    config = StateConfig(
+        k_max=2, trim_every=3, seq_len=4, hold_max=2, dedup_window=2, half_life_s=50.0
+    )
+    original = CoEngagementGraph(config)
+    log: dict[str, bytes] = {}  # a compacted topic: the newest record of each key
+    for start in range(0, cut, step):
+        original.add_many(events[start : min(start + step, cut)])
+        log.update(original.to_records(original.take_changed()))
+    restored = CoEngagementGraph.from_records(config, log.items())
+    for g in (original, restored):
+        g.add_many(events[cut:])
+    assert restored.to_records(restored.take_changed()) == original.to_records(
+        original.take_changed()
+    )
+    assert restored.duplicates == original.duplicates
+    for user in {e.user_id for e in events}:
+        assert restored.sequence(user) == original.sequence(user)
+        assert restored.user_version(user) == original.user_version(user)
+    for item in {e.item_id for e in events}:
+        assert restored.shard_list(item) == original.shard_list(item)
+        assert restored.holders(item) == original.holders(item)
+        assert restored.item_version(item) == original.item_version(item)
+        assert restored.item_degree(item) == original.item_degree(item)
+
+
+def test_a_changelog_key_of_no_known_kind_is_refused() -> None:
+    with pytest.raises(ValueError, match="not a changelog key"):
+        CoEngagementGraph.from_records(StateConfig(), [("x:1", b"{}")])
