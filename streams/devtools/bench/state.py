@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from state.coengagement import CoEngagementGraph, Event, merge_neighbours
@@ -312,6 +312,43 @@ async def changelog_run(
     return Changelog(topic, seconds, records, written)
 
 
+async def _behind(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
+    """Is any partition's position short of its end offset?"""
+    for tp, end in ends.items():
+        if await consumer.position(tp) < end:
+            return True
+    return False
+
+
+async def restore(
+    bootstrap: str, topic: str, config: StateConfig
+) -> tuple[float, dict[int, list[tuple[str, bytes]]], dict[int, CoEngagementGraph]]:
+    """Seconds to read a changelog from its start to its end and rebuild a graph per partition
+    from it (what a worker handed a partition would do); the records read, and the graphs."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        fetch_max_bytes=64 * 1024 * 1024,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+    )
+    tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+    logs: dict[int, list[tuple[str, bytes]]] = {p: [] for p in range(PARTITIONS)}
+    await consumer.start()
+    try:
+        started = time.perf_counter()
+        consumer.assign(tps)
+        await consumer.seek_to_beginning()
+        ends = await consumer.end_offsets(tps)
+        while await _behind(consumer, ends):
+            for tp, messages in (await consumer.getmany(timeout_ms=500)).items():
+                logs[tp.partition] += [(m.key.decode(), m.value) for m in messages]
+        graphs = {p: CoEngagementGraph.from_records(config, log) for p, log in logs.items()}
+        return time.perf_counter() - started, logs, graphs
+    finally:
+        await consumer.stop()
+
+
 async def _changelog_figures(
     parts: dict[int, list[tuple[int, Event]]],
     config: StateConfig,
@@ -324,7 +361,14 @@ async def _changelog_figures(
     events = sum(len(batch) for batch in parts.values())
     out: dict[str, Any] = {}
     for size in CHANGELOG_SLICES:
-        runs = [await changelog_run(parts, config, bootstrap, size) for _ in range(repeats)]
+        runs, restores = [], []
+        for _ in range(repeats):
+            run = await changelog_run(parts, config, bootstrap, size, drop=False)
+            try:
+                restores.append((await restore(bootstrap, run.topic, config))[0])
+            finally:
+                await asyncio.to_thread(changelog_topic, bootstrap, False, run.topic)
+            runs.append(run)
         events_per_s = events / statistics.median(run.seconds for run in runs)
         out[str(size)] = {
             "events_per_s": round(events_per_s, 1),
@@ -333,6 +377,9 @@ async def _changelog_figures(
             "bytes_per_event": round(runs[0].bytes / events, 1),
             "x_redis_apply": round(events_per_s / baselines["redis"], 2),
             "x_in_process": round(events_per_s / baselines["in_process"], 2),
+            # the log read from its start (not yet compacted) and every partition rebuilt
+            "restore_s": round(statistics.median(restores), 3),
+            "restore_records_per_s": round(runs[0].records / statistics.median(restores), 1),
         }
     return out
 
