@@ -234,6 +234,7 @@ class Changelog:
     seconds: float
     records: int
     bytes: int
+    keys: int  # distinct (partition, key): the records a fully compacted log would keep
 
 
 def changelog_topic(bootstrap: str, create: bool, name: str) -> None:
@@ -287,6 +288,7 @@ async def changelog_run(
     )
     graphs = {partition: CoEngagementGraph(config) for partition in sorted(parts)}
     records = written = 0
+    keys: set[tuple[int, str]] = set()
     sent: list[asyncio.Future[Any]] = []
     try:
         await producer.start()
@@ -302,6 +304,7 @@ async def changelog_run(
                 sent.append(await _send_batches(producer, topic, partition, out))
                 records += len(out)
                 written += sum(len(key) + len(value) for key, value in out)
+                keys.update((partition, key) for key, _ in out)
             await asyncio.gather(*sent)  # a checkpoint: the slices are in the log before a commit
             sent.clear()
         seconds = time.perf_counter() - started
@@ -309,7 +312,7 @@ async def changelog_run(
         await producer.stop()
         if drop:
             await asyncio.to_thread(changelog_topic, bootstrap, False, topic)
-    return Changelog(topic, seconds, records, written)
+    return Changelog(topic, seconds, records, written, len(keys))
 
 
 async def _behind(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
@@ -380,6 +383,7 @@ async def _changelog_figures(
             # the log read from its start (not yet compacted) and every partition rebuilt
             "restore_s": round(statistics.median(restores), 3),
             "restore_records_per_s": round(runs[0].records / statistics.median(restores), 1),
+            "compacted_records": runs[0].keys,
         }
     return out
 
