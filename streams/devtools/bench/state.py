@@ -31,7 +31,9 @@ a compacted topic, keyed by entity, on the partition's own changelog partition, 
 producer is flushed (`acks=all`) once per round of slices, as a worker would before committing
 the offsets. It runs at the Redis apply's slice (2,000 events of a partition) and at a live one
 (100: at 1,000 events/s over four partitions a 0.25 s fetch brings about 60), since records
-per event fall as a slice repeats its users and items.
+per event fall as a slice repeats its users and items. Each log is then read back from its
+start and every partition rebuilt from it (`restore`): what a worker handed the partition after
+a crash would do, on a log not yet compacted.
 """
 
 from __future__ import annotations
