@@ -138,9 +138,6 @@ class Changed:
     items: set[str] = field(default_factory=set)
     contexts: set[str] = field(default_factory=set)
 
-    def __len__(self) -> int:
-        return len(self.users) + len(self.items) + len(self.contexts)
-
 
 def stored_top(scores: Mapping[str, float], k_max: int) -> list[tuple[str, float]]:
     """A shard's top `k_max` as Redis's ZREVRANGE gives them (score, then member, descending).
@@ -433,10 +430,12 @@ class CoEngagementGraph:
     # committing the offsets, and by replaying that topic on start. These three methods are that
     # record format for the reference, so its cost can be measured (the state bench) and its
     # completeness tested: a graph restored from its records applies the rest of the stream
-    # exactly as the graph it came from.
+    # exactly as the graph it came from. A graph never asked (the trainer's) keeps its changed
+    # sets until it goes: at most one reference per entity it already holds.
 
     def take_changed(self) -> Changed:
-        """The entities changed since the last call (the partition's meta record always is)."""
+        """The entities changed since the last call (`to_records` adds the partition's own
+        record, its offsets and pending trims, to any)."""
         changed, self._changed = self._changed, Changed()
         return changed
 
