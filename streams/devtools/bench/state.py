@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import statistics
 import sys
 import time
@@ -59,6 +60,9 @@ from state.config import StateConfig
 from state.encode_inputs import EncodeInputs
 from state.redis_state import RedisState
 from streams.devtools.generate import GeneratorConfig, generate_events
+from streams.runtimes.client_logs import quiet_chatty_loggers
+
+log = logging.getLogger(__name__)
 
 TOPIC = "bench"
 PARTITIONS = 4
@@ -367,7 +371,10 @@ async def _changelog_figures(
     out: dict[str, Any] = {}
     for size in CHANGELOG_SLICES:
         runs, restores = [], []
-        for _ in range(repeats):
+        for n in range(repeats):
+            log.info(
+                "the reference with its changelog, slices of %d: run %d/%d", size, n + 1, repeats
+            )
             run = await changelog_run(parts, config, bootstrap, size, drop=False)
             try:
                 restores.append((await restore(bootstrap, run.topic, config))[0])
@@ -415,7 +422,10 @@ async def run_state_bench(
     cfg = config if config is not None else StateConfig()
     parts = partitioned(generate(events))
     await client.config_resetstat()
-    runs = [await _one_run(client, parts, cfg) for _ in range(repeats)]
+    runs = []
+    for n in range(repeats):
+        log.info("the Redis apply and reads: run %d/%d", n + 1, repeats)
+        runs.append(await _one_run(client, parts, cfg))
     walls = [run.wall for run in runs]
     scripts = [run.script for run in runs]
     cpus = [run.cpu for run in runs]
@@ -423,6 +433,7 @@ async def run_state_bench(
     calls = {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
     wall_s = statistics.median(walls)
     read = _read_figures(runs)
+    log.info("the in-process reference, %d runs", repeats)
     reference = _in_process_figures(
         [in_process_run(parts, cfg) for _ in range(repeats)],
         events,
@@ -478,6 +489,8 @@ def main(argv: list[str] | None = None) -> int:
         flag = "--" + name.replace("_", "-")
         parser.add_argument(flag, type=int, default=None, help="override the StateConfig default")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    quiet_chatty_loggers()
     default = StateConfig()
     cfg = StateConfig(
         max_pairs=args.max_pairs or default.max_pairs,
