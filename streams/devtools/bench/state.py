@@ -33,7 +33,7 @@ the offsets. It runs at the Redis apply's slice (2,000 events of a partition) an
 (100: at 1,000 events/s over four partitions a 0.25 s fetch brings about 60), since records
 per event fall as a slice repeats its users and items. Each log is then read back from its
 start and every partition rebuilt from it (`restore`): what a worker handed the partition after
-a crash would do, on a log not yet compacted.
+a crash would do, on a log not yet compacted; and again from the same log compacted in full.
 """
 
 from __future__ import annotations
@@ -273,6 +273,15 @@ async def _send_batches(
     return every
 
 
+def _changelog_producer(bootstrap: str) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        linger_ms=0,  # the batches are built here, full: lingering would only delay a round
+        max_batch_size=1 << 20,
+    )
+
+
 async def changelog_run(
     parts: dict[int, list[tuple[int, Event]]],
     config: StateConfig,
@@ -286,12 +295,7 @@ async def changelog_run(
     topic is deleted after unless `drop` is False (then it is the caller's)."""
     topic = f"bench-changelog-{uuid.uuid4().hex[:8]}"
     await asyncio.to_thread(changelog_topic, bootstrap, True, topic)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
-        acks="all",
-        linger_ms=0,  # the batches are built here, full: lingering would only delay a round
-        max_batch_size=1 << 20,
-    )
+    producer = _changelog_producer(bootstrap)
     graphs = {partition: CoEngagementGraph(config) for partition in sorted(parts)}
     records = written = 0
     keys: set[tuple[int, str]] = set()
@@ -358,6 +362,39 @@ async def restore(
         await consumer.stop()
 
 
+def compacted(log: Sequence[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    """What Kafka's log cleaner leaves of one partition's log once it has cleaned all of it: the
+    newest record of each key, in the order of their offsets."""
+    newest: dict[str, tuple[int, bytes]] = {}
+    for offset, (key, value) in enumerate(log):
+        newest[key] = (offset, value)
+    return [(key, value) for key, (_, value) in sorted(newest.items(), key=lambda kv: kv[1][0])]
+
+
+async def _restores(bootstrap: str, topic: str, config: StateConfig) -> tuple[float, float]:
+    """Seconds to restore from the log as written, and from the same log fully compacted (the
+    cleaner's work done here, on a second topic: the broker cleans only closed segments, on
+    its own schedule)."""
+    as_written, logs, _ = await restore(bootstrap, topic, config)
+    clean = f"{topic}-compacted"
+    await asyncio.to_thread(changelog_topic, bootstrap, True, clean)
+    try:
+        producer = _changelog_producer(bootstrap)
+        await producer.start()
+        try:
+            await asyncio.gather(
+                *[
+                    await _send_batches(producer, clean, partition, compacted(log))
+                    for partition, log in logs.items()
+                ]
+            )
+        finally:
+            await producer.stop()
+        return as_written, (await restore(bootstrap, clean, config))[0]
+    finally:
+        await asyncio.to_thread(changelog_topic, bootstrap, False, clean)
+
+
 async def _changelog_figures(
     parts: dict[int, list[tuple[int, Event]]],
     config: StateConfig,
@@ -370,17 +407,19 @@ async def _changelog_figures(
     events = sum(len(batch) for batch in parts.values())
     out: dict[str, Any] = {}
     for size in CHANGELOG_SLICES:
-        runs, restores = [], []
+        runs, restores, compact_restores = [], [], []
         for n in range(repeats):
             log.info(
                 "the reference with its changelog, slices of %d: run %d/%d", size, n + 1, repeats
             )
             run = await changelog_run(parts, config, bootstrap, size, drop=False)
             try:
-                restores.append((await restore(bootstrap, run.topic, config))[0])
+                as_written, compact = await _restores(bootstrap, run.topic, config)
             finally:
                 await asyncio.to_thread(changelog_topic, bootstrap, False, run.topic)
             runs.append(run)
+            restores.append(as_written)
+            compact_restores.append(compact)
         events_per_s = events / statistics.median(run.seconds for run in runs)
         out[str(size)] = {
             "events_per_s": round(events_per_s, 1),
@@ -393,6 +432,7 @@ async def _changelog_figures(
             "restore_s": round(statistics.median(restores), 3),
             "restore_records_per_s": round(runs[0].records / statistics.median(restores), 1),
             "compacted_records": runs[0].keys,
+            "restore_compacted_s": round(statistics.median(compact_restores), 3),
         }
     return out
 

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from state.config import StateConfig
-from streams.devtools.bench.state import PARTITIONS, generate, in_process_run, partitioned
+from streams.devtools.bench.state import (
+    PARTITIONS,
+    compacted,
+    generate,
+    in_process_run,
+    partitioned,
+)
 
 
 def test_generated_stream_has_the_documented_shape() -> None:
@@ -35,3 +41,9 @@ def test_in_process_reference_applies_every_event_and_reads_every_item() -> None
     assert run.applied == len(events)
     assert run.items == len({e.item_id for e in events})
     assert run.apply_s > 0 and run.read_s > 0
+
+
+def test_a_compacted_log_keeps_each_keys_newest_record_in_offset_order() -> None:
+    log = [("a", b"1"), ("b", b"1"), ("a", b"2"), ("c", b"1"), ("b", b"2")]
+    assert compacted(log) == [("a", b"2"), ("c", b"1"), ("b", b"2")]
+    assert compacted([]) == []
