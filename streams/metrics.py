@@ -219,6 +219,12 @@ class IngestMetrics:
             namespace=ns,
             registry=r,
         )
+        self.catching_up = Gauge(
+            "catching_up",
+            "1 while a partition has more than a batch waiting (re-encode passes may wait)",
+            namespace=ns,
+            registry=r,
+        )
 
     def observe_pass(self, stats: PassStats) -> None:
         """Export one re-encode pass (streams/vectors/reencoder.py)."""

@@ -184,6 +184,8 @@ class BatchRuntime:
                 self._count(len(records))
                 worker.record_lag(outcome.next_offsets, lambda t, p: owned_highwater(kafka, t, p))
                 idle_since = time.monotonic()
+            else:
+                worker.catch_up.observe(())  # nothing came: nothing is waiting (or paused)
             if time.monotonic() - ticked_at > TICK_EVERY_S:
                 await worker.tick()
                 ticked_at = time.monotonic()

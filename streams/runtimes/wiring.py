@@ -21,6 +21,7 @@ from streams.ingest.catalog import CatalogConsumer, start_catalog_consumer
 from streams.ingest.core import IngestCore, is_transient
 from streams.metrics import IngestMetrics
 from streams.runtimes.backpressure import Backpressure
+from streams.runtimes.catchup import CatchUp
 from streams.runtimes.checkpoint import Checkpoint, Commit
 from streams.runtimes.client_logs import quiet_client_repeats
 from streams.runtimes.heap import settle_start_up_heap
@@ -79,6 +80,7 @@ class Worker:
     state: RedisState
     redis: aioredis.Redis
     backpressure: Backpressure
+    catch_up: CatchUp
     updater: Updater | None
     metrics: IngestMetrics
     catalog: CatalogConsumer | None = None
@@ -117,11 +119,14 @@ class Worker:
         }
 
     def record_lag(self, next_offsets: Mapping[tuple[str, int], int], highwater: Highwater) -> None:
+        """The lag gauge of each partition in the batch just applied, and the catch-up verdict."""
+        lags = []
         for (topic, partition), next_offset in next_offsets.items():
             end = highwater(topic, partition)
             if end is not None:
-                lag = max(0, end - next_offset)
-                self.metrics.lag.labels(topic=topic, partition=str(partition)).set(lag)
+                lags.append(max(0, end - next_offset))
+                self.metrics.lag.labels(topic=topic, partition=str(partition)).set(lags[-1])
+        self.catch_up.observe(lags)
 
 
 async def wire_worker(
@@ -154,14 +159,17 @@ async def wire_worker(
     sink = KafkaDeadLetterSink(dlq_producer, settings.topics.dlq_suffix)
     core = IngestCore(state, sink, metrics, settings.retry.backoff(), seams)
     backpressure = Backpressure(settings.reencode.max_backlog, metrics)
-    updater = await start_updater(settings, client, metrics, shards, resources, on_fatal, seams)
+    catch_up = CatchUp(settings.ingest.batch_max, backpressure, metrics)
+    updater = await start_updater(
+        settings, client, metrics, shards, resources, on_fatal, seams, catch_up.holds
+    )
     if updater is not None:
         store = updater.store
         backpressure.watch(lambda: store.failing_since is not None, lambda: updater.failing)
     catalog = CatalogConsumer(settings, client, sink, metrics)
     start_catalog_consumer(catalog, resources, on_fatal)
     checkpoint = Checkpoint(core, commit, seams)
-    worker = Worker(checkpoint, state, client, backpressure, updater, metrics, catalog)
+    worker = Worker(checkpoint, state, client, backpressure, catch_up, updater, metrics, catalog)
     resources.callback(start_heartbeat(metrics.health))
     metrics.health.started(worker.readiness)
     resources.callback(metrics.health.stopping)  # closes first: unready before anything stops

@@ -108,6 +108,12 @@ class Written:
     elsewhere: dict[Shard, dict[str, float]]
 
 
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep `seconds`, or less when `stop` is set meanwhile."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
 def _earliest(
     a: Mapping[Shard, Mapping[str, float]], b: Mapping[Shard, Mapping[str, float]]
 ) -> dict[Shard, dict[str, float]]:
@@ -189,11 +195,18 @@ class Reencoder:
         *,
         catalog: bool = True,
         between: Callable[[], Awaitable[None]] | None = None,
+        hold: Callable[[], bool] | None = None,
     ) -> None:
         """Pass after pass until `stop`: right away while a pass drains full pages of marks,
         otherwise `window_s` after the previous pass began, so new marks coalesce. `between`
-        runs after each pass (model lifecycle steps), never while a pass is in flight."""
+        runs after each pass (model lifecycle steps), never while a pass is in flight. While
+        `hold()` says the ingest is catching up (streams/runtimes/catchup.py), the next pass
+        waits for it, up to `catchup_hold_s` after the previous one began."""
+        began = time.monotonic()
         while not stop.is_set():
+            if hold is not None and self._holding(hold, began):
+                await _wait(stop, self._cfg.window_s)
+                continue
             began = time.monotonic()
             stats = await self.run_pass(shards(), catalog=catalog)
             if on_pass is not None:
@@ -204,8 +217,10 @@ class Reencoder:
                 continue
             wait = self._cfg.window_s - (time.monotonic() - began)
             if wait > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), wait)
+                await _wait(stop, wait)
+
+    def _holding(self, hold: Callable[[], bool], began: float) -> bool:
+        return time.monotonic() - began < self._cfg.catchup_hold_s and hold()
 
     async def run_until_idle(
         self, shards: Sequence[Shard], *, catalog: bool = True, max_passes: int = 1000

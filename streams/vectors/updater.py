@@ -45,6 +45,7 @@ class Updater:
         store: VectorStore,
         backoff: Backoff,
         watcher: ModelWatcher | None = None,
+        hold: Callable[[], bool] | None = None,
     ) -> None:
         self._reencoder = reencoder
         self._shards = shards
@@ -53,6 +54,7 @@ class Updater:
         self.store = store
         self._backoff = backoff
         self.watcher = watcher
+        self._hold = hold  # passes wait while it says the ingest catches up (catchup.py)
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._failing = False
@@ -75,7 +77,9 @@ class Updater:
             await self.watcher.step()
 
     async def _passes(self) -> None:
-        await self._reencoder.run(self._shards, self._stop, self._passed, between=self._between)
+        await self._reencoder.run(
+            self._shards, self._stop, self._passed, between=self._between, hold=self._hold
+        )
 
     def _failed(self, _error: BaseException, _attempt: int, _wait: float) -> None:
         self._failing = True
@@ -136,6 +140,7 @@ async def start_updater(
     resources: AsyncExitStack,
     on_fatal: Callable[[], None],
     seams: Seams,
+    hold: Callable[[], bool] | None = None,
 ) -> Updater | None:
     """The updater for the promoted model, or None when there is no model to serve yet."""
     root = settings.models.registry
@@ -168,7 +173,7 @@ async def start_updater(
         await watcher.poll()
     metrics.model_version.labels(version=bundle.version).set(1)
     updater = Updater(
-        reencoder, shards, metrics, on_fatal, store, settings.retry.backoff(), watcher
+        reencoder, shards, metrics, on_fatal, store, settings.retry.backoff(), watcher, hold
     )
     resources.push_async_callback(updater.stop)
     updater.start()

@@ -12,6 +12,7 @@ from state import RedisState
 from state.exceptions import StateError, StateUnavailableError
 from streams.metrics import IngestMetrics
 from streams.runtimes.backpressure import Backpressure
+from streams.runtimes.catchup import CatchUp
 from streams.runtimes.wiring import Worker
 
 
@@ -28,8 +29,9 @@ class Backlog:
 
 def worker(state: Backlog, metrics: IngestMetrics) -> Worker:
     backpressure = Backpressure(max_backlog=10, metrics=metrics)
+    catch_up = CatchUp(100, backpressure, metrics)
     none: Any = None
-    return Worker(none, cast(RedisState, state), none, backpressure, None, metrics)
+    return Worker(none, cast(RedisState, state), none, backpressure, catch_up, None, metrics)
 
 
 async def test_a_dropped_connection_skips_one_count_and_the_next_tick_counts() -> None:
