@@ -13,6 +13,7 @@ import asyncio
 import logging
 import signal
 import time
+from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
@@ -64,6 +65,17 @@ def owned_highwater(kafka: AIOKafkaConsumer, topic: str, partition: int) -> int 
     was in flight (aiokafka asserts on those; the new owner reports that lag)."""
     tp = TopicPartition(topic, partition)
     return kafka.highwater(tp) if tp in kafka.assignment() else None
+
+
+def batch_ends(
+    fetched: Mapping[TopicPartition, Sequence[ConsumerRecord[bytes, bytes]]],
+) -> dict[tuple[str, int], int]:
+    """The offset after each partition's last record in a batch: its lag is what waits behind."""
+    return {
+        (tp.topic, tp.partition): records[-1].offset + 1
+        for tp, records in fetched.items()
+        if records
+    }
 
 
 async def fetch_fair(
@@ -178,14 +190,15 @@ class BatchRuntime:
                 idle_since = time.monotonic()  # a paused worker is waiting, not idle
             fetched = await fetch_fair(kafka, within_ms, self.settings.ingest.batch_max)
             records = records_of(fetched)
+            # before the apply, so passes know at once to wait for a backlog (catchup.py)
+            lags = worker.record_lag(batch_ends(fetched), lambda t, p: owned_highwater(kafka, t, p))
+            worker.catch_up.fetched(map(len, fetched.values()), lags)
             if records:
                 self.stats.first_batch_at = self.stats.first_batch_at or time.monotonic()
-                outcome = await worker.checkpoint.process(records)
+                await worker.checkpoint.process(records)
                 self._count(len(records))
-                worker.record_lag(outcome.next_offsets, lambda t, p: owned_highwater(kafka, t, p))
                 idle_since = time.monotonic()
-            else:
-                worker.catch_up.observe(())  # nothing came: nothing is waiting (or paused)
+            worker.catch_up.applied()
             if time.monotonic() - ticked_at > TICK_EVERY_S:
                 await worker.tick()
                 ticked_at = time.monotonic()

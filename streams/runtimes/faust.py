@@ -150,7 +150,9 @@ class FaustRuntime:
             _exit_fatal()
         self.processed += len(records)
         self.last_batch_at = time.monotonic()
-        worker.record_lag(outcome.next_offsets, self._highwater)
+        lags = worker.record_lag(outcome.next_offsets, self._highwater)
+        worker.catch_up.fetched([len(records)], lags)  # Faust hands the batch over once taken
+        worker.catch_up.applied()
         if self.limits.max_events is not None and self.processed >= self.limits.max_events:
             await self._finish("processed %d events", self.processed)
 

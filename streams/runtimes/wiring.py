@@ -118,15 +118,17 @@ class Worker:
             "model": self.updater.version if self.updater is not None else None,
         }
 
-    def record_lag(self, next_offsets: Mapping[tuple[str, int], int], highwater: Highwater) -> None:
-        """The lag gauge of each partition in the batch just applied, and the catch-up verdict."""
+    def record_lag(
+        self, next_offsets: Mapping[tuple[str, int], int], highwater: Highwater
+    ) -> list[int]:
+        """Set the lag gauge of each partition in a batch; returns those lags."""
         lags = []
         for (topic, partition), next_offset in next_offsets.items():
             end = highwater(topic, partition)
             if end is not None:
                 lags.append(max(0, end - next_offset))
                 self.metrics.lag.labels(topic=topic, partition=str(partition)).set(lags[-1])
-        self.catch_up.observe(lags)
+        return lags
 
 
 async def wire_worker(

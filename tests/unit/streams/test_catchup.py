@@ -1,4 +1,4 @@
-"""Catch-up: a worker more than a batch behind lets its passes wait for the ingest, never past
+"""Catch-up: a worker applying a backlog lets its passes wait for the ingest, never past
 `catchup_hold_s` and never while backpressure pauses consumption."""
 
 from __future__ import annotations
@@ -30,28 +30,43 @@ def catch_up(max_backlog: int = 10) -> tuple[CatchUp, Backpressure, CollectorReg
 
 
 @pytest.mark.parametrize(
-    ("lags", "behind"),
-    [((), False), ((0, 3), False), ((BATCH_MAX,), False), ((5, BATCH_MAX + 1), True)],
+    ("sizes", "lags", "behind"),
+    [
+        ((), (), False),  # nothing came
+        ((40, 60), (0, 3), False),  # a live batch
+        ((BATCH_MAX - 1,), (BATCH_MAX,), False),
+        ((5, BATCH_MAX), (0, 0), True),  # a partition filled its share
+        ((5, 7), (0, BATCH_MAX + 1), True),  # more than a batch waits behind one
+    ],
 )
-def test_behind_means_a_partition_has_more_than_a_batch_waiting(
-    lags: Sequence[int], behind: bool
+def test_a_backlog_batch_is_full_or_leaves_more_than_a_batch_behind(
+    sizes: Sequence[int], lags: Sequence[int], behind: bool
 ) -> None:
     verdict, _, registry = catch_up()
-    verdict.observe(lags)
+    verdict.fetched(sizes, lags)
+    assert verdict.holds() is behind
+    verdict.applied()
     assert verdict.holds() is behind
     assert registry.get_sample_value("sagestream_catching_up") == int(behind)
 
 
-def test_an_empty_batch_after_a_backlog_is_caught_up() -> None:
+def test_the_last_batch_of_a_backlog_is_applied_before_passes_go_on() -> None:
     verdict, _, _ = catch_up()
-    verdict.observe([BATCH_MAX * 5])
-    verdict.observe([])
+    verdict.fetched([BATCH_MAX, BATCH_MAX], [BATCH_MAX // 2, 0])
+    verdict.applied()
+    verdict.fetched([BATCH_MAX // 2], [0])  # the rest of the backlog: not full, nothing behind it
+    assert verdict.holds()  # still being applied
+    verdict.applied()
+    assert not verdict.holds()
+    verdict.fetched([], [])  # and an empty fetch after a backlog batch is caught up
+    verdict.applied()
     assert not verdict.holds()
 
 
 def test_passes_never_wait_while_backpressure_pauses_consumption() -> None:
     verdict, backpressure, _ = catch_up(max_backlog=10)
-    verdict.observe([BATCH_MAX * 5])
+    verdict.fetched([BATCH_MAX], [BATCH_MAX * 5])
+    verdict.applied()
     backpressure.observe_backlog(11)
     assert backpressure.check()  # paused: the passes are what lets the ingest go on
     assert not verdict.holds()
