@@ -57,6 +57,7 @@ class FakeReencoder:
         *,
         catalog: bool = True,
         between: Callable[[], Awaitable[None]] | None = None,
+        hold: Callable[[], bool] | None = None,
     ) -> None:
         self.runs += 1
         self.seen_shards.append(list(shards()))
