@@ -51,7 +51,14 @@ def worker_settings(make_settings: Callable[..., Settings], registry: ModelRegis
     return make_settings(
         ingest={"batch_max": 250},
         models={"registry": str(registry.root)},
-        reencode={"item_min_change": 0.0, "fanout_min_change": 0.0, "window_s": 0.05},
+        # catchup_hold_s 0: every kill point needs passes between the batches of the backlog,
+        # as a live stream has them; held for catch-up, one pass at the end writes the vectors
+        reencode={
+            "item_min_change": 0.0,
+            "fanout_min_change": 0.0,
+            "window_s": 0.05,
+            "catchup_hold_s": 0.0,
+        },
     )
 
 
