@@ -221,7 +221,7 @@ class IngestMetrics:
         )
         self.catching_up = Gauge(
             "catching_up",
-            "1 while a partition has more than a batch waiting (re-encode passes may wait)",
+            "1 while the worker applies a backlog (catchup.py): re-encode passes wait for it",
             namespace=ns,
             registry=r,
         )

@@ -270,9 +270,10 @@ class ReencodeSettings(_Section):
     # Backpressure: consumption pauses while the vector store is failing, or while more marks
     # than this wait (dirty backlog, read every few seconds), and resumes once below half of it.
     max_backlog: int = Field(default=200_000, ge=1)
-    # Catch-up (streams/runtimes/catchup.py): while a partition has more than a full batch
-    # waiting, passes wait for the ingest, at most this long after the previous pass began, so a
-    # backlog is encoded once rather than pass by pass. 0: never wait.
+    # Catch-up (streams/runtimes/catchup.py): while the worker applies a backlog (a partition
+    # filled its batch or left more than a batch waiting), passes wait for the ingest, at most
+    # this long after the previous pass began, so a backlog is encoded once rather than pass by
+    # pass. 0: never wait.
     catchup_hold_s: float = Field(default=5.0, ge=0)
 
 
